@@ -1,0 +1,85 @@
+"""Conversion end to end: read a source layout, map every component through its name table,
+check it against the model's abstract parameters, and write a converted checkpoint."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from convert import tables
+from convert.rules import apply_rules
+from convert.sources import SourceCheckpoint, read_source
+from convert.tensors import ConversionError
+from musickv_jax.checkpoint import CheckpointError, save_checkpoint
+from musickv_jax.models.sao import COMPONENTS, abstract_params, count_params
+from musickv_jax.text import TokenizerError, load_tokenizer
+
+_NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+
+
+def component_rules(source: SourceCheckpoint):
+  cfg = source.config
+  return {
+      "dit": tables.dit_rules(cfg.dit, source.layout),
+      "vae": tables.vae_rules(cfg.vae, source.layout),
+      "t5": tables.t5_rules(cfg.t5),
+      "conditioner": tables.conditioner_rules(cfg.conditioner, source.layout),
+  }
+
+
+def convert_source(source: SourceCheckpoint, *, dtype: str = "float32", allow_unexpected: bool = False,
+                   log: Callable[[str], None] = print) -> dict:
+  """Our parameter tree from a read source, every leaf stored in `dtype`."""
+  if dtype not in _NUMPY_DTYPES:
+    raise ConversionError(f"unsupported --dtype {dtype!r}; use one of {sorted(_NUMPY_DTYPES)}")
+  abstract = abstract_params(source.config)
+  rules = component_rules(source)
+  params = {}
+  for name in COMPONENTS:
+    start = time.perf_counter()
+    params[name], allowed = apply_rules(
+        rules[name], source.state_dicts[name], abstract[name], component=name, source=source.origins[name],
+        ignore=source.ignore.get(name, lambda n: False), allow_unexpected=allow_unexpected, dtype=_NUMPY_DTYPES[dtype])
+    for key in allowed:
+      log(f"  warning: ignored unexpected tensor {key} in {name}")
+    log(f"  {name:<12} {count_params(params[name]):>14,d} params  ({time.perf_counter() - start:.1f} s)")
+  return params
+
+
+def convert_checkpoint(source: str | Path, output: str | Path, *, t5_dir: str | Path | None = None,
+                       model_config: str | Path | None = None, hf_token: str | None = None,
+                       dtype: str = "float32", overwrite: bool = False, allow_unexpected: bool = False,
+                       log: Callable[[str], None] = print) -> Path:
+  """Converts any supported checkpoint into a musickv-jax checkpoint directory; returns its path."""
+  log(f"reading {source}")
+  src = read_source(str(source), t5_dir=Path(t5_dir) if t5_dir else None,
+                    model_config=Path(model_config) if model_config else None, hf_token=hf_token)
+  log(f"layout: {src.layout}; model: DiT depth {src.config.dit.depth} width {src.config.dit.embed_dim}, "
+      f"{src.config.vae.sample_rate} Hz, max {src.config.max_audio_seconds:.2f} s")
+  try:
+    tokenizer = load_tokenizer(src.tokenizer_dir, src.config.t5.max_length)
+  except TokenizerError as e:
+    raise ConversionError(str(e)) from None
+  params = convert_source(src, dtype=dtype, allow_unexpected=allow_unexpected, log=log)
+  info = {"source": str(source), "layout": src.layout, "scheduler": src.scheduler,
+          "params": {name: count_params(tree) for name, tree in params.items()}}
+  try:
+    path = save_checkpoint(output, src.config, params, None, tokenizer=tokenizer, info=info, overwrite=overwrite)
+  except CheckpointError as e:
+    raise ConversionError(str(e)) from None
+  total_bytes = sum(leaf.nbytes for tree in params.values() for leaf in _leaves(tree))
+  log(f"wrote {path}: {sum(info['params'].values()):,d} params, {total_bytes / 2**20:,.1f} MiB "
+      f"({dtype})")
+  return path
+
+
+def _leaves(tree):
+  if isinstance(tree, dict):
+    for value in tree.values():
+      yield from _leaves(value)
+  else:
+    yield tree

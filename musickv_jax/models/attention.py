@@ -1,0 +1,131 @@
+"""Attention for the Stable Audio DiT: self-attention with partial rotary and a KV hook,
+and grouped-query cross-attention.
+
+Layout: activations are (batch, length, heads, head_dim) = 'bthd'. There is one attention
+path (einsum, float32 softmax); numerics never depend on which kernels are installed.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from musickv_jax.models.layers import Dense, matmul_precision
+
+Array = jax.Array
+
+
+def rotary_tables(length: int, rotary_dim: int, base: float = 10000.0) -> tuple[Array, Array]:
+  """cos and sin tables (length, rotary_dim) for positions 0..length-1, 'rotate-half' layout:
+  frequency j sits at channels j and j + rotary_dim/2."""
+  inv_freq = 1.0 / (base ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
+  angles = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None, :]  # (S, r/2)
+  angles = jnp.concatenate([angles, angles], axis=-1)  # (S, r)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
+  """Rotates the first rotary_dim channels of every head of x (B, S, H, D); the rest pass through."""
+  rot = cos.shape[-1]
+  x_rot = x[..., :rot].astype(jnp.float32)
+  x1, x2 = jnp.split(x_rot, 2, axis=-1)
+  rotated_half = jnp.concatenate([-x2, x1], axis=-1)
+  cos_b, sin_b = cos[None, :, None, :], sin[None, :, None, :]
+  out = (x_rot * cos_b + rotated_half * sin_b).astype(x.dtype)
+  return jnp.concatenate([out, x[..., rot:]], axis=-1)
+
+
+def dot_product_attention(q: Array, k: Array, v: Array) -> Array:
+  """softmax(q k^T / sqrt(D)) v with grouped kv heads.
+
+  q: (B, Sq, H, D); k, v: (B, Sk, G, D) with H a multiple of G. Query head h reads kv head
+  h // (H // G), PyTorch's repeat_interleave convention, without materialising the repeat.
+  """
+  batch, q_len, heads, head_dim = q.shape
+  groups = k.shape[2]
+  precision = matmul_precision(q.dtype)
+  q = q.reshape(batch, q_len, groups, heads // groups, head_dim)
+  logits = jnp.einsum("bqgrd,bkgd->bgrqk", q, k, precision=precision,
+                      preferred_element_type=jnp.float32)
+  logits = logits * (head_dim ** -0.5)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v, precision=precision)
+  return out.reshape(batch, q_len, heads, head_dim)
+
+
+def blend_kv(own: Array, reference: Array, weight: Array) -> Array:
+  """weight * reference + (1 - weight) * own, per sample. weight: (B,) broadcast over (B, S, H, D).
+
+  weight 0 returns `own` exactly and weight 1 returns `reference` exactly."""
+  w = weight.astype(jnp.float32)[:, None, None, None]
+  mixed = w * reference.astype(jnp.float32) + (1.0 - w) * own.astype(jnp.float32)
+  return mixed.astype(own.dtype)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with rotary positions and the MusicKV hook.
+
+  The hook works on the keys and values right after their projections (before rotary;
+  positions are identical for source and edit, so blending commutes with rotary):
+    * `qkv(x)` returns (q, k, v), each (B, S, H, D): the K/V a cache records;
+    * `attend(q, k, v, rope)` finishes the layer from (possibly replaced) K/V;
+    * `__call__(x, rope, kv_reference, kv_weight)` does both, blending
+      k <- w * k_ref + (1 - w) * k (same for v) per sample when a reference is given,
+      and returns (output, (k, v)) with the layer's own, unblended K/V.
+  """
+
+  width: int
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.q = Dense(self.width, use_bias=False, dtype=self.dtype)
+    self.k = Dense(self.width, use_bias=False, dtype=self.dtype)
+    self.v = Dense(self.width, use_bias=False, dtype=self.dtype)
+    self.out = Dense(self.width, use_bias=False, dtype=self.dtype)
+
+  def _split_heads(self, x: Array) -> Array:
+    return x.reshape(*x.shape[:-1], self.num_heads, x.shape[-1] // self.num_heads)
+
+  def qkv(self, x: Array) -> tuple[Array, Array, Array]:
+    return tuple(self._split_heads(proj(x)) for proj in (self.q, self.k, self.v))
+
+  def attend(self, q: Array, k: Array, v: Array, rope: tuple[Array, Array]) -> Array:
+    cos, sin = rope
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    out = dot_product_attention(q, k, v)  # (B, S, H, D)
+    return self.out(out.reshape(*out.shape[:2], -1))
+
+  def __call__(self, x: Array, rope: tuple[Array, Array],
+               kv_reference: tuple[Array, Array] | None = None,
+               kv_weight: Array | None = None) -> tuple[Array, tuple[Array, Array]]:
+    q, k, v = self.qkv(x)
+    own = (k, v)
+    if kv_reference is not None:
+      if kv_weight is None:
+        raise ValueError("kv_reference needs kv_weight: a (batch,) array of blend weights")
+      k = blend_kv(k, kv_reference[0], kv_weight)
+      v = blend_kv(v, kv_reference[1], kv_weight)
+    return self.attend(q, k, v, rope), own
+
+
+class CrossAttention(nn.Module):
+  """Cross-attention to the conditioning tokens, grouped-query (kv_heads < num_heads), no rotary."""
+
+  width: int
+  num_heads: int
+  kv_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, context: Array) -> Array:
+    head_dim = self.width // self.num_heads
+    q = Dense(self.width, use_bias=False, dtype=self.dtype, name="q")(x)
+    k = Dense(self.kv_heads * head_dim, use_bias=False, dtype=self.dtype, name="k")(context)
+    v = Dense(self.kv_heads * head_dim, use_bias=False, dtype=self.dtype, name="v")(context)
+    q = q.reshape(*q.shape[:-1], self.num_heads, head_dim)
+    k = k.reshape(*k.shape[:-1], self.kv_heads, head_dim)
+    v = v.reshape(*v.shape[:-1], self.kv_heads, head_dim)
+    out = dot_product_attention(q, k, v)
+    return Dense(self.width, use_bias=False, dtype=self.dtype, name="out")(out.reshape(*out.shape[:2], -1))

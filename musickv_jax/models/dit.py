@@ -1,0 +1,231 @@
+"""The Stable Audio Open diffusion transformer (DiT) with the MusicKV self-attention hook.
+
+Shapes: latents x (B, C, T) channels-first like the PyTorch models; inside, tokens are
+(B, S, D) with S = T + 1 (a global token is prepended). The `depth` identical blocks are one
+stacked parameter tree run under `nn.scan`, so the model compiles one block, not 24.
+
+The hook is steered by `KVControls` (data, not module state):
+  * inject: blend each sample's self-attention K/V with a reference K/V, per layer and sample,
+    the reference coming either from another row of the batch (`source_index`, the "joint"
+    mode) or from an external `KVCache` (the "cached" mode);
+  * bypass: skip a layer's self-attention (residual only);
+  * record: return the own K/V of chosen layers as a `KVCache`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musickv_jax.config import DiTConfig, to_jnp_dtype
+from musickv_jax.models.attention import CrossAttention, SelfAttention, blend_kv, rotary_tables
+from musickv_jax.models.layers import Dense, LayerNorm, MLP2
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Self-attention keys and values of some layers: k, v (n_layers, B, S, H, D).
+
+  `layers` (static) names the DiT block each leading index belongs to."""
+
+  k: Array
+  v: Array
+  layers: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
+
+  def layer(self, index: int) -> tuple[Array, Array]:
+    slot = self.layers.index(index)
+    return self.k[slot], self.v[slot]
+
+  def as_dict(self) -> dict[int, tuple[Array, Array]]:
+    return {layer: (self.k[i], self.v[i]) for i, layer in enumerate(self.layers)}
+
+
+@flax.struct.dataclass
+class KVControls:
+  """Per-call steering of the self-attention layers (see module docstring).
+
+  inject_weight: (L, B) blend weight of every layer for every sample; 0 leaves it untouched.
+  source_index: (B,) int32 or None; joint mode: the batch row whose K/V each sample blends in.
+  injected: KVCache or None; cached mode: reference K/V for the layers it holds (other layers
+    are never blended).
+  bypass: (L,) bool or None; True skips that layer's self-attention.
+  record_layers: static; the call returns these layers' own K/V.
+  """
+
+  inject_weight: Array | None = None
+  source_index: Array | None = None
+  injected: KVCache | None = None
+  bypass: Array | None = None
+  record_layers: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
+
+
+def _validate_controls(controls: KVControls, depth: int, batch: int) -> None:
+  has_reference = controls.source_index is not None or controls.injected is not None
+  if controls.source_index is not None and controls.injected is not None:
+    raise ValueError("KVControls: give source_index (joint mode) or injected (cached mode), not both")
+  if has_reference and controls.inject_weight is None:
+    raise ValueError("KVControls: a K/V reference needs inject_weight of shape (depth, batch)")
+  if controls.inject_weight is not None:
+    if not has_reference:
+      raise ValueError("KVControls: inject_weight needs source_index or injected K/V to blend with")
+    chex.assert_shape(controls.inject_weight, (depth, batch))
+  if controls.source_index is not None:
+    chex.assert_shape(controls.source_index, (batch,))
+  if controls.bypass is not None:
+    chex.assert_shape(controls.bypass, (depth,))
+  for layer in tuple(controls.record_layers) + (controls.injected.layers if controls.injected else ()):
+    if not 0 <= layer < depth:
+      raise ValueError(f"KVControls: layer index {layer} is out of range; valid layers are 0..{depth - 1}")
+
+
+class DiTBlock(nn.Module):
+  """LayerNorm -> self-attention (rotary, hook) -> LayerNorm -> GQA cross-attention ->
+  LayerNorm -> GLU feed-forward, each with a residual. Scanned over layers."""
+
+  config: DiTConfig
+
+  @nn.compact
+  def __call__(self, carry, layer: dict[str, Any], shared: dict[str, Any]):
+    cfg = self.config
+    dtype = to_jnp_dtype(cfg.dtype)
+    h, record_k, record_v = carry
+
+    attn = SelfAttention(cfg.embed_dim, cfg.num_heads, dtype=dtype, name="self_attn")
+    q, k, v = attn.qkv(LayerNorm(cfg.norm_eps, name="self_norm")(h))
+    own_k, own_v = k, v
+
+    if shared["source_index"] is not None or shared["injected_k"] is not None:
+      if shared["source_index"] is not None:  # joint: the reference is another row of this batch
+        ref_k = jnp.take(k, shared["source_index"], axis=0)
+        ref_v = jnp.take(v, shared["source_index"], axis=0)
+      else:  # cached: the reference comes from outside
+        ref_k = jax.lax.dynamic_index_in_dim(shared["injected_k"], layer["read_slot"], keepdims=False)
+        ref_v = jax.lax.dynamic_index_in_dim(shared["injected_v"], layer["read_slot"], keepdims=False)
+      k = jnp.where(layer["has_reference"], blend_kv(k, ref_k, layer["weight"]), k)
+      v = jnp.where(layer["has_reference"], blend_kv(v, ref_v, layer["weight"]), v)
+
+    if record_k is not None:  # write this layer's own K/V into its slot if it is recorded
+      slot = layer["record_slot"]
+      old_k = jax.lax.dynamic_index_in_dim(record_k, slot, keepdims=False)
+      old_v = jax.lax.dynamic_index_in_dim(record_v, slot, keepdims=False)
+      record_k = jax.lax.dynamic_update_index_in_dim(
+          record_k, jnp.where(layer["recorded"], own_k, old_k), slot, 0)
+      record_v = jax.lax.dynamic_update_index_in_dim(
+          record_v, jnp.where(layer["recorded"], own_v, old_v), slot, 0)
+
+    attn_out = attn.attend(q, k, v, shared["rope"])
+    h = jnp.where(layer["bypass"], h, h + attn_out)
+
+    cross = CrossAttention(cfg.embed_dim, cfg.num_heads, cfg.cross_kv_heads, dtype=dtype, name="cross_attn")
+    h = h + cross(LayerNorm(cfg.norm_eps, name="cross_norm")(h), shared["context"])
+
+    x = LayerNorm(cfg.norm_eps, name="ff_norm")(h)
+    x = Dense(2 * cfg.ff_inner_dim, dtype=dtype, name="ff_in")(x)
+    x, gate = jnp.split(x, 2, axis=-1)
+    x = Dense(cfg.embed_dim, dtype=dtype, name="ff_out")(x * nn.silu(gate))
+    h = h + x
+    return (h, record_k, record_v), None
+
+
+class TimestepFeatures(nn.Module):
+  """[cos, sin](2 pi t W) with a fixed random W (stored in the checkpoint)."""
+
+  dim: int
+
+  @nn.compact
+  def __call__(self, t: Array) -> Array:
+    w = self.param("W", nn.initializers.normal(16.0), (self.dim // 2,))
+    angles = 2 * np.pi * t.astype(jnp.float32)[:, None] * w.astype(jnp.float32)[None, :]
+    return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+class StableAudioDiT(nn.Module):
+  """Stable Audio Open's DiT. Predicts v for latents x at timestep t in [0, 1].
+
+  Args to __call__:
+    x: (B, C, T) model input (already scaled by c_in).
+    t: (B,) or () timestep, atan(sigma) * 2 / pi.
+    cross_tokens: (B, N, cond_input_dim) conditioning tokens (text + seconds).
+    global_cond: (B, global_cond_dim) the global (seconds) vector.
+    controls: optional KVControls for injection / bypass / recording.
+  Returns (v, recorded) with v (B, C, T) and recorded a KVCache (or None).
+  """
+
+  config: DiTConfig
+
+  @nn.compact
+  def __call__(self, x: Array, t: Array, cross_tokens: Array, global_cond: Array,
+               controls: KVControls | None = None) -> tuple[Array, KVCache | None]:
+    cfg = self.config
+    dtype = to_jnp_dtype(cfg.dtype)
+    batch, channels, length = x.shape
+    chex.assert_shape(x, (batch, cfg.io_channels, length))
+    chex.assert_shape(cross_tokens, (batch, None, cfg.cond_input_dim))
+    chex.assert_shape(global_cond, (batch, cfg.global_cond_dim))
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
+    controls = controls or KVControls()
+    _validate_controls(controls, cfg.depth, batch)
+
+    context = MLP2(cfg.cond_token_dim, cfg.cond_token_dim, use_bias=False, dtype=dtype,
+                   name="cond_mlp")(cross_tokens)
+    global_embed = MLP2(cfg.embed_dim, cfg.embed_dim, use_bias=False, dtype=dtype,
+                        name="global_mlp")(global_cond)
+    time_embed = MLP2(cfg.embed_dim, cfg.embed_dim, use_bias=True, dtype=dtype,
+                      name="timestep_mlp")(TimestepFeatures(cfg.time_features_dim, name="timestep_features")(t))
+    global_embed = global_embed + time_embed  # (B, D)
+
+    tokens = x.transpose(0, 2, 1)  # (B, T, C)
+    tokens = tokens + Dense(channels, use_bias=False, dtype=dtype, name="preprocess_conv")(tokens)
+    tokens = Dense(cfg.embed_dim, use_bias=False, dtype=dtype, name="proj_in")(tokens)
+    h = jnp.concatenate([global_embed[:, None, :].astype(tokens.dtype), tokens], axis=1)  # (B, S, D)
+    seq = length + 1
+
+    layer_inputs, shared, records = self._layer_inputs(controls, batch, seq, dtype)
+    shared.update(context=context, rope=rotary_tables(seq, cfg.rotary_dim, cfg.rotary_base))
+
+    blocks = nn.scan(DiTBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=(0, nn.broadcast), length=cfg.depth)(cfg, name="blocks")
+    (h, record_k, record_v), _ = blocks((h, *records), layer_inputs, shared)
+
+    out = Dense(channels, use_bias=False, dtype=dtype, name="proj_out")(h)[:, 1:]  # drop the global token
+    out = out + Dense(channels, use_bias=False, dtype=dtype, name="postprocess_conv")(out)
+    out = out.transpose(0, 2, 1).astype(jnp.float32)
+    recorded = None
+    if controls.record_layers:
+      recorded = KVCache(record_k, record_v, tuple(controls.record_layers))
+    return out, recorded
+
+  def _layer_inputs(self, controls: KVControls, batch: int, seq: int, dtype):
+    """Per-layer scan inputs, arguments broadcast to every layer, and the record buffers."""
+    cfg = self.config
+    depth = cfg.depth
+    bypass = controls.bypass if controls.bypass is not None else jnp.zeros((depth,), bool)
+    layer = {"bypass": jnp.asarray(bypass, bool)}
+    shared = {"source_index": controls.source_index, "injected_k": None, "injected_v": None}
+
+    if controls.inject_weight is not None:
+      layer["weight"] = controls.inject_weight
+      if controls.injected is not None:
+        held = controls.injected.layers
+        shared["injected_k"], shared["injected_v"] = controls.injected.k, controls.injected.v
+        layer["read_slot"] = jnp.asarray([held.index(i) if i in held else 0 for i in range(depth)], jnp.int32)
+        layer["has_reference"] = jnp.asarray([i in held for i in range(depth)])
+      else:
+        layer["has_reference"] = jnp.ones((depth,), bool)
+
+    records = (None, None)
+    if controls.record_layers:
+      rec = tuple(controls.record_layers)
+      layer["record_slot"] = jnp.asarray([rec.index(i) if i in rec else 0 for i in range(depth)], jnp.int32)
+      layer["recorded"] = jnp.asarray([i in rec for i in range(depth)])
+      shape = (len(rec), batch, seq, cfg.num_heads, cfg.head_dim)
+      records = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    return layer, shared, records

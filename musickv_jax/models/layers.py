@@ -1,0 +1,65 @@
+"""Small building blocks shared by the models: dense layers, norms, precision policy."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def matmul_precision(dtype) -> jax.lax.Precision:
+  """float32 models run true float32 matmuls (parity with PyTorch on every backend);
+  reduced-precision models take the backend's fast path."""
+  return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
+
+
+class Dense(nn.Module):
+  """y = x @ kernel (+ bias); kernel is (in, out), i.e. PyTorch's Linear weight transposed."""
+
+  features: int
+  use_bias: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+    y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype),
+                   precision=matmul_precision(self.dtype))
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros, (self.features,))
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class LayerNorm(nn.Module):
+  """PyTorch LayerNorm semantics (biased variance of centred input), always computed in float32."""
+
+  eps: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    centred = x32 - mean
+    var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+    y = centred * jax.lax.rsqrt(var + self.eps)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+class MLP2(nn.Module):
+  """Linear -> SiLU -> Linear, the conditioning projections of the DiT."""
+
+  hidden: int
+  features: int
+  use_bias: bool
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = Dense(self.hidden, use_bias=self.use_bias, dtype=self.dtype, name="in")(x)
+    x = nn.silu(x)
+    return Dense(self.features, use_bias=self.use_bias, dtype=self.dtype, name="out")(x)

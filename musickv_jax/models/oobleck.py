@@ -1,0 +1,206 @@
+"""The Oobleck autoencoder of Stable Audio Open.
+
+Audio is (B, channels, samples) and latents (B, latent_dim, frames) at the API, like the
+PyTorch models; inside, activations are (B, time, channels). Weight norm is folded into
+plain conv kernels by the converter (inference needs only w = g * v / ||v||). Kernels are
+(K, C_in, C_out) for convs and (K, C_in, C_out) in PyTorch's orientation for transposed convs.
+
+Long inputs: `decode_chunked` / `encode_chunked` split time into windows with enough
+overlap to cover the receptive field, so the result equals the one-shot pass while peak
+memory follows the window, not the whole clip.
+"""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from musickv_jax.config import OobleckConfig, to_jnp_dtype
+from musickv_jax.models.layers import matmul_precision
+
+Array = jax.Array
+
+_DN = ("NWC", "WIO", "NWC")
+
+
+class Conv1d(nn.Module):
+  """PyTorch Conv1d semantics (zero padding on both sides)."""
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  dilation: int = 1
+  use_bias: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.kernel_size, x.shape[-1], self.features))
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(self.stride,),
+        padding=[(self.padding, self.padding)], rhs_dilation=(self.dilation,), dimension_numbers=_DN,
+        precision=matmul_precision(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return y
+
+
+class ConvTranspose1d(nn.Module):
+  """PyTorch ConvTranspose1d semantics: output length (L - 1) * stride - 2 * padding + K.
+
+  Computed as a stride-dilated input convolved with the flipped kernel."""
+
+  features: int
+  kernel_size: int
+  stride: int
+  padding: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.kernel_size, x.shape[-1], self.features))
+    edge = self.kernel_size - 1 - self.padding
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), jnp.flip(kernel, axis=0).astype(self.dtype), window_strides=(1,),
+        padding=[(edge, edge)], lhs_dilation=(self.stride,), dimension_numbers=_DN,
+        precision=matmul_precision(self.dtype))
+    return y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+
+
+class Snake(nn.Module):
+  """x + 1 / (beta + 1e-9) * sin(alpha * x)^2 with per-channel log-scale alpha, beta; float32."""
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    channels = x.shape[-1]
+    alpha = jnp.exp(self.param("alpha", nn.initializers.zeros, (channels,)).astype(jnp.float32))
+    beta = jnp.exp(self.param("beta", nn.initializers.zeros, (channels,)).astype(jnp.float32))
+    x32 = x.astype(jnp.float32)
+    return (x32 + jnp.reciprocal(beta + 1e-9) * jnp.square(jnp.sin(alpha * x32))).astype(x.dtype)
+
+
+class ResidualUnit(nn.Module):
+  """Snake -> dilated conv k7 -> Snake -> conv k1, plus the input."""
+
+  channels: int
+  dilation: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    y = Conv1d(self.channels, 7, dilation=self.dilation, padding=3 * self.dilation, dtype=self.dtype,
+               name="conv1")(Snake(name="snake1")(x))
+    y = Conv1d(self.channels, 1, dtype=self.dtype, name="conv2")(Snake(name="snake2")(y))
+    return x + y
+
+
+class EncoderBlock(nn.Module):
+  out_channels: int
+  stride: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    channels = x.shape[-1]
+    for i, dilation in enumerate((1, 3, 9)):
+      x = ResidualUnit(channels, dilation, dtype=self.dtype, name=f"res_unit{i + 1}")(x)
+    x = Snake(name="snake1")(x)
+    return Conv1d(self.out_channels, 2 * self.stride, stride=self.stride, padding=math.ceil(self.stride / 2),
+                  dtype=self.dtype, name="conv1")(x)
+
+
+class DecoderBlock(nn.Module):
+  out_channels: int
+  stride: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = Snake(name="snake1")(x)
+    x = ConvTranspose1d(self.out_channels, 2 * self.stride, self.stride, math.ceil(self.stride / 2),
+                        dtype=self.dtype, name="conv_t1")(x)
+    for i, dilation in enumerate((1, 3, 9)):
+      x = ResidualUnit(self.out_channels, dilation, dtype=self.dtype, name=f"res_unit{i + 1}")(x)
+    return x
+
+
+class OobleckEncoder(nn.Module):
+  """(B, T, audio_channels) -> (B, T / hop, 2 * latent_dim)."""
+
+  config: OobleckConfig
+
+  @nn.compact
+  def __call__(self, audio: Array) -> Array:
+    cfg = self.config
+    dtype = to_jnp_dtype(cfg.dtype)
+    mults = (1,) + tuple(cfg.channel_mults)
+    x = Conv1d(cfg.encoder_channels, 7, padding=3, dtype=dtype, name="conv1")(audio)
+    for i, stride in enumerate(cfg.strides):
+      x = EncoderBlock(cfg.encoder_channels * mults[i + 1], stride, dtype=dtype, name=f"block_{i}")(x)
+    x = Snake(name="snake1")(x)
+    return Conv1d(2 * cfg.latent_dim, 3, padding=1, dtype=dtype, name="conv2")(x)
+
+
+class OobleckDecoder(nn.Module):
+  """(B, frames, latent_dim) -> (B, frames * hop, audio_channels). No final tanh."""
+
+  config: OobleckConfig
+
+  @nn.compact
+  def __call__(self, latents: Array) -> Array:
+    cfg = self.config
+    dtype = to_jnp_dtype(cfg.dtype)
+    mults = (1,) + tuple(cfg.channel_mults)
+    n = len(cfg.strides)
+    x = Conv1d(cfg.decoder_channels * mults[-1], 7, padding=3, dtype=dtype, name="conv1")(latents)
+    for i, stride in enumerate(reversed(cfg.strides)):
+      x = DecoderBlock(cfg.decoder_channels * mults[n - i - 1], stride, dtype=dtype, name=f"block_{i}")(x)
+    x = Snake(name="snake1")(x)
+    return Conv1d(cfg.audio_channels, 7, padding=3, use_bias=False, dtype=dtype, name="conv2")(x)
+
+
+@flax.struct.dataclass
+class LatentDistribution:
+  """Diagonal Gaussian over latents, (B, latent_dim, frames) each."""
+
+  mean: Array
+  std: Array
+
+  def sample(self, key: Array) -> Array:
+    return self.mean + self.std * jax.random.normal(key, self.mean.shape, self.mean.dtype)
+
+
+class OobleckVAE(nn.Module):
+  """Encoder and decoder with the API in PyTorch's channels-first layout."""
+
+  config: OobleckConfig
+
+  def setup(self):
+    self.encoder = OobleckEncoder(self.config)
+    self.decoder = OobleckDecoder(self.config)
+
+  def __call__(self, audio: Array) -> Array:
+    """Encode-mean then decode; used to create all parameters at init."""
+    return self.decode(self.encode(audio).mean)
+
+  def encode(self, audio: Array) -> LatentDistribution:
+    """audio (B, audio_channels, samples) -> posterior over (B, latent_dim, samples / hop)."""
+    chex.assert_rank(audio, 3)
+    if audio.shape[1] != self.config.audio_channels:
+      raise ValueError(f"expected audio with {self.config.audio_channels} channels, got shape {audio.shape}")
+    moments = self.encoder(audio.transpose(0, 2, 1)).astype(jnp.float32).transpose(0, 2, 1)
+    mean, scale = jnp.split(moments, 2, axis=1)
+    return LatentDistribution(mean=mean, std=jax.nn.softplus(scale) + 1e-4)
+
+  def decode(self, latents: Array) -> Array:
+    """latents (B, latent_dim, frames) -> audio (B, audio_channels, frames * hop), float32."""
+    chex.assert_rank(latents, 3)
+    if latents.shape[1] != self.config.latent_dim:
+      raise ValueError(f"expected latents with {self.config.latent_dim} channels, got shape {latents.shape}")
+    return self.decoder(latents.transpose(0, 2, 1)).astype(jnp.float32).transpose(0, 2, 1)

@@ -1,0 +1,42 @@
+"""Tokenisation of prompts with the checkpoint's T5 tokenizer (transformers, no torch)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class TokenizerError(ValueError):
+  pass
+
+
+def load_tokenizer(directory: str | Path, max_length: int | None = None):
+  """A T5 tokenizer from a folder with tokenizer.json (or spiece.model, which needs sentencepiece)."""
+  directory = Path(directory)
+  if not directory.is_dir() or not any((directory / f).is_file() for f in ("tokenizer.json", "spiece.model")):
+    raise TokenizerError(f"{directory}: no tokenizer found (expected tokenizer.json or spiece.model)")
+  from transformers import AutoTokenizer  # deferred: importing transformers takes a moment
+
+  try:
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+  except (OSError, ValueError, ImportError) as e:
+    raise TokenizerError(f"{directory}: cannot load the tokenizer ({str(e).splitlines()[0]}); a folder with only "
+                         "spiece.model needs the sentencepiece package") from None
+  if max_length is not None:
+    tokenizer.model_max_length = max_length
+  return tokenizer
+
+
+def tokenize(tokenizer, prompts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+  """Prompts -> (input_ids, attention_mask), each (len(prompts), max_length) int32, padded and
+  truncated to max_length like the reference pipelines. Truncation is logged, not silent."""
+  enc = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True, return_tensors="np")
+  full = tokenizer(list(prompts), padding=False, truncation=False)["input_ids"]
+  for prompt, ids in zip(prompts, full):
+    if len(ids) > max_length:
+      log.warning("prompt truncated to %d tokens: %r", max_length, prompt)
+  return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)

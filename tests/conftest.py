@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny PyTorch references saved in real layouts and converted by our converter."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: real-size models (minutes, GBs); run with `make test-slow`")
+
+
+@dataclasses.dataclass
+class Converted:
+  ref: object  # tests.reference.TinyReference
+  path: Path  # converted checkpoint
+  model: object  # musickv_jax.checkpoint.LoadedModel
+
+
+def _convert(source, output, **kwargs):
+  from convert.pipeline import convert_checkpoint
+  from musickv_jax.checkpoint import load_model
+
+  convert_checkpoint(source, output, log=lambda message: None, **kwargs)
+  return load_model(output)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Converted:
+  """DESIGN.md's tiny configs (head_dim 8), diffusers layout, converted."""
+  from tests.reference import build_reference
+
+  root = tmp_path_factory.mktemp("tiny")
+  ref = build_reference(root)
+  return Converted(ref, root / "converted", _convert(ref.diffusers_dir, root / "converted"))
+
+
+@pytest.fixture(scope="session")
+def tiny64(tmp_path_factory) -> Converted:
+  """head_dim 64 (rotary 32 like SAO), representable in stable-audio-tools too; diffusers layout."""
+  from tests.reference import DIT_TINY_HD64, build_reference
+
+  root = tmp_path_factory.mktemp("tiny64")
+  ref = build_reference(root, dit_kwargs=DIT_TINY_HD64, seed=10)
+  return Converted(ref, root / "converted", _convert(ref.diffusers_dir, root / "converted"))
