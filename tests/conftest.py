@@ -9,9 +9,6 @@ import pytest
 
 
 
-def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: real-size models (minutes, GBs); run with `make test-slow`")
-
 
 @dataclasses.dataclass
 class Converted:

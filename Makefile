@@ -1,0 +1,37 @@
+# musickv-jax: `make demo` sets up and runs the demo edit, `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: demo test test-slow setup setup-test clean
+
+$(VENV)/.runtime: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -e .
+	touch $@
+
+# One pip command for runtime and test requirements, so the CPU torch pin holds for everything.
+$(VENV)/.test: requirements.txt requirements-test.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt -r requirements-test.txt
+	$(PIP) install -q --no-deps -e .
+	touch $(VENV)/.runtime $@
+
+setup: $(VENV)/.runtime
+setup-test: $(VENV)/.test
+
+demo: $(VENV)/.runtime
+	$(PY) scripts/demo.py
+
+test: $(VENV)/.test
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: $(VENV)/.test
+	$(PY) -m pytest -m slow -q -s
+
+clean:
+	rm -rf $(VENV) .cache outputs

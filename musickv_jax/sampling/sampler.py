@@ -1,0 +1,125 @@
+"""The diffusion loop as one pure function: `lax.scan` over steps.
+
+carry = SolverState (x, multistep history); per-step inputs = a `StepPlan` (sigma, next sigma,
+timestep, solver order) plus any pytree of per-step arrays a caller adds (injection weights,
+...). A `denoise(x, sigma, t, step_extra) -> (denoised, aux)` function is all the loop knows
+of the model; `aux` is stacked over steps (e.g. recorded K/V).
+
+Progress under jit: each step calls `jax.debug.callback`, which forwards to the listeners
+registered with `on_step` on the host; listeners are not part of the program, so adding one
+never recompiles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musickv_jax.sampling import schedules, solvers
+
+Array = jax.Array
+Denoiser = Callable[[Array, Array, Array, Any], tuple[Array, Any]]
+
+
+@flax.struct.dataclass
+class StepPlan:
+  """Per-step arrays, each with a leading axis of length `steps`."""
+
+  sigma: Array  # noise level at the start of the step
+  sigma_next: Array  # noise level after the step (0 at the end)
+  timestep: Array  # the DiT time input for `sigma`
+  second_order: Array  # bool: multistep correction
+
+  @property
+  def steps(self) -> int:
+    return self.sigma.shape[0]
+
+
+def make_plan(sigmas, solver: str = "dpmpp-2m") -> StepPlan:
+  """StepPlan from a descending schedule of steps + 1 sigmas ending in 0."""
+  sigmas = np.asarray(sigmas, np.float64)
+  if sigmas.ndim != 1 or len(sigmas) < 2:
+    raise ValueError(f"sigmas must be a 1-D schedule of steps + 1 values, got shape {sigmas.shape}")
+  steps = len(sigmas) - 1
+  return StepPlan(
+      sigma=jnp.asarray(sigmas[:-1], jnp.float32), sigma_next=jnp.asarray(sigmas[1:], jnp.float32),
+      timestep=jnp.asarray(np.arctan(sigmas[:-1]) * 2 / np.pi, jnp.float32),
+      second_order=jnp.asarray(solvers.second_order_steps(solver, steps)))
+
+
+# ----------------------------------------------------------------------------- progress
+
+_listeners: list[Callable[[int, int], None]] = []
+
+
+def _report(step, total) -> None:
+  for listener in list(_listeners):
+    listener(int(step), int(total))
+
+
+@contextlib.contextmanager
+def on_step(listener: Callable[[int, int], None]):
+  """Calls listener(step, total) after every sampling step run inside the block."""
+  _listeners.append(listener)
+  try:
+    yield
+  finally:
+    _listeners.remove(listener)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def run(denoise: Denoiser, x_init: Array, plan: StepPlan, step_inputs: Any = None, *, solver: str = "dpmpp-2m",
+        key: Array | None = None, remat: bool = False) -> tuple[Array, Any]:
+  """Runs the sampler from x_init (already at noise level plan.sigma[0]) to the end of the plan.
+
+  step_inputs: pytree of arrays with a leading `steps` axis, handed to `denoise` step by step.
+  key: PRNG key for the SDE sampler (noise of step i is drawn from fold_in(key, i)).
+  remat: recompute each step in the backward pass (memory for gradients w.r.t. schedules).
+  Returns (x_0, aux stacked over steps).
+  """
+  solvers.check_solver(solver)
+  sde = solver == "dpmpp-2m-sde"
+  if sde and key is None:
+    raise ValueError("the dpmpp-2m-sde sampler needs a PRNG key")
+  total = plan.steps
+
+  def step(state: solvers.SolverState, xs):
+    p, extra, index = xs
+    denoised, aux = denoise(state.x, p.sigma, p.timestep, extra)
+    noise = jax.random.normal(jax.random.fold_in(key, index), state.x.shape, state.x.dtype) if sde else None
+    state = solvers.dpmpp_step(state, denoised, p.sigma, p.sigma_next, p.second_order, sde=sde, noise=noise)
+    jax.debug.callback(_report, index + 1, total)
+    return state, aux
+
+  if remat:
+    step = jax.checkpoint(step)
+  final, aux = jax.lax.scan(step, solvers.init_state(x_init), (plan, step_inputs, jnp.arange(total)))
+  return final.x, aux
+
+
+def run_with_noise(denoise: Denoiser, x_init: Array, plan: StepPlan, noises: Array) -> Array:
+  """The SDE sampler with its per-step noise given from outside, (steps, *x.shape): for tests
+  that compare against a transcription of the update, and for reproducing a noise path."""
+  def step(state, xs):
+    p, noise = xs
+    denoised, _ = denoise(state.x, p.sigma, p.timestep, None)
+    return solvers.dpmpp_step(state, denoised, p.sigma, p.sigma_next, p.second_order, sde=True, noise=noise), None
+
+  final, _ = jax.lax.scan(step, solvers.init_state(x_init), (plan, noises))
+  return final.x
+
+
+def v_denoiser(v_fn: Callable[[Array, Array, Any], tuple[Array, Any]]) -> Denoiser:
+  """Wraps a v-prediction model v_fn(x * c_in, t, extra) -> (v, aux) as a data-prediction denoiser."""
+  def denoise(x, sigma, t, extra):
+    v, aux = v_fn(x * schedules.c_in(sigma), t, extra)
+    return schedules.denoised_from_v(x, v.astype(x.dtype), sigma), aux
+  return denoise
