@@ -204,3 +204,42 @@ class OobleckVAE(nn.Module):
     if latents.shape[1] != self.config.latent_dim:
       raise ValueError(f"expected latents with {self.config.latent_dim} channels, got shape {latents.shape}")
     return self.decoder(latents.transpose(0, 2, 1)).astype(jnp.float32).transpose(0, 2, 1)
+
+
+# ----------------------------------------------------------------------------- long audio
+
+
+def decoder_receptive_radius(config: OobleckConfig) -> int:
+  """How many latent frames on each side can influence one output sample of the decoder
+  (rounded up, plus one for safety). Windows with this much context decode exactly."""
+  radius, rate = 3.0, 1.0  # conv1 (k7) at the latent rate; rate = samples per latent frame
+  for stride in reversed(config.strides):
+    radius += 2.0 / rate  # transposed conv, kernel 2s: two input samples either side
+    rate *= stride
+    radius += 3 * (1 + 3 + 9) / rate  # three residual units with k7 and dilations 1, 3, 9
+  radius += 3.0 / rate  # conv2 (k7)
+  return int(math.ceil(radius)) + 1
+
+
+def encoder_receptive_radius(config: OobleckConfig) -> int:
+  """Latent frames on each side that can influence one latent frame of the encoder."""
+  radius, rate = 3.0, 1.0  # conv1 (k7) at the audio rate; rate = audio samples per current sample
+  for stride in config.strides:
+    radius += 3 * (1 + 3 + 9) * rate
+    radius += (stride + 1) * rate  # strided conv, kernel 2s
+    rate *= stride
+  radius += 1 * rate  # conv2 (k3) at the latent rate
+  return int(math.ceil(radius / config.hop_length)) + 1
+
+
+def windows(length: int, chunk: int, overlap: int) -> list[tuple[int, int, int, int]]:
+  """Splits [0, length) into chunks [a, b) each computed from one window [w0, w0 + width) of a
+  single width, with `overlap` frames of context on each side (or the true sequence edge).
+  Returns (a, b, w0, width) tuples."""
+  width = min(length, chunk + 2 * overlap)
+  out = []
+  for a in range(0, length, chunk):
+    b = min(a + chunk, length)
+    w0 = max(0, min(a - overlap, length - width))
+    out.append((a, b, w0, width))
+  return out

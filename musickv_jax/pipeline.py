@@ -1,0 +1,221 @@
+"""The user-facing Python API: text in, audio out.
+
+  model = load_model("ckpt/sao")
+  result = generate(model, ["Piano solo"], audio_end_in_s=10, seed=0)
+  result.audio  # (n_prompts, channels, samples) float32 at result.sample_rate
+
+Follows the reference pipelines (diffusers StableAudioPipeline): T5 + seconds conditioning,
+CFG batch [uncond; cond] with an all-zero unconditional context (or the negative prompt),
+the model's full latent window by default, decoded and trimmed to [start, end].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musickv_jax import vae_ops
+from musickv_jax.checkpoint import LoadedModel
+from musickv_jax.config import ConditionerConfig, ModelConfig, T5Config
+from musickv_jax.models.conditioning import Conditioner, Conditioning
+from musickv_jax.models.t5 import T5Encoder
+from musickv_jax.sampling import guided, sampler, schedules, solvers
+from musickv_jax.text import tokenize
+
+LATENT_LENGTHS = ("full", "fit")
+FIT_BUCKET_FRAMES = 64  # `fit` rounds the latent length up to a multiple of this (few compiled shapes)
+
+
+class GenerationError(ValueError):
+  """A generation request that cannot be served; the message names the problem and the fix."""
+
+
+# ----------------------------------------------------------------------------- conditioning
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _encode_text(params, ids, mask, *, config: T5Config):
+  return T5Encoder(config).apply({"params": params}, ids, mask)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _condition(params, text_hidden, mask, seconds_start, seconds_total, *, config: ConditionerConfig):
+  return Conditioner(config).apply({"params": params}, text_hidden, mask, seconds_start, seconds_total)
+
+
+def text_conditioning(model: LoadedModel, prompts: Sequence[str], seconds_start: float,
+                      seconds_total: float) -> Conditioning:
+  """Prompts + seconds -> Conditioning (n, ...): T5, projection, padding zeroed, seconds tokens."""
+  cfg = model.config
+  ids, mask = tokenize(model.tokenizer, list(prompts), cfg.t5.max_length)
+  hidden = _encode_text(model.params["t5"], jnp.asarray(ids), jnp.asarray(mask), config=cfg.t5)
+  n = len(prompts)
+  return _condition(model.params["conditioner"], hidden, jnp.asarray(mask),
+                    jnp.full((n,), seconds_start, jnp.float32), jnp.full((n,), seconds_total, jnp.float32),
+                    config=cfg.conditioner)
+
+
+def guided_conditioning(model: LoadedModel, prompts: Sequence[str], *, negative_prompt: str | None,
+                        seconds_start: float, seconds_total: float, guidance: np.ndarray,
+                        use_cfg: bool) -> guided.GuidedConditioning:
+  """Rows [uncond; cond] (or [cond]). The unconditional context is all zeros (text and seconds
+  tokens) with the real global vector, or the negative prompt's tokens with the same seconds."""
+  cond = text_conditioning(model, prompts, seconds_start, seconds_total)
+  guidance = jnp.asarray(guidance, jnp.float32)
+  if not use_cfg:
+    return guided.GuidedConditioning(cond.cross_tokens, cond.global_cond, guidance)
+  if negative_prompt is None:
+    uncond = Conditioning(jnp.zeros_like(cond.cross_tokens), cond.global_cond)
+  else:
+    uncond = text_conditioning(model, [negative_prompt] * len(prompts), seconds_start, seconds_total)
+  return guided.GuidedConditioning(
+      cross_tokens=jnp.concatenate([uncond.cross_tokens, cond.cross_tokens]),
+      global_cond=jnp.concatenate([uncond.global_cond, cond.global_cond]), guidance=guidance)
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+  """Every setting that decides a generation (the sidecar JSON holds exactly these)."""
+
+  prompts: tuple[str, ...]
+  negative_prompt: str | None = None
+  audio_start_in_s: float = 0.0
+  audio_end_in_s: float | None = None  # None: the model's maximum
+  num_inference_steps: int = 100
+  guidance_scale: float = 7.0
+  sampler: str = "dpmpp-2m"
+  sigma_schedule: str = "exponential"
+  sigma_min: float = schedules.SIGMA_MIN
+  sigma_max: float = schedules.SIGMA_MAX
+  seed: int = 0
+  latent_length: str = "full"
+  noise_convention: str = "diffusers"  # x_T = noise * sqrt(sigma_max^2 + 1)
+
+  def resolved_end(self, config: ModelConfig) -> float:
+    return config.max_audio_seconds if self.audio_end_in_s is None else float(self.audio_end_in_s)
+
+
+def validate(settings: GenerationSettings, config: ModelConfig) -> None:
+  """Raises GenerationError for a request the model cannot serve, before any work is done."""
+  if not settings.prompts:
+    raise GenerationError("no prompts given; pass at least one with --prompts")
+  for i, prompt in enumerate(settings.prompts):
+    if not prompt.strip():
+      raise GenerationError(f"prompt {i + 1} is empty; every prompt needs text")
+  if settings.num_inference_steps < 1:
+    raise GenerationError(f"--num_inference_steps must be at least 1, got {settings.num_inference_steps}")
+  try:
+    solvers.check_solver(settings.sampler)
+  except ValueError as e:
+    raise GenerationError(str(e)) from None
+  if settings.sigma_schedule not in schedules.SCHEDULES:
+    raise GenerationError(f"unknown sigma schedule {settings.sigma_schedule!r}; use one of {schedules.SCHEDULES}")
+  if settings.latent_length not in LATENT_LENGTHS:
+    raise GenerationError(f"--latent_length must be one of {LATENT_LENGTHS}, got {settings.latent_length!r}")
+  if not math.isfinite(settings.guidance_scale):
+    raise GenerationError(f"--guidance_scale must be a finite number, got {settings.guidance_scale}")
+  start, end, maximum = settings.audio_start_in_s, settings.resolved_end(config), config.max_audio_seconds
+  if start < 0:
+    raise GenerationError(f"--audio_start_in_s must be >= 0, got {start}")
+  if end <= start:
+    raise GenerationError(f"--audio_end_in_s ({end}) must be greater than --audio_start_in_s ({start})")
+  if end > maximum + 1e-6:
+    raise GenerationError(f"--audio_end_in_s {end:g} s is longer than the model's maximum of {maximum:.2f} s; "
+                          f"ask for at most {maximum:.2f} s")
+  lo, hi = config.conditioner.seconds_min, config.conditioner.seconds_max
+  if not (lo <= start <= hi and lo <= end <= hi):
+    raise GenerationError(f"seconds must lie in the conditioner's range [{lo:g}, {hi:g}]")
+
+
+def latent_frames(settings: GenerationSettings, config: ModelConfig) -> int:
+  """full: the model's window (what the references do); fit: just enough for audio_end_in_s,
+  rounded up to a multiple of FIT_BUCKET_FRAMES."""
+  if settings.latent_length == "full":
+    return config.dit.sample_size
+  needed = math.ceil(settings.resolved_end(config) * config.sample_rate / config.vae.hop_length)
+  return min(config.dit.sample_size, FIT_BUCKET_FRAMES * math.ceil(needed / FIT_BUCKET_FRAMES))
+
+
+def initial_latents(settings: GenerationSettings, config: ModelConfig, n: int, frames: int) -> jax.Array:
+  """Unit Gaussian noise from the seed, one independent draw per prompt, scaled to sigma_max."""
+  noise = jax.random.normal(jax.random.key(settings.seed), (n, config.dit.io_channels, frames), jnp.float32)
+  return noise * schedules.init_noise_scale(settings.sigma_max, settings.noise_convention)
+
+
+def check_init_latents(latents: np.ndarray, n: int, settings: GenerationSettings, config: ModelConfig) -> None:
+  expected_channels = config.dit.io_channels
+  if latents.ndim != 3 or latents.shape[0] != n or latents.shape[1] != expected_channels:
+    raise GenerationError(f"--init_latents has shape {latents.shape}; expected ({n}, {expected_channels}, T) "
+                          f"for {n} prompt(s)")
+  frames = latents.shape[2]
+  if frames > config.dit.sample_size:
+    raise GenerationError(f"--init_latents has {frames} frames; the model takes at most {config.dit.sample_size}")
+  covered = frames * config.vae.hop_length / config.sample_rate
+  if settings.resolved_end(config) > covered + 1e-6:
+    raise GenerationError(f"--init_latents covers {covered:.2f} s but --audio_end_in_s is "
+                          f"{settings.resolved_end(config):g} s")
+  if not np.all(np.isfinite(latents)):
+    raise GenerationError("--init_latents contains NaN or infinite values")
+
+
+def step_plan(settings: GenerationSettings) -> sampler.StepPlan:
+  sigmas = schedules.sigma_schedule(settings.sigma_schedule, settings.num_inference_steps, settings.sigma_min,
+                                    settings.sigma_max)
+  return sampler.make_plan(sigmas, settings.sampler)
+
+
+def trim(audio: np.ndarray, settings: GenerationSettings, config: ModelConfig) -> np.ndarray:
+  """Cuts [start, end] out of decoded audio, by int() of the sample positions like diffusers."""
+  begin = int(settings.audio_start_in_s * config.sample_rate)
+  end = int(settings.resolved_end(config) * config.sample_rate)
+  return audio[..., begin:end]
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+@dataclasses.dataclass
+class Generation:
+  audio: np.ndarray  # (n, channels, samples) float32, trimmed
+  latents: np.ndarray  # (n, C, T) final latents
+  sample_rate: int
+  settings: GenerationSettings
+  latent_frames: int
+
+
+def generate(model: LoadedModel, settings: GenerationSettings, *, init_latents: np.ndarray | None = None,
+             decode_chunk_frames: int | None = vae_ops.DECODE_CHUNK_FRAMES,
+             on_step: Callable[[int, int], None] | None = None) -> Generation:
+  """Text-to-music: conditioning -> noise (or init_latents, used as given) -> sampler -> decode -> trim."""
+  cfg = model.config
+  validate(settings, cfg)
+  n = len(settings.prompts)
+  if init_latents is not None:
+    init_latents = np.asarray(init_latents, np.float32)
+    check_init_latents(init_latents, n, settings, cfg)
+    x_init = jnp.asarray(init_latents)
+  else:
+    x_init = initial_latents(settings, cfg, n, latent_frames(settings, cfg))
+  use_cfg = settings.guidance_scale != 1.0 or settings.negative_prompt is not None
+  end = settings.resolved_end(cfg)
+  cond = guided_conditioning(model, settings.prompts, negative_prompt=settings.negative_prompt,
+                             seconds_start=settings.audio_start_in_s, seconds_total=end,
+                             guidance=np.full((n,), settings.guidance_scale, np.float32), use_cfg=use_cfg)
+  key = jax.random.fold_in(jax.random.key(settings.seed), 1)  # SDE noise, independent of x_T
+  listener = on_step or (lambda step, total: None)
+  with sampler.on_step(listener):
+    latents, _ = guided.sample(model.params["dit"], cond, x_init, step_plan(settings), key, dit_config=cfg.dit,
+                               solver=settings.sampler, use_cfg=use_cfg)
+  latents = np.asarray(latents)
+  audio = vae_ops.decode(model.params["vae"], latents, cfg.vae, decode_chunk_frames)
+  return Generation(audio=trim(audio, settings, cfg), latents=latents, sample_rate=cfg.sample_rate,
+                    settings=settings, latent_frames=int(x_init.shape[-1]))

@@ -1,0 +1,103 @@
+"""The DiT sampler with classifier-free guidance and per-step self-attention controls.
+
+Batch layout per step: [uncond_0 .. uncond_{B-1}, cond_0 .. cond_{B-1}] (like diffusers), so
+the model sees 2B rows; v = v_uncond + g * (v_cond - v_uncond) with a per-sample scale g (B,).
+`use_cfg=False` runs the B conditional rows only (v = v_cond).
+
+Everything that varies between jobs of one shape is an argument array: prompts (as
+conditioning), seeds (as x_init / key), guidance, sigma schedules and injection weights. Only
+the shapes, the solver, whether CFG runs, and which layers are recorded are static.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from musickv_jax.config import DiTConfig
+from musickv_jax.models.dit import KVCache, KVControls, StableAudioDiT
+from musickv_jax.sampling import sampler as sampler_lib
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class GuidedConditioning:
+  """Conditioning of the rows the DiT sees: (2B, ...) with CFG ([uncond; cond]), else (B, ...)."""
+
+  cross_tokens: Array
+  global_cond: Array
+  guidance: Array  # (B,) per-sample guidance scale
+
+
+@flax.struct.dataclass
+class KVSteps:
+  """Self-attention controls over the whole loop (rows as the DiT sees them, R = 2B or B).
+
+  inject_weight: (steps, depth, R) blend weight per step, layer and row, or None.
+  source_index: (R,) int32 joint mode: the row whose K/V each row blends in, or None.
+  injected: KVCache with k, v (steps, n_layers, R, S, H, D), cached mode, or None.
+  bypass: (depth,) bool, layers whose self-attention is skipped for every row, or None.
+  """
+
+  inject_weight: Array | None = None
+  source_index: Array | None = None
+  injected: KVCache | None = None
+  bypass: Array | None = None
+
+
+def _controls(kv: KVSteps | None, step: dict, record_layers: tuple[int, ...]) -> KVControls:
+  if kv is None:
+    return KVControls(record_layers=record_layers)
+  return KVControls(inject_weight=step.get("inject_weight"), source_index=kv.source_index,
+                    injected=step.get("injected"), bypass=kv.bypass, record_layers=record_layers)
+
+
+def _per_step(kv: KVSteps | None) -> dict:
+  if kv is None:
+    return {}
+  out = {}
+  if kv.inject_weight is not None:
+    out["inject_weight"] = kv.inject_weight
+  if kv.injected is not None:
+    out["injected"] = kv.injected
+  return out
+
+
+def guided_denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditioning, *, use_cfg: bool,
+                    kv: KVSteps | None = None, record_layers: tuple[int, ...] = ()):
+  """A sampler.Denoiser for the DiT with CFG; aux = recorded K/V (KVCache) or None."""
+  dit = StableAudioDiT(dit_config)
+
+  def v_fn(x_scaled, t, step):
+    rows = jnp.concatenate([x_scaled, x_scaled]) if use_cfg else x_scaled
+    t_rows = jnp.broadcast_to(t, (rows.shape[0],))
+    v, recorded = dit.apply({"params": dit_params}, rows, t_rows, cond.cross_tokens, cond.global_cond,
+                            _controls(kv, step, record_layers))
+    if use_cfg:
+      v_uncond, v_cond = jnp.split(v, 2)
+      v = v_uncond + cond.guidance[:, None, None] * (v_cond - v_uncond)
+    return v, recorded
+
+  return sampler_lib.v_denoiser(v_fn)
+
+
+@functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers", "remat"))
+def sample(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_lib.StepPlan, key: Array,
+           kv: KVSteps | None = None, *, dit_config: DiTConfig, solver: str = "dpmpp-2m", use_cfg: bool = True,
+           record_layers: tuple[int, ...] = (), remat: bool = False) -> tuple[Array, KVCache | None]:
+  """x_init (B, C, T) at noise level plan.sigma[0] -> (x_0, recorded K/V over steps or None).
+
+  Recorded K/V, when record_layers is given: a KVCache with k, v (steps, n_layers, R, S, H, D).
+  """
+  batch = x_init.shape[0]
+  rows = 2 * batch if use_cfg else batch
+  chex.assert_shape(cond.cross_tokens, (rows, None, dit_config.cond_input_dim))
+  chex.assert_shape(cond.global_cond, (rows, dit_config.global_cond_dim))
+  chex.assert_shape(cond.guidance, (batch,))
+  denoise = guided_denoiser(dit_params, dit_config, cond, use_cfg=use_cfg, kv=kv, record_layers=record_layers)
+  return sampler_lib.run(denoise, x_init, plan, _per_step(kv), solver=solver, key=key, remat=remat)

@@ -1,0 +1,66 @@
+"""Encoding and decoding with bounded memory: the VAE runs over windows of fixed width with
+enough context (its receptive field) that the stitched result equals the one-shot pass, while
+peak memory follows the window. One compiled program per window shape."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musickv_jax.config import OobleckConfig
+from musickv_jax.models.oobleck import (LatentDistribution, OobleckVAE, decoder_receptive_radius,
+                                        encoder_receptive_radius, windows)
+
+DECODE_CHUNK_FRAMES = 128
+ENCODE_CHUNK_FRAMES = 128
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _decode(params, latents, *, config: OobleckConfig):
+  vae = OobleckVAE(config)
+  return vae.apply({"params": params}, latents, method=vae.decode)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _encode(params, audio, *, config: OobleckConfig):
+  vae = OobleckVAE(config)
+  dist = vae.apply({"params": params}, audio, method=vae.encode)
+  return dist.mean, dist.std
+
+
+def decode(params, latents, config: OobleckConfig, chunk_frames: int | None = DECODE_CHUNK_FRAMES) -> np.ndarray:
+  """latents (B, latent_dim, frames) -> audio (B, channels, frames * hop) float32 NumPy.
+
+  chunk_frames=None decodes in one pass."""
+  latents = jnp.asarray(latents, jnp.float32)
+  frames = latents.shape[-1]
+  if chunk_frames is None or frames <= chunk_frames:
+    return np.asarray(_decode(params, latents, config=config))
+  hop = config.hop_length
+  out = np.empty((latents.shape[0], config.audio_channels, frames * hop), np.float32)
+  for a, b, w0, width in windows(frames, chunk_frames, decoder_receptive_radius(config)):
+    audio = np.asarray(_decode(params, latents[..., w0:w0 + width], config=config))
+    out[..., a * hop:b * hop] = audio[..., (a - w0) * hop:(b - w0) * hop]
+  return out
+
+
+def encode(params, audio, config: OobleckConfig, chunk_frames: int | None = ENCODE_CHUNK_FRAMES) -> LatentDistribution:
+  """audio (B, channels, samples), samples a multiple of the hop -> posterior over latents."""
+  audio = jnp.asarray(audio, jnp.float32)
+  hop = config.hop_length
+  if audio.shape[-1] % hop:
+    raise ValueError(f"audio length {audio.shape[-1]} is not a multiple of the VAE hop {hop}")
+  frames = audio.shape[-1] // hop
+  if chunk_frames is None or frames <= chunk_frames:
+    mean, std = _encode(params, audio, config=config)
+    return LatentDistribution(mean=mean, std=std)
+  mean = np.empty((audio.shape[0], config.latent_dim, frames), np.float32)
+  std = np.empty_like(mean)
+  for a, b, w0, width in windows(frames, chunk_frames, encoder_receptive_radius(config)):
+    m, s = _encode(params, audio[..., w0 * hop:(w0 + width) * hop], config=config)
+    mean[..., a:b] = np.asarray(m)[..., a - w0:b - w0]
+    std[..., a:b] = np.asarray(s)[..., a - w0:b - w0]
+  return LatentDistribution(mean=jnp.asarray(mean), std=jnp.asarray(std))

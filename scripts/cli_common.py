@@ -1,0 +1,219 @@
+"""What every command line shares: flag syntax, one-line errors, model resolution, progress,
+and writing outputs so that a failure leaves nothing half-written.
+
+Flag syntax, as users of the original MusicKV command line type it: `--prompts A B C` (several
+values after one flag; `--prompts=A` gives one), integer lists with commas (`--vital_layers=20,3,4`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from absl import flags, logging
+
+FLAGS = flags.FLAGS
+MULTI_VALUE_FLAGS = ("prompts",)
+
+
+class UsageError(Exception):
+  """Bad command-line input: printed as one line, exit status 2."""
+
+
+def expand_multi_value_flags(argv: Sequence[str], names: Sequence[str] = MULTI_VALUE_FLAGS) -> list[str]:
+  """`--prompts A B` -> `--prompts=A --prompts=B`: values run until the next `--flag`."""
+  out, current = [], None
+  for arg in argv:
+    if arg.startswith("--"):
+      name = arg[2:].split("=", 1)[0]
+      current = name if (name in names and "=" not in arg) else None
+      if current is None:
+        out.append(arg)
+      continue
+    if current is not None:
+      out.append(f"--{current}={arg}")
+    else:
+      out.append(arg)
+  return out
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl flag parsing with one-line errors instead of a usage dump."""
+  try:
+    return FLAGS(expand_multi_value_flags(argv))
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_main(main: Callable[[], None]) -> Callable[[list[str]], int]:
+  """Wraps a script body: known errors become one line on stderr and a non-zero exit."""
+  def wrapped(argv):
+    if len(argv) > 1:
+      print(f"error: unexpected arguments {argv[1:]} (values with spaces need quotes)", file=sys.stderr)
+      return 2
+    quiet_libraries()
+    from convert.tensors import ConversionError
+    from musickv_jax.audio import AudioError
+    from musickv_jax.checkpoint import CheckpointError
+    from musickv_jax.config import ConfigError
+    from musickv_jax.pipeline import GenerationError
+    from musickv_jax.text import TokenizerError
+    try:
+      main()
+    except UsageError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    except (ConversionError, CheckpointError, GenerationError, AudioError, ConfigError, TokenizerError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 1
+    return 0
+  return wrapped
+
+
+def quiet_libraries() -> None:
+  logging.set_verbosity(logging.WARNING)
+  import logging as std_logging
+  for name in ("absl", "orbax", "jax._src.xla_bridge"):
+    std_logging.getLogger(name).setLevel(std_logging.WARNING)
+
+
+def int_list(values: Sequence[str], flag: str) -> list[int]:
+  out = []
+  for v in values:
+    try:
+      out.append(int(v))
+    except ValueError:
+      raise UsageError(f"--{flag} takes comma-separated integers, got {v!r}") from None
+  return out
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def cache_root() -> Path:
+  return Path(os.environ.get("MUSICKV_CACHE", Path.home() / ".cache" / "musickv-jax"))
+
+
+def _fingerprint(path: Path) -> str:
+  """Identity of an unconverted checkpoint: where it is and the size / mtime of its files."""
+  h = hashlib.sha256(str(path.resolve()).encode())
+  files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+  for f in files:
+    st = f.stat()
+    h.update(f"{f.relative_to(path.parent)}:{st.st_size}:{int(st.st_mtime)}".encode())
+  return h.hexdigest()[:16]
+
+
+def resolve_model(model: str | None, *, hf_token: str | None = None, t5: str | None = None,
+                  dtype: str | None = None, log=print):
+  """--model: a converted checkpoint, or an unconverted diffusers folder / stable-audio-tools file /
+  hub id, which is converted once into the cache ($MUSICKV_CACHE, default ~/.cache/musickv-jax)."""
+  from convert.pipeline import convert_checkpoint
+  from convert.sources import looks_like_hub_id
+  from musickv_jax.checkpoint import is_converted_checkpoint, load_model
+
+  if not model:
+    raise UsageError("--model is required: a converted checkpoint directory, a diffusers / stable-audio-tools "
+                     "checkpoint, or a hub id")
+  if looks_like_hub_id(model):
+    target = cache_root() / "converted" / re.sub(r"[^\w.-]", "_", model)
+    if not is_converted_checkpoint(target):
+      log(f"converting {model} from the hub into {target}")
+      convert_checkpoint(model, target, hf_token=hf_token, t5_dir=t5, overwrite=True, log=log)
+    return load_model(target, dtype=dtype)
+  path = Path(model).expanduser()
+  if not path.exists():
+    raise UsageError(f"--model {model}: no such file or directory")
+  if is_converted_checkpoint(path):
+    return load_model(path, dtype=dtype)
+  target = cache_root() / "converted" / f"{path.name}-{_fingerprint(path)}"
+  if not is_converted_checkpoint(target):
+    log(f"{path} is not converted yet; converting it once into {target}")
+    convert_checkpoint(path, target, t5_dir=t5, overwrite=True, log=log)
+  return load_model(target, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- progress and outputs
+
+
+def progress_bar(total: int, description: str):
+  """A tqdm bar on stderr; returns (listener for sampler.on_step, close)."""
+  from tqdm import tqdm
+
+  bar = tqdm(total=total, desc=description, unit="step", file=sys.stderr, dynamic_ncols=True,
+             disable=not sys.stderr.isatty() and os.environ.get("MUSICKV_PROGRESS") != "1")
+
+  def listener(step: int, total_steps: int) -> None:
+    bar.update(step - bar.n)
+
+  return listener, bar.close
+
+
+def check_output_dir(path: str) -> Path:
+  """The output folder must exist or be creatable, and be writable; checked before any work."""
+  out = Path(path).expanduser()
+  probe = out
+  while not probe.exists():
+    probe = probe.parent
+  if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    raise UsageError(f"--output_path {path}: {probe} is not a writable directory")
+  return out
+
+
+class OutputSet:
+  """Collects output files as temporaries and renames them into place together at `commit()`:
+  a run that fails part-way leaves no partial outputs under the final names."""
+
+  def __init__(self, directory: Path):
+    self.directory = directory
+    self._pending: list[tuple[Path, Path]] = []
+
+  def __enter__(self):
+    self.directory.mkdir(parents=True, exist_ok=True)
+    return self
+
+  def path(self, name: str | Path) -> Path:
+    """A temporary path for output `name` (relative to the directory, or a path of its own)."""
+    final = self.directory / name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
+    self._pending.append((tmp, final))
+    return tmp
+
+  def commit(self) -> list[Path]:
+    for tmp, final in self._pending:
+      os.replace(tmp, final)
+    done = [final for _, final in self._pending]
+    self._pending = []
+    return done
+
+  def __exit__(self, exc_type, exc, tb):
+    for tmp, _ in self._pending:
+      tmp.unlink(missing_ok=True)
+    return False
+
+
+def write_json(path: Path, data: dict) -> None:
+  path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_npy(path: Path, array) -> None:
+  import numpy as np
+  with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temporary name
+    np.save(f, np.asarray(array), allow_pickle=False)
+
+
+def command_line() -> str:
+  return " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def slug(text: str, limit: int = 40) -> str:
+  s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+  return s[:limit].rstrip("-") or "prompt"
