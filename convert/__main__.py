@@ -29,6 +29,10 @@ flags.DEFINE_bool("allow_unexpected", False, "Convert even if the source holds t
 
 def main(argv):
   del argv
+  import logging
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("orbax").setLevel(logging.WARNING)
   from convert.pipeline import convert_checkpoint
   from convert.tensors import ConversionError
 

@@ -27,6 +27,9 @@ def write_atomic(path: str | Path, write) -> Path:
   os.close(fd)
   try:
     write(Path(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)

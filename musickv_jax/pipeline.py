@@ -219,3 +219,133 @@ def generate(model: LoadedModel, settings: GenerationSettings, *, init_latents: 
   audio = vae_ops.decode(model.params["vae"], latents, cfg.vae, decode_chunk_frames)
   return Generation(audio=trim(audio, settings, cfg), latents=latents, sample_rate=cfg.sample_rate,
                     settings=settings, latent_frames=int(x_init.shape[-1]))
+
+
+# ----------------------------------------------------------------------------- editing (MusicKV)
+
+REFERENCE_VITAL_LAYERS = (20, 3, 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class EditSettings:
+  """A MusicKV edit: prompt 0 is the source, the edits take its K/V in the vital layers.
+
+  schedule: (steps, n_vital) or (steps, n_vital, n_edits) weights (see editing.schedules);
+  None means the reference's time-varying ramp w_i = i / steps.
+  """
+
+  generation: GenerationSettings
+  vital_layers: tuple[int, ...] = REFERENCE_VITAL_LAYERS
+  skip_layers: tuple[int, ...] = ()
+  schedule: np.ndarray | None = dataclasses.field(default=None, compare=False)
+  injection_mode: str = "joint"
+  edit_all: bool = False
+  allow_unbounded_schedule: bool = False
+
+  def resolved_schedule(self) -> np.ndarray:
+    from musickv_jax.editing import schedules as kv_schedules
+    steps = self.generation.num_inference_steps
+    if self.schedule is None:
+      return kv_schedules.linear_ramp(steps, len(self.vital_layers))
+    return np.asarray(self.schedule, np.float32)
+
+
+def _check_layers(layers: Sequence[int], depth: int, flag: str) -> None:
+  for layer in layers:
+    if not 0 <= layer < depth:
+      raise GenerationError(f"--{flag}: layer {layer} is out of range; this model's layers are 0..{depth - 1}")
+  duplicates = sorted({layer for layer in layers if list(layers).count(layer) > 1})
+  if duplicates:
+    raise GenerationError(f"--{flag}: layer(s) {duplicates} listed more than once")
+
+
+def validate_edit(settings: EditSettings, config: ModelConfig) -> np.ndarray:
+  """Raises GenerationError for an edit that cannot run; returns the validated schedule."""
+  from musickv_jax.editing import injection
+  from musickv_jax.editing import schedules as kv_schedules
+
+  gen = settings.generation
+  if len(gen.prompts) < 2:
+    raise GenerationError("editing needs at least two prompts: the source description first, then the edit "
+                          "(--prompts \"SOURCE\" \"EDIT\" [MORE ...])")
+  validate(gen, config)
+  if not settings.vital_layers:
+    raise GenerationError("--vital_layers is empty; give at least one layer to inject into")
+  _check_layers(settings.vital_layers, config.dit.depth, "vital_layers")
+  _check_layers(settings.skip_layers, config.dit.depth, "skip_layers")
+  if settings.injection_mode not in injection.MODES:
+    raise GenerationError(f"--injection_mode must be one of {injection.MODES}, got {settings.injection_mode!r}")
+  n_edits = len(gen.prompts) - 1 if settings.edit_all else 1
+  try:
+    return kv_schedules.validate(settings.resolved_schedule(), gen.num_inference_steps, len(settings.vital_layers),
+                                 n_edits, allow_unbounded=settings.allow_unbounded_schedule)
+  except kv_schedules.ScheduleError as e:
+    raise GenerationError(str(e)) from None
+
+
+@dataclasses.dataclass
+class EditResult:
+  audio: np.ndarray  # (n, channels, samples) float32, trimmed; [source, edits / plain generations]
+  latents: np.ndarray  # (n, C, T)
+  roles: list[str]  # "source", "edit" or "plain" per prompt
+  sample_rate: int
+  settings: EditSettings
+  schedule: np.ndarray
+  latent_frames: int
+
+
+def edit_initial_latents(settings: GenerationSettings, config: ModelConfig, n: int, frames: int) -> jax.Array:
+  """One noise draw shared by every prompt (source and edits start from the same x_T), as the
+  reference does, scaled to sigma_max."""
+  one = initial_latents(settings, config, 1, frames)
+  return jnp.tile(one, (n, 1, 1))
+
+
+def edit(model: LoadedModel, settings: EditSettings, *, init_latents: np.ndarray | None = None,
+         decode_chunk_frames: int | None = vae_ops.DECODE_CHUNK_FRAMES,
+         on_step: Callable[[int, int], None] | None = None) -> EditResult:
+  """Generates the source (prompt 0) and the edits with MusicKV KV injection."""
+  from musickv_jax.editing import injection
+
+  cfg = model.config
+  gen = settings.generation
+  schedule = validate_edit(settings, cfg)
+  n = len(gen.prompts)
+  if init_latents is not None:
+    init_latents = np.asarray(init_latents, np.float32)
+    check_init_latents(init_latents, n, gen, cfg)
+    x_init = jnp.asarray(init_latents)
+  else:
+    x_init = edit_initial_latents(gen, cfg, n, latent_frames(gen, cfg))
+  use_cfg = gen.guidance_scale != 1.0 or gen.negative_prompt is not None
+  layout = injection.EditLayout.reference(n, settings.edit_all, use_cfg)
+  cond = guided_conditioning(model, gen.prompts, negative_prompt=gen.negative_prompt,
+                             seconds_start=gen.audio_start_in_s, seconds_total=gen.resolved_end(cfg),
+                             guidance=np.full((n,), gen.guidance_scale, np.float32), use_cfg=use_cfg)
+  key = jax.random.fold_in(jax.random.key(gen.seed), 1)
+  plan = step_plan(gen)
+  layers, skips = tuple(settings.vital_layers), tuple(settings.skip_layers)
+  listener = on_step or (lambda step, total: None)
+  steps = gen.num_inference_steps
+  sample = functools.partial(guided.sample, model.params["dit"], dit_config=cfg.dit, solver=gen.sampler,
+                             use_cfg=use_cfg)
+  if settings.injection_mode == "joint":
+    kv = injection.joint_steps(schedule, layers, cfg.dit, layout, skips)
+    with sampler.on_step(lambda step, total: listener(step, steps)):
+      latents, _ = sample(cond, x_init, plan, key, kv)
+  else:  # progress runs over both passes
+    with sampler.on_step(lambda step, total: listener(step, 2 * steps)):
+      source, cache = injection.record_source(model.params["dit"], injection.take_prompts(cond, [0], n, use_cfg),
+                                              x_init[:1], plan, key, layers, dit_config=cfg.dit,
+                                              solver=gen.sampler, use_cfg=use_cfg, skip_layers=skips)
+    edit_layout = injection.EditLayout(n - 1, tuple(p - 1 for p in layout.edits), use_cfg)
+    kv = injection.cached_steps(schedule, cache, cfg.dit, edit_layout, skips)
+    with sampler.on_step(lambda step, total: listener(steps + step, 2 * steps)):
+      others, _ = sample(injection.take_prompts(cond, list(range(1, n)), n, use_cfg), x_init[1:], plan, key, kv,
+                         jnp.arange(1, n))
+    latents = jnp.concatenate([source, others])
+  latents = np.asarray(latents)
+  audio = vae_ops.decode(model.params["vae"], latents, cfg.vae, decode_chunk_frames)
+  roles = ["source"] + ["edit" if p in layout.edits else "plain" for p in range(1, n)]
+  return EditResult(audio=trim(audio, gen, cfg), latents=latents, roles=roles, sample_rate=cfg.sample_rate,
+                    settings=settings, schedule=schedule, latent_frames=int(x_init.shape[-1]))

@@ -1,12 +1,17 @@
-"""The demo: a tiny, randomly initialised Stable Audio Open written in the real diffusers layout,
-converted by the real converter, then run end to end. No download, no torch.
+"""The demo edit, with no download: a tiny, randomly initialised Stable Audio Open is written in
+the real diffusers layout (safetensors, configs, tokenizer; no torch), converted by the real
+converter, and edited with the reference MusicKV settings by scripts/edit.py:
+"Piano solo" -> "Acoustic guitar, country, soft", 100 steps, guidance 7, 15 s, vital layers
+[20, 3, 4], time-varying injection.
 
-The weights are random, so the audio is noise: this shows the machinery works on this
-machine. For real music, convert a real checkpoint (see README.md).
+The weights are RANDOM, so the audio is noise: the demo shows the whole machinery running on
+this machine. For music, convert a real checkpoint and pass it to scripts/edit.py (README.md).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,11 +19,22 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", ".cache/demo", "Where the demo checkpoint is written and converted.")
+flags.DEFINE_string("output_path", "outputs/demo", "Where the demo edit is written.")
 flags.DEFINE_integer("seed", 0, "Seed of the random weights.")
+
+REPO = Path(__file__).resolve().parent.parent
+BANNER = """\
+==============================================================================
+ musickv-jax demo: the model below has RANDOM weights, so its audio is noise.
+ It exercises the real pipeline end to end: diffusers-layout checkpoint ->
+ converter -> MusicKV edit (KV injection in layers 20, 3, 4, time-varying).
+ For real music:  python -m convert --source /path/to/stable-audio-open-1.0 --output ckpt/sao
+                  python scripts/edit.py --model ckpt/sao --prompts "Piano solo" "Acoustic guitar, country, soft"
+=============================================================================="""
 
 
 def ensure_demo_checkpoint(workdir: Path, seed: int) -> Path:
-  """Writes the tiny diffusers-layout checkpoint and converts it (both only once)."""
+  """Writes the tiny diffusers-layout checkpoint and converts it (each only once)."""
   from convert.export import build_tiny_tokenizer, write_diffusers_checkpoint
   from convert.pipeline import convert_checkpoint
   from musickv_jax.checkpoint import is_converted_checkpoint
@@ -39,32 +55,21 @@ def ensure_demo_checkpoint(workdir: Path, seed: int) -> Path:
 
 def main(argv):
   del argv
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  from musickv_jax.checkpoint import load_model
-  from musickv_jax.models.sao import StableAudioModules
-  from musickv_jax.text import tokenize
-
-  print("NOTE: the demo model has RANDOM weights; its output is noise. See README.md to use a real checkpoint.")
-  path = ensure_demo_checkpoint(Path(FLAGS.workdir), FLAGS.seed)
-  model = load_model(path)
-  cfg = model.config
-  mods = StableAudioModules.from_config(cfg)
+  sys.path.insert(0, str(REPO / "scripts"))
+  import cli_common
+  cli_common.quiet_libraries()
+  print(BANNER)
   start = time.perf_counter()
-  ids, mask = tokenize(model.tokenizer, ["Piano solo"], cfg.t5.max_length)
-  text = mods.t5.apply({"params": model.params["t5"]}, jnp.asarray(ids), jnp.asarray(mask))
-  cond = mods.conditioner.apply({"params": model.params["conditioner"]}, text, jnp.asarray(mask),
-                                jnp.array([0.0]), jnp.array([10.0]))
-  frames = 64
-  x = jax.random.normal(jax.random.key(0), (1, cfg.dit.io_channels, frames))
-  v, _ = mods.dit.apply({"params": model.params["dit"]}, x, jnp.array([0.5]), cond.cross_tokens, cond.global_cond)
-  audio = mods.vae.apply({"params": model.params["vae"]}, v, method=mods.vae.decode)
-  audio = np.asarray(audio)
-  print(f"smoke run: T5 {tuple(text.shape)} -> DiT v {tuple(v.shape)} -> audio {audio.shape} "
-        f"({audio.shape[-1] / cfg.sample_rate:.2f} s at {cfg.sample_rate} Hz), finite={np.isfinite(audio).all()}, "
-        f"{time.perf_counter() - start:.1f} s")
+  checkpoint = ensure_demo_checkpoint(Path(FLAGS.workdir), FLAGS.seed)
+  command = [sys.executable, str(REPO / "scripts" / "edit.py"), "--model", str(checkpoint),
+             "--prompts", "Piano solo", "Acoustic guitar, country, soft", "--output_path", FLAGS.output_path]
+  print("running:", " ".join(f'"{c}"' if " " in c else c for c in command[1:]))
+  result = subprocess.run(command, cwd=REPO)
+  if result.returncode != 0:
+    return result.returncode
+  print(f"demo finished in {time.perf_counter() - start:.0f} s; listen to {FLAGS.output_path}/source.wav and "
+        f"edit_1.wav, look at {FLAGS.output_path}/spectrograms.png (random weights: noise).")
+  return 0
 
 
 if __name__ == "__main__":

@@ -23,77 +23,14 @@ import cli_common  # noqa: E402
 FLAGS = flags.FLAGS
 
 
-def define_generation_flags(audio_end_default: float | None, output_default: str = "outputs/") -> None:
-  """The flags shared by generate.py and edit.py (DESIGN.md 4b)."""
-  flags.DEFINE_string("model", None, "Converted checkpoint dir, or a diffusers / stable-audio-tools checkpoint "
-                      "or hub id (converted once into a cache).")
-  flags.DEFINE_string("hf_token", None, "Hugging Face token, for --model given as a gated hub id.")
-  flags.DEFINE_string("t5", None, "T5 folder, when --model is an unconverted stable-audio-tools file.")
-  flags.DEFINE_multi_string("prompts", [], "Prompts: --prompts \"first\" \"second\" ...")
-  flags.DEFINE_string("negative_prompt", None, "Negative prompt for the unconditional branch.")
-  flags.DEFINE_float("audio_start_in_s", 0.0, "Start of the returned audio, seconds.")
-  flags.DEFINE_float("audio_end_in_s", audio_end_default, "End of the returned audio, seconds "
-                     "(default: the model's maximum)" if audio_end_default is None else "End of the audio, seconds.")
-  flags.DEFINE_integer("num_inference_steps", 100, "Sampling steps.")
-  flags.DEFINE_float("guidance_scale", 7.0, "Classifier-free guidance scale (1 disables guidance).")
-  flags.DEFINE_string("sampler", "dpmpp-2m", "dpmpp-2m (deterministic), dpmpp-2m-sde, or dpmpp-1.")
-  flags.DEFINE_string("sigma_schedule", "exponential", "exponential (the references) or karras.")
-  flags.DEFINE_integer("seed", 0, "Seed of the initial noise (and of the SDE sampler's noise).")
-  flags.DEFINE_string("init_latents", None, ".npy of the exact initial latents x_T, shape (n_prompts, C, T), "
-                      "already at the first sigma; used as given.")
-  flags.DEFINE_string("save_latents", None, "Write the final latents of all prompts to this .npy.")
-  flags.DEFINE_string("latent_length", "full", "full: the model's whole window, trimmed after decoding (what the "
-                      "references do); fit: just long enough for --audio_end_in_s (faster).")
-  flags.DEFINE_string("dtype", "float32", "float32 or bfloat16 for the DiT and VAE.")
-  flags.DEFINE_string("output_path", output_default, "Directory for the outputs.")
-  flags.DEFINE_string("wav_subtype", "FLOAT", "WAV sample format: FLOAT, PCM_16 or PCM_24.")
-
-
-def settings_from_flags():
-  from musickv_jax.pipeline import GenerationSettings
-
-  return GenerationSettings(
-      prompts=tuple(FLAGS.prompts), negative_prompt=FLAGS.negative_prompt, audio_start_in_s=FLAGS.audio_start_in_s,
-      audio_end_in_s=FLAGS.audio_end_in_s, num_inference_steps=FLAGS.num_inference_steps,
-      guidance_scale=FLAGS.guidance_scale, sampler=FLAGS.sampler, sigma_schedule=FLAGS.sigma_schedule,
-      seed=FLAGS.seed, latent_length=FLAGS.latent_length)
-
-
-def check_common_flags() -> None:
-  from musickv_jax.audio import WAV_SUBTYPES
-
-  if FLAGS.dtype not in ("float32", "bfloat16"):
-    raise cli_common.UsageError(f"--dtype must be float32 or bfloat16, got {FLAGS.dtype!r}")
-  if FLAGS.wav_subtype not in WAV_SUBTYPES:
-    raise cli_common.UsageError(f"--wav_subtype must be one of {WAV_SUBTYPES}, got {FLAGS.wav_subtype!r}")
-  if FLAGS.save_latents and not FLAGS.save_latents.endswith(".npy"):
-    raise cli_common.UsageError(f"--save_latents must name a .npy file, got {FLAGS.save_latents!r}")
-  if FLAGS.save_latents:
-    cli_common.check_output_dir(str(Path(FLAGS.save_latents).expanduser().parent))
-
-
-def load_init_latents():
-  import numpy as np
-
-  if not FLAGS.init_latents:
-    return None
-  path = Path(FLAGS.init_latents).expanduser()
-  if not path.is_file():
-    raise cli_common.UsageError(f"--init_latents {path}: file not found")
-  try:
-    return np.load(path, allow_pickle=False)
-  except (ValueError, OSError) as e:
-    raise cli_common.UsageError(f"--init_latents {path}: not a readable .npy file ({e})") from None
-
-
 def main() -> None:
   from musickv_jax import pipeline
   from musickv_jax.audio import save_wav
 
-  settings = settings_from_flags()
-  check_common_flags()
+  settings = cli_common.settings_from_flags()
+  cli_common.check_common_flags()
   out_dir = cli_common.check_output_dir(FLAGS.output_path)
-  init_latents = load_init_latents()
+  init_latents = cli_common.load_init_latents()
   if not FLAGS.model:
     raise cli_common.UsageError("--model is required")
   model = cli_common.resolve_model(FLAGS.model, hf_token=FLAGS.hf_token, t5=FLAGS.t5, dtype=FLAGS.dtype)
@@ -133,5 +70,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  define_generation_flags(audio_end_default=None)
+  cli_common.define_generation_flags(audio_end_default=None)
   app.run(cli_common.run_main(main), flags_parser=cli_common.parse_flags)

@@ -57,6 +57,10 @@ def test_joint_equals_cached_injection(setup):
                       v=jnp.take(rec.v, jnp.array([0, 0, 2]), axis=1), layers=(1,))
   cached, _ = our_dit(conv.model, inp, KVControls(inject_weight=weight, injected=source_kv))
   np.testing.assert_allclose(cached, joint, rtol=0, atol=1e-6)
+  # The cache's rows can also be addressed through source_index instead of being repeated.
+  indexed, _ = our_dit(conv.model, inp, KVControls(inject_weight=weight, injected=rec,
+                                                   source_index=jnp.array([0, 0, 2])))
+  np.testing.assert_allclose(indexed, joint, rtol=0, atol=1e-6)
   plain, _ = our_dit(conv.model, inp)
   np.testing.assert_array_equal(joint[0], plain[0])  # the source row is untouched
   assert float(jnp.max(jnp.abs(joint[1] - plain[1]))) > 1e-3  # the edited row changed
@@ -117,6 +121,5 @@ def test_bad_controls_are_refused(setup):
     our_dit(conv.model, inp, KVControls(record_layers=(5,)))
   with pytest.raises(ValueError, match="needs source_index or injected"):
     our_dit(conv.model, inp, KVControls(inject_weight=jnp.zeros((cfg.depth, 3))))
-  with pytest.raises(ValueError, match="not both"):
-    our_dit(conv.model, inp, KVControls(inject_weight=jnp.zeros((cfg.depth, 3)), source_index=jnp.arange(3),
-                                        injected=KVCache(jnp.zeros((1, 3, 11, 2, 64)), jnp.zeros((1, 3, 11, 2, 64)), (0,))))
+  with pytest.raises(ValueError, match="lists a layer more than once"):
+    our_dit(conv.model, inp, KVControls(record_layers=(1, 1)))

@@ -53,9 +53,10 @@ class KVControls:
   """Per-call steering of the self-attention layers (see module docstring).
 
   inject_weight: (L, B) blend weight of every layer for every sample; 0 leaves it untouched.
-  source_index: (B,) int32 or None; joint mode: the batch row whose K/V each sample blends in.
-  injected: KVCache or None; cached mode: reference K/V for the layers it holds (other layers
-    are never blended).
+  source_index: (B,) int32 or None: for each sample, the row of the reference that it blends in;
+    joint mode (no `injected`): a row of this batch; cached mode: a row of `injected`.
+  injected: KVCache or None; cached mode: reference K/V (n, R, S, H, D) for the layers it holds
+    (other layers are never blended); without source_index its rows align with the batch.
   bypass: (L,) bool or None; True skips that layer's self-attention.
   record_layers: static; the call returns these layers' own K/V.
   """
@@ -69,8 +70,6 @@ class KVControls:
 
 def _validate_controls(controls: KVControls, depth: int, batch: int) -> None:
   has_reference = controls.source_index is not None or controls.injected is not None
-  if controls.source_index is not None and controls.injected is not None:
-    raise ValueError("KVControls: give source_index (joint mode) or injected (cached mode), not both")
   if has_reference and controls.inject_weight is None:
     raise ValueError("KVControls: a K/V reference needs inject_weight of shape (depth, batch)")
   if controls.inject_weight is not None:
@@ -81,9 +80,15 @@ def _validate_controls(controls: KVControls, depth: int, batch: int) -> None:
     chex.assert_shape(controls.source_index, (batch,))
   if controls.bypass is not None:
     chex.assert_shape(controls.bypass, (depth,))
-  for layer in tuple(controls.record_layers) + (controls.injected.layers if controls.injected else ()):
-    if not 0 <= layer < depth:
-      raise ValueError(f"KVControls: layer index {layer} is out of range; valid layers are 0..{depth - 1}")
+  for name, layers in (("record_layers", tuple(controls.record_layers)),
+                       ("injected.layers", controls.injected.layers if controls.injected else ())):
+    for layer in layers:
+      if not 0 <= layer < depth:
+        raise ValueError(f"KVControls: layer index {layer} is out of range; valid layers are 0..{depth - 1}")
+    if len(set(layers)) != len(layers):
+      raise ValueError(f"KVControls: {name} {layers} lists a layer more than once")
+  if controls.injected is not None and controls.source_index is None:
+    chex.assert_axis_dimension(controls.injected.k, 1, batch)
 
 
 class DiTBlock(nn.Module):
@@ -103,12 +108,14 @@ class DiTBlock(nn.Module):
     own_k, own_v = k, v
 
     if shared["source_index"] is not None or shared["injected_k"] is not None:
-      if shared["source_index"] is not None:  # joint: the reference is another row of this batch
-        ref_k = jnp.take(k, shared["source_index"], axis=0)
-        ref_v = jnp.take(v, shared["source_index"], axis=0)
+      if shared["injected_k"] is None:  # joint: the reference rows are this batch
+        ref_k, ref_v = k, v
       else:  # cached: the reference comes from outside
         ref_k = jax.lax.dynamic_index_in_dim(shared["injected_k"], layer["read_slot"], keepdims=False)
         ref_v = jax.lax.dynamic_index_in_dim(shared["injected_v"], layer["read_slot"], keepdims=False)
+      if shared["source_index"] is not None:
+        ref_k = jnp.take(ref_k, shared["source_index"], axis=0)
+        ref_v = jnp.take(ref_v, shared["source_index"], axis=0)
       k = jnp.where(layer["has_reference"], blend_kv(k, ref_k, layer["weight"]), k)
       v = jnp.where(layer["has_reference"], blend_kv(v, ref_v, layer["weight"]), v)
 

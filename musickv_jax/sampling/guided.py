@@ -88,10 +88,12 @@ def guided_denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditioning,
 
 @functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers", "remat"))
 def sample(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_lib.StepPlan, key: Array,
-           kv: KVSteps | None = None, *, dit_config: DiTConfig, solver: str = "dpmpp-2m", use_cfg: bool = True,
-           record_layers: tuple[int, ...] = (), remat: bool = False) -> tuple[Array, KVCache | None]:
+           kv: KVSteps | None = None, sample_ids: Array | None = None, *, dit_config: DiTConfig,
+           solver: str = "dpmpp-2m", use_cfg: bool = True, record_layers: tuple[int, ...] = (),
+           remat: bool = False) -> tuple[Array, KVCache | None]:
   """x_init (B, C, T) at noise level plan.sigma[0] -> (x_0, recorded K/V over steps or None).
 
+  sample_ids (B,): the SDE noise stream of each sample (default 0..B-1).
   Recorded K/V, when record_layers is given: a KVCache with k, v (steps, n_layers, R, S, H, D).
   """
   batch = x_init.shape[0]
@@ -100,4 +102,5 @@ def sample(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_li
   chex.assert_shape(cond.global_cond, (rows, dit_config.global_cond_dim))
   chex.assert_shape(cond.guidance, (batch,))
   denoise = guided_denoiser(dit_params, dit_config, cond, use_cfg=use_cfg, kv=kv, record_layers=record_layers)
-  return sampler_lib.run(denoise, x_init, plan, _per_step(kv), solver=solver, key=key, remat=remat)
+  return sampler_lib.run(denoise, x_init, plan, _per_step(kv), solver=solver, key=key, sample_ids=sample_ids,
+                         remat=remat)

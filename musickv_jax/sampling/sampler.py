@@ -76,12 +76,19 @@ def on_step(listener: Callable[[int, int], None]):
 # ----------------------------------------------------------------------------- the loop
 
 
+def sde_noise(key: Array, step: Array, sample_ids: Array, shape: tuple[int, ...], dtype) -> Array:
+  """Noise of one SDE step, (B, *shape): row b is drawn from fold_in(fold_in(key, step), sample_ids[b]),
+  so a sample's noise path does not depend on which other samples share its batch."""
+  step_key = jax.random.fold_in(key, step)
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(step_key, i), shape, dtype))(sample_ids)
+
+
 def run(denoise: Denoiser, x_init: Array, plan: StepPlan, step_inputs: Any = None, *, solver: str = "dpmpp-2m",
-        key: Array | None = None, remat: bool = False) -> tuple[Array, Any]:
+        key: Array | None = None, sample_ids: Array | None = None, remat: bool = False) -> tuple[Array, Any]:
   """Runs the sampler from x_init (already at noise level plan.sigma[0]) to the end of the plan.
 
   step_inputs: pytree of arrays with a leading `steps` axis, handed to `denoise` step by step.
-  key: PRNG key for the SDE sampler (noise of step i is drawn from fold_in(key, i)).
+  key: PRNG key for the SDE sampler; sample_ids (B,) name each row's noise stream (default 0..B-1).
   remat: recompute each step in the backward pass (memory for gradients w.r.t. schedules).
   Returns (x_0, aux stacked over steps).
   """
@@ -90,11 +97,13 @@ def run(denoise: Denoiser, x_init: Array, plan: StepPlan, step_inputs: Any = Non
   if sde and key is None:
     raise ValueError("the dpmpp-2m-sde sampler needs a PRNG key")
   total = plan.steps
+  if sample_ids is None:
+    sample_ids = jnp.arange(x_init.shape[0])
 
   def step(state: solvers.SolverState, xs):
     p, extra, index = xs
     denoised, aux = denoise(state.x, p.sigma, p.timestep, extra)
-    noise = jax.random.normal(jax.random.fold_in(key, index), state.x.shape, state.x.dtype) if sde else None
+    noise = sde_noise(key, index, sample_ids, state.x.shape[1:], state.x.dtype) if sde else None
     state = solvers.dpmpp_step(state, denoised, p.sigma, p.sigma_next, p.second_order, sde=sde, noise=noise)
     jax.debug.callback(_report, index + 1, total)
     return state, aux
