@@ -19,10 +19,11 @@ def load_tokenizer(directory: str | Path, max_length: int | None = None):
   directory = Path(directory)
   if not directory.is_dir() or not any((directory / f).is_file() for f in ("tokenizer.json", "spiece.model")):
     raise TokenizerError(f"{directory}: no tokenizer found (expected tokenizer.json or spiece.model)")
-  from transformers import AutoTokenizer  # deferred: importing transformers takes a moment
+  # Deferred, and the T5 class directly: AutoTokenizer would import far more of transformers.
+  from transformers import T5TokenizerFast
 
   try:
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    tokenizer = T5TokenizerFast.from_pretrained(str(directory))
   except (OSError, ValueError, ImportError) as e:
     raise TokenizerError(f"{directory}: cannot load the tokenizer ({str(e).splitlines()[0]}); a folder with only "
                          "spiece.model needs the sentencepiece package") from None

@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -72,6 +73,10 @@ def run_main(main: Callable[[], None]) -> Callable[[list[str]], int]:
       return 2
     except (ConversionError, CheckpointError, GenerationError, AudioError, ConfigError, TokenizerError) as e:
       print(f"error: {e}", file=sys.stderr)
+      return 1
+    except OSError as e:  # file-system trouble the checks could not foresee (disk full, permissions)
+      where = f": {e.filename}" if e.filename else ""
+      print(f"error: {e.strerror or e}{where}", file=sys.stderr)
       return 1
     return 0
   return wrapped
@@ -157,13 +162,26 @@ def progress_bar(total: int, description: str):
 
 
 def check_output_dir(path: str) -> Path:
-  """The output folder must exist or be creatable, and be writable; checked before any work."""
-  out = Path(path).expanduser()
+  """The output folder must exist or be creatable, and be writable. Checked before any work by
+  really creating it and a probe file, then removing what the check created."""
+  out = Path(path).expanduser().absolute()
+  missing = []
   probe = out
   while not probe.exists():
+    missing.append(probe)
     probe = probe.parent
-  if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-    raise UsageError(f"--output_path {path}: {probe} is not a writable directory")
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out, prefix=".write-probe-"):
+      pass
+  except OSError as e:
+    raise UsageError(f"--output_path {path}: {probe} is not a writable directory ({e.strerror})") from None
+  finally:
+    for created in missing:  # deepest first
+      try:
+        created.rmdir()
+      except OSError:
+        pass
   return out
 
 
