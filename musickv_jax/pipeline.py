@@ -151,7 +151,8 @@ def initial_latents(settings: GenerationSettings, config: ModelConfig, n: int, f
   return noise * schedules.init_noise_scale(settings.sigma_max, settings.noise_convention)
 
 
-def check_init_latents(latents: np.ndarray, n: int, settings: GenerationSettings, config: ModelConfig) -> None:
+def check_init_latents(latents: np.ndarray, n: int, settings: GenerationSettings, config: ModelConfig, *,
+                       require_coverage: bool = True) -> None:
   expected_channels = config.dit.io_channels
   if latents.ndim != 3 or latents.shape[0] != n or latents.shape[1] != expected_channels:
     raise GenerationError(f"--init_latents has shape {latents.shape}; expected ({n}, {expected_channels}, T) "
@@ -160,7 +161,7 @@ def check_init_latents(latents: np.ndarray, n: int, settings: GenerationSettings
   if frames > config.dit.sample_size:
     raise GenerationError(f"--init_latents has {frames} frames; the model takes at most {config.dit.sample_size}")
   covered = frames * config.vae.hop_length / config.sample_rate
-  if settings.resolved_end(config) > covered + 1e-6:
+  if require_coverage and settings.resolved_end(config) > covered + 1e-6:
     raise GenerationError(f"--init_latents covers {covered:.2f} s but --audio_end_in_s is "
                           f"{settings.resolved_end(config):g} s")
   if not np.all(np.isfinite(latents)):
@@ -303,8 +304,13 @@ def edit_initial_latents(settings: GenerationSettings, config: ModelConfig, n: i
 
 def edit(model: LoadedModel, settings: EditSettings, *, init_latents: np.ndarray | None = None,
          decode_chunk_frames: int | None = vae_ops.DECODE_CHUNK_FRAMES,
-         on_step: Callable[[int, int], None] | None = None) -> EditResult:
-  """Generates the source (prompt 0) and the edits with MusicKV KV injection."""
+         on_step: Callable[[int, int], None] | None = None, source_guidance: float | None = None,
+         trim_samples: int | None = None) -> EditResult:
+  """Generates the source (prompt 0) and the edits with MusicKV KV injection.
+
+  source_guidance: the source's own guidance scale (real-audio edits use 1); default: the same
+  as the edits. trim_samples: return the first trim_samples samples instead of [start, end]
+  (real-audio edits return the recording's length)."""
   from musickv_jax.editing import injection
 
   cfg = model.config
@@ -313,15 +319,18 @@ def edit(model: LoadedModel, settings: EditSettings, *, init_latents: np.ndarray
   n = len(gen.prompts)
   if init_latents is not None:
     init_latents = np.asarray(init_latents, np.float32)
-    check_init_latents(init_latents, n, gen, cfg)
+    check_init_latents(init_latents, n, gen, cfg, require_coverage=trim_samples is None)
     x_init = jnp.asarray(init_latents)
   else:
     x_init = edit_initial_latents(gen, cfg, n, latent_frames(gen, cfg))
-  use_cfg = gen.guidance_scale != 1.0 or gen.negative_prompt is not None
+  guidance = np.full((n,), gen.guidance_scale, np.float32)
+  if source_guidance is not None:
+    guidance[0] = source_guidance
+  use_cfg = bool(np.any(guidance != 1.0)) or gen.negative_prompt is not None
   layout = injection.EditLayout.reference(n, settings.edit_all, use_cfg)
   cond = guided_conditioning(model, gen.prompts, negative_prompt=gen.negative_prompt,
                              seconds_start=gen.audio_start_in_s, seconds_total=gen.resolved_end(cfg),
-                             guidance=np.full((n,), gen.guidance_scale, np.float32), use_cfg=use_cfg)
+                             guidance=guidance, use_cfg=use_cfg)
   key = jax.random.fold_in(jax.random.key(gen.seed), 1)
   plan = step_plan(gen)
   layers, skips = tuple(settings.vital_layers), tuple(settings.skip_layers)
@@ -347,5 +356,158 @@ def edit(model: LoadedModel, settings: EditSettings, *, init_latents: np.ndarray
   latents = np.asarray(latents)
   audio = vae_ops.decode(model.params["vae"], latents, cfg.vae, decode_chunk_frames)
   roles = ["source"] + ["edit" if p in layout.edits else "plain" for p in range(1, n)]
-  return EditResult(audio=trim(audio, gen, cfg), latents=latents, roles=roles, sample_rate=cfg.sample_rate,
+  audio = trim(audio, gen, cfg) if trim_samples is None else audio[..., :trim_samples]
+  return EditResult(audio=audio, latents=latents, roles=roles, sample_rate=cfg.sample_rate,
                     settings=settings, schedule=schedule, latent_frames=int(x_init.shape[-1]))
+
+
+# ----------------------------------------------------------------------------- real audio
+
+
+@dataclasses.dataclass(frozen=True)
+class InversionSettings:
+  """How a recording is inverted. The reference inverts with the source description, no guidance
+  (scale 1), 100 deterministic DPM-Solver++(2M) steps, seconds_total = the model's maximum."""
+
+  prompt: str
+  num_inference_steps: int = 100
+  variant: str = "reference"  # or "consistent"
+  order: int = 2  # 1: first-order (DDIM-like)
+  seconds_total: float | None = None  # None: the model's maximum, as the reference
+  sample_latent: bool = False  # encode with a sample of the posterior instead of its mean
+  seed: int = 0  # for sample_latent
+  sigma_schedule: str = "exponential"
+  sigma_min: float = schedules.SIGMA_MIN
+  sigma_max: float = schedules.SIGMA_MAX
+
+
+@dataclasses.dataclass
+class Inversion:
+  inverted: np.ndarray  # (1, C, T): the latent at sigma_max, x_T for the edit (used as given)
+  encoded: np.ndarray  # (1, C, T): the clean latent of the recording
+  n_samples: int  # the recording's length at the model's sample rate
+  settings: InversionSettings
+  kv: object | None = None  # KVCache of the vital layers over inversion steps (conditional row), or None
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _sample_posterior(mean, std, key, *, config):
+  del config
+  return mean + std * jax.random.normal(key, mean.shape, mean.dtype)
+
+
+def encode_audio(model: LoadedModel, audio: np.ndarray, *, sample: bool = False, seed: int = 0) -> jax.Array:
+  """(channels, samples) audio at the model's rate -> latents (1, C, T): the VAE posterior mean
+  (deterministic) or a sample from it. The audio is zero-padded to whole VAE hops."""
+  from musickv_jax.audio import pad_to_hop
+
+  cfg = model.config
+  padded = pad_to_hop(np.asarray(audio, np.float32), cfg.vae.hop_length)[None]
+  dist = vae_ops.encode(model.params["vae"], padded, cfg.vae)
+  if not sample:
+    return dist.mean
+  return _sample_posterior(dist.mean, dist.std, jax.random.key(seed), config=None)
+
+
+def validate_inversion(settings: InversionSettings, config: ModelConfig, frames: int) -> None:
+  from musickv_jax.sampling import inversion as inv
+  if not settings.prompt.strip():
+    raise GenerationError("the source description (the first prompt) is empty; describe the recording")
+  if settings.num_inference_steps < 1:
+    raise GenerationError(f"--num_inference_steps must be at least 1, got {settings.num_inference_steps}")
+  if settings.variant not in inv.VARIANTS:
+    raise GenerationError(f"--inversion must be one of {inv.VARIANTS}, got {settings.variant!r}")
+  if settings.order not in (1, 2):
+    raise GenerationError(f"--inversion_order must be 1 or 2, got {settings.order}")
+  if frames > config.dit.sample_size:
+    raise GenerationError(f"the recording needs {frames} latent frames; the model takes at most "
+                          f"{config.dit.sample_size} ({config.max_audio_seconds:.2f} s)")
+  total = config.max_audio_seconds if settings.seconds_total is None else settings.seconds_total
+  lo, hi = config.conditioner.seconds_min, config.conditioner.seconds_max
+  if not lo <= total <= hi:
+    raise GenerationError(f"seconds_total {total:g} is outside the conditioner's range [{lo:g}, {hi:g}]")
+
+
+def invert_latents(model: LoadedModel, latents, settings: InversionSettings, *,
+                   record_layers: tuple[int, ...] = (),
+                   on_step: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, object]:
+  """Clean latents (1, C, T) -> (latent at sigma_max, recorded K/V or None)."""
+  from musickv_jax.sampling import inversion as inv
+
+  cfg = model.config
+  validate_inversion(settings, cfg, int(np.shape(latents)[-1]))
+  total = cfg.max_audio_seconds if settings.seconds_total is None else settings.seconds_total
+  cond = text_conditioning(model, [settings.prompt], 0.0, total)
+  plan = inv.make_inversion_plan(settings.num_inference_steps, variant=settings.variant, order=settings.order,
+                                 sigma_min=settings.sigma_min, sigma_max=settings.sigma_max,
+                                 schedule=settings.sigma_schedule)
+  guided_cond = guided.GuidedConditioning(cond.cross_tokens, cond.global_cond, jnp.ones((1,), jnp.float32))
+  with sampler.on_step(on_step or (lambda step, total: None)):
+    inverted, kv = inv.invert(model.params["dit"], guided_cond, jnp.asarray(latents, jnp.float32), plan,
+                              dit_config=cfg.dit, record_layers=tuple(record_layers))
+  return np.asarray(inverted), kv
+
+
+def invert_audio(model: LoadedModel, audio: np.ndarray, settings: InversionSettings, *,
+                 record_layers: tuple[int, ...] = (),
+                 on_step: Callable[[int, int], None] | None = None) -> Inversion:
+  """A recording (channels, samples) at the model's rate -> its inverted latent."""
+  encoded = encode_audio(model, audio, sample=settings.sample_latent, seed=settings.seed)
+  inverted, kv = invert_latents(model, encoded, settings, record_layers=record_layers, on_step=on_step)
+  return Inversion(inverted=inverted, encoded=np.asarray(encoded), n_samples=int(np.shape(audio)[-1]),
+                   settings=settings, kv=kv)
+
+
+def edit_recording(model: LoadedModel, inversion: Inversion, settings: EditSettings, *,
+                   kv_from_inversion: bool = False, decode_chunk_frames: int | None = vae_ops.DECODE_CHUNK_FRAMES,
+                   on_step: Callable[[int, int], None] | None = None) -> EditResult:
+  """Edits an inverted recording. Prompt 0 describes the recording (the source); every prompt
+  starts from the inverted latent; the source is denoised with guidance 1 (its reconstruction),
+  the edits with the settings' guidance and KV injection from the source.
+
+  kv_from_inversion: take the source K/V recorded during inversion (Inversion.kv, same steps and
+  vital layers) instead of re-running the source branch: the source is not regenerated (roles
+  and audio then cover the other prompts only)."""
+  gen = settings.generation
+  n = len(gen.prompts)
+  x_init = np.repeat(inversion.inverted, n, axis=0)
+  if not kv_from_inversion:
+    return edit(model, settings, init_latents=x_init, source_guidance=1.0, trim_samples=inversion.n_samples,
+                decode_chunk_frames=decode_chunk_frames, on_step=on_step)
+  return _edit_from_inversion_kv(model, inversion, settings, x_init[1:], decode_chunk_frames, on_step)
+
+
+def _edit_from_inversion_kv(model, inversion, settings, x_init, decode_chunk_frames, on_step) -> EditResult:
+  from musickv_jax.editing import injection
+  from musickv_jax.models.dit import KVCache
+
+  cfg = model.config
+  gen = settings.generation
+  schedule = validate_edit(settings, cfg)
+  kv = inversion.kv
+  if kv is None or tuple(kv.layers) != tuple(settings.vital_layers):
+    raise GenerationError("the inversion recorded no K/V for these vital layers; invert with the same "
+                          "--vital_layers (record_layers) to edit from the inversion's K/V")
+  if kv.k.shape[0] != gen.num_inference_steps:
+    raise GenerationError(f"the inversion ran {kv.k.shape[0]} steps but the edit asks for "
+                          f"{gen.num_inference_steps}; use the same --num_inference_steps")
+  n = len(gen.prompts)
+  layout = injection.EditLayout.reference(n, settings.edit_all)
+  use_cfg = gen.guidance_scale != 1.0 or gen.negative_prompt is not None
+  # Inversion step i ran at the noise level of sampling step (steps - 1 - i): reverse the steps.
+  cache = KVCache(kv.k[::-1], kv.v[::-1], tuple(kv.layers))
+  edit_layout = injection.EditLayout(n - 1, tuple(p - 1 for p in layout.edits), use_cfg)
+  steps = injection.cached_steps(schedule, cache, cfg.dit, edit_layout, tuple(settings.skip_layers))
+  cond = guided_conditioning(model, gen.prompts[1:], negative_prompt=gen.negative_prompt,
+                             seconds_start=gen.audio_start_in_s, seconds_total=gen.resolved_end(cfg),
+                             guidance=np.full((n - 1,), gen.guidance_scale, np.float32), use_cfg=use_cfg)
+  listener = on_step or (lambda step, total: None)
+  with sampler.on_step(listener):
+    latents, _ = guided.sample(model.params["dit"], cond, jnp.asarray(x_init), step_plan(gen),
+                               jax.random.fold_in(jax.random.key(gen.seed), 1), steps, jnp.arange(1, n),
+                               dit_config=cfg.dit, solver=gen.sampler, use_cfg=use_cfg)
+  latents = np.asarray(latents)
+  audio = vae_ops.decode(model.params["vae"], latents, cfg.vae, decode_chunk_frames)[..., :inversion.n_samples]
+  roles = ["edit" if p in layout.edits else "plain" for p in range(1, n)]
+  return EditResult(audio=audio, latents=latents, roles=roles, sample_rate=cfg.sample_rate, settings=settings,
+                    schedule=schedule, latent_frames=int(x_init.shape[-1]))

@@ -301,3 +301,40 @@ def load_init_latents():
     return np.load(path, allow_pickle=False)
   except (ValueError, OSError) as e:
     raise UsageError(f"--init_latents {path}: not a readable .npy file ({e})") from None
+
+
+# ----------------------------------------------------------------------------- real audio
+
+
+def define_audio_flags() -> None:
+  """Flags of scripts that read a recording (edit.py, invert.py)."""
+  flags.DEFINE_string("input_audio", None, "A recording to edit: WAV, FLAC, MP3 or OGG (any sample rate).")
+  flags.DEFINE_float("input_start_s", 0.0, "Start of the segment of --input_audio to use, seconds.")
+  flags.DEFINE_float("input_end_s", None, "End of the segment of --input_audio (default: the end of the file).")
+  flags.DEFINE_bool("downmix", False, "Mix recordings with more than 2 channels down to stereo.")
+  flags.DEFINE_string("inversion", "reference", "reference: the paper's inverse scheduler, including its "
+                      "timestep indexing; consistent: timestep and sigma of the same point.")
+  flags.DEFINE_integer("inversion_order", 2, "2: DPM-Solver++(2M) inversion; 1: first-order (DDIM-like).")
+  flags.DEFINE_bool("sample_latent", False, "Encode with a sample of the VAE posterior instead of its mean.")
+
+
+def load_recording(model):
+  """--input_audio -> LoadedAudio at the model's rate (warnings printed)."""
+  from musickv_jax.audio import load_audio
+
+  loaded = load_audio(FLAGS.input_audio, sample_rate=model.config.sample_rate,
+                      max_seconds=model.config.max_audio_seconds, start_s=FLAGS.input_start_s,
+                      end_s=FLAGS.input_end_s, downmix=FLAGS.downmix, channels=model.config.vae.audio_channels)
+  for warning in loaded.warnings:
+    print(f"warning: {warning}", file=sys.stderr)
+  return loaded
+
+
+def inversion_settings(prompt: str, steps: int, seconds_total: float | None):
+  from musickv_jax.pipeline import InversionSettings
+
+  if FLAGS.inversion_order not in (1, 2):
+    raise UsageError(f"--inversion_order must be 1 or 2, got {FLAGS.inversion_order}")
+  return InversionSettings(prompt=prompt, num_inference_steps=steps, variant=FLAGS.inversion,
+                           order=FLAGS.inversion_order, seconds_total=seconds_total,
+                           sample_latent=FLAGS.sample_latent, seed=FLAGS.seed)

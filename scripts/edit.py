@@ -1,6 +1,13 @@
-"""MusicKV editing of generated audio (modelled on the authors' run_stable_audio.py).
+"""MusicKV editing (modelled on the authors' run_stable_audio.py / run_stable_audio_invert.py).
 
   python scripts/edit.py --model ckpt/sao --prompts "Piano solo" "Acoustic guitar, country, soft"
+  python scripts/edit.py --model ckpt/sao --input_audio song.mp3 --prompts "clean indie guitar" \
+      "classical piano solo, excited"
+
+With --input_audio (or --inverted_latent from scripts/invert.py) the first prompt describes the
+recording: it is inverted with that description, the source is regenerated from the inverted
+latent with guidance 1 (source_reconstruction.wav: what inversion kept) and the edits start from
+the same latent; input.wav is the recording as the model heard it (segment, stereo, 44.1 kHz).
 
 The first prompt describes the source, the second the edit. Further prompts are generated
 plainly, as the reference does, unless --edit_all makes each of them an edit of the same
@@ -10,6 +17,7 @@ every setting, and spectrograms.png comparing the source with the edits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -42,6 +50,11 @@ def define_edit_flags() -> None:
   flags.DEFINE_bool("allow_unbounded_schedule", False, "Accept schedule values outside [0, 1].")
   flags.DEFINE_string("injection_mode", "joint", "joint (one batch) or cached (record the source, then edit).")
   flags.DEFINE_bool("edit_all", False, "Every prompt after the first is an edit of the same source.")
+  cli_common.define_audio_flags()
+  flags.DEFINE_string("inverted_latent", None, "inverted_latent.npy from scripts/invert.py: edit that recording "
+                      "without inverting it again.")
+  flags.DEFINE_bool("kv_from_inversion", False, "Real audio: take the source K/V recorded during inversion "
+                    "instead of re-running the source branch (faster; no source_reconstruction.wav).")
 
 
 def load_preset(name: str) -> dict:
@@ -93,7 +106,7 @@ def edit_settings_from_flags():
   preset = load_preset(FLAGS.preset)
   generation = cli_common.settings_from_flags()
   if not explicit("guidance_scale") and "guidance_scale" in preset:
-    generation = generation.__class__(**{**vars(generation), "guidance_scale": float(preset["guidance_scale"])})
+    generation = dataclasses.replace(generation, guidance_scale=float(preset["guidance_scale"]))
   layers = tuple(cli_common.int_list(FLAGS.vital_layers, "vital_layers")) if FLAGS.vital_layers is not None \
       else tuple(preset.get("vital_layers", (20, 3, 4)))
   skips = tuple(cli_common.int_list(FLAGS.skip_layers, "skip_layers")) if FLAGS.skip_layers is not None \
@@ -107,17 +120,95 @@ def edit_settings_from_flags():
                       allow_unbounded_schedule=FLAGS.allow_unbounded_schedule), schedule_name
 
 
-def output_names(roles: list[str]) -> list[str]:
+def output_names(roles: list[str], real_audio: bool = False) -> list[str]:
   names, edits = [], 0
+  offset = 0 if roles[0] == "source" else 1  # without a source row (kv_from_inversion) prompts start at 2
   for i, role in enumerate(roles):
     if role == "source":
-      names.append("source")
+      names.append("source_reconstruction" if real_audio else "source")
     elif role == "edit":
       edits += 1
       names.append(f"edit_{edits}")
     else:
-      names.append(f"prompt_{i + 1}")
+      names.append(f"prompt_{i + 1 + offset}")
   return names
+
+
+def real_audio_mode() -> bool:
+  return bool(FLAGS.input_audio or FLAGS.inverted_latent)
+
+
+def load_inverted_latent(model, recording):
+  """--inverted_latent (with its sidecar) -> (latent (1, C, T), n_samples), checked against the model
+  and, when given, against --input_audio's length."""
+  import json
+
+  import numpy as np
+
+  path = Path(FLAGS.inverted_latent).expanduser()
+  if not path.is_file():
+    raise cli_common.UsageError(f"--inverted_latent {path}: file not found")
+  try:
+    latent = np.load(path, allow_pickle=False)
+  except (ValueError, OSError) as e:
+    raise cli_common.UsageError(f"--inverted_latent {path}: not a readable .npy file ({e})") from None
+  cfg = model.config
+  if latent.ndim != 3 or latent.shape[0] != 1 or latent.shape[1] != cfg.dit.io_channels or \
+     not 0 < latent.shape[2] <= cfg.dit.sample_size:
+    raise cli_common.UsageError(f"--inverted_latent has shape {latent.shape}; this model needs (1, "
+                                f"{cfg.dit.io_channels}, T) with T <= {cfg.dit.sample_size}: invert with this model")
+  if not np.all(np.isfinite(latent)):
+    raise cli_common.UsageError("--inverted_latent contains NaN or infinite values")
+  sidecar = path.with_suffix(".json")
+  n_samples = latent.shape[2] * cfg.vae.hop_length
+  if sidecar.is_file():
+    n_samples = int(json.loads(sidecar.read_text()).get("n_samples", n_samples))
+  if recording is not None:
+    frames = -(-recording.audio.shape[-1] // cfg.vae.hop_length)
+    if frames != latent.shape[2]:
+      raise cli_common.UsageError(f"--inverted_latent has {latent.shape[2]} frames but --input_audio (this "
+                                  f"segment) needs {frames}; invert this recording / segment again")
+    n_samples = recording.audio.shape[-1]
+  return latent.astype(np.float32), n_samples
+
+
+def run_real_audio(model, settings):
+  """Inverts --input_audio (or reads --inverted_latent) and edits it. Returns (result, recording,
+  reconstruction written?, inversion record)."""
+  from musickv_jax import pipeline
+
+  gen = settings.generation
+  if len(gen.prompts) < 2:
+    raise cli_common.UsageError("only the source description was given; add at least one edit prompt: "
+                                "--prompts \"DESCRIPTION OF THE RECORDING\" \"EDIT\" [MORE ...]")
+  recording = cli_common.load_recording(model) if FLAGS.input_audio else None
+  seconds_total = gen.audio_end_in_s  # None: the model's maximum, as the reference
+  inv_settings = cli_common.inversion_settings(gen.prompts[0], gen.num_inference_steps, seconds_total)
+  record_layers = tuple(settings.vital_layers) if FLAGS.kv_from_inversion else ()
+  if FLAGS.inverted_latent:
+    if FLAGS.kv_from_inversion:
+      raise cli_common.UsageError("--kv_from_inversion needs --input_audio (the K/V are recorded while inverting)")
+    latent, n_samples = load_inverted_latent(model, recording)
+    inversion = pipeline.Inversion(inverted=latent, encoded=latent * 0, n_samples=n_samples, settings=inv_settings)
+  else:
+    frames = -(-recording.audio.shape[-1] // model.config.vae.hop_length)
+    pipeline.validate_inversion(inv_settings, model.config, frames)
+    pipeline.validate_edit(settings, model.config)
+    print(f"inverting {recording.duration_s:.2f} s of {FLAGS.input_audio} ({FLAGS.inversion} inversion, "
+          f"{gen.num_inference_steps} steps)")
+    listener, close = cli_common.progress_bar(gen.num_inference_steps, "inverting")
+    try:
+      inversion = pipeline.invert_audio(model, recording.audio, inv_settings, record_layers=record_layers,
+                                        on_step=listener)
+    finally:
+      close()
+  listener, close = cli_common.progress_bar(gen.num_inference_steps, "editing")
+  try:
+    result = pipeline.edit_recording(model, inversion, settings, kv_from_inversion=FLAGS.kv_from_inversion,
+                                     on_step=listener)
+  finally:
+    close()
+  return result, recording, inversion
 
 
 def main() -> None:
@@ -125,26 +216,42 @@ def main() -> None:
   from musickv_jax.audio import save_wav
 
   settings, schedule_name = edit_settings_from_flags()
+  if real_audio_mode() and not explicit("audio_end_in_s"):
+    # Real audio: seconds_total defaults to the model's maximum (the reference); the output is
+    # the recording's own length.
+    settings = dataclasses.replace(settings, generation=dataclasses.replace(settings.generation,
+                                                                            audio_end_in_s=None))
   cli_common.check_common_flags()
   out_dir = cli_common.check_output_dir(FLAGS.output_path)
   init_latents = cli_common.load_init_latents()
+  if real_audio_mode() and init_latents is not None:
+    raise cli_common.UsageError("--init_latents cannot be combined with --input_audio / --inverted_latent "
+                                "(the inverted recording is the initial latent)")
+  if FLAGS.kv_from_inversion and not real_audio_mode():
+    raise cli_common.UsageError("--kv_from_inversion applies to real-audio edits (--input_audio)")
   model = cli_common.resolve_model(FLAGS.model, hf_token=FLAGS.hf_token, t5=FLAGS.t5, dtype=FLAGS.dtype)
-  pipeline.validate_edit(settings, model.config)
+  if len(settings.generation.prompts) >= 2 or not real_audio_mode():
+    pipeline.validate_edit(settings, model.config)
   if init_latents is not None:
     pipeline.check_init_latents(init_latents, len(settings.generation.prompts), settings.generation, model.config)
 
   steps = settings.generation.num_inference_steps
-  passes = 2 if settings.injection_mode == "cached" else 1
-  listener, close = cli_common.progress_bar(passes * steps, "editing")
   start = time.perf_counter()
-  try:
-    result = pipeline.edit(model, settings, init_latents=init_latents, on_step=listener)
-  finally:
-    close()
+  recording = inversion = None
+  if real_audio_mode():
+    result, recording, inversion = run_real_audio(model, settings)
+  else:
+    passes = 2 if settings.injection_mode == "cached" else 1
+    listener, close = cli_common.progress_bar(passes * steps, "editing")
+    try:
+      result = pipeline.edit(model, settings, init_latents=init_latents, on_step=listener)
+    finally:
+      close()
   elapsed = time.perf_counter() - start
 
   gen = settings.generation
-  names = output_names(result.roles)
+  names = output_names(result.roles, real_audio=real_audio_mode())
+  prompts = list(gen.prompts) if len(result.roles) == len(gen.prompts) else list(gen.prompts[1:])
   record = {
       "command": cli_common.command_line(), "model": str(model.path), "model_name": model.config.name,
       "dtype": FLAGS.dtype, "preset": FLAGS.preset,
@@ -156,16 +263,30 @@ def main() -> None:
                    "sample_rate": result.sample_rate, "shared_initial_noise": FLAGS.init_latents is None},
       "init_latents": str(Path(FLAGS.init_latents).resolve()) if FLAGS.init_latents else None,
       "outputs": [{"file": f"{name}.wav", "role": role, "prompt": prompt}
-                  for name, role, prompt in zip(names, result.roles, gen.prompts)],
+                  for name, role, prompt in zip(names, result.roles, prompts)],
       "seconds": round(elapsed, 2),
   }
+  if real_audio_mode():
+    record["real_audio"] = {
+        "input_audio": str(Path(FLAGS.input_audio).resolve()) if FLAGS.input_audio else None,
+        "inverted_latent": str(Path(FLAGS.inverted_latent).resolve()) if FLAGS.inverted_latent else None,
+        "input_start_s": FLAGS.input_start_s, "input_end_s": FLAGS.input_end_s,
+        "source_sample_rate": recording.source_rate if recording else None,
+        "inversion": vars(inversion.settings), "kv_from_inversion": FLAGS.kv_from_inversion,
+        "n_samples": inversion.n_samples, "source_guidance": 1.0}
+  panels = []
+  if recording is not None:
+    panels.append((recording.audio, f"input: {FLAGS.input_audio}"))
+  panels += [(result.audio[i], f"{names[i]}: {prompts[i]}") for i, role in enumerate(result.roles)
+             if role in ("source", "edit")]
   with cli_common.OutputSet(out_dir) as outputs:
     for name, audio in zip(names, result.audio):
       save_wav(outputs.path(f"{name}.wav"), audio, result.sample_rate, FLAGS.wav_subtype)
+    if recording is not None:
+      save_wav(outputs.path("input.wav"), recording.audio, result.sample_rate, FLAGS.wav_subtype)
     cli_common.write_json(outputs.path("edit.json"), record)
-    shown = [i for i, role in enumerate(result.roles) if role in ("source", "edit")]
-    spectrogram.save_comparison(outputs.path("spectrograms.png"), [result.audio[i] for i in shown],
-                                [f"{names[i]}: {gen.prompts[i]}" for i in shown], result.sample_rate)
+    spectrogram.save_comparison(outputs.path("spectrograms.png"), [p[0] for p in panels], [p[1] for p in panels],
+                                result.sample_rate)
     if FLAGS.save_latents:
       cli_common.write_npy(outputs.path(Path(FLAGS.save_latents).expanduser().absolute()), result.latents)
     written = outputs.commit()

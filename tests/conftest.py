@@ -43,3 +43,18 @@ def tiny64(tmp_path_factory) -> Converted:
   root = tmp_path_factory.mktemp("tiny64")
   ref = build_reference(root, dit_kwargs=DIT_TINY_HD64, seed=10)
   return Converted(ref, root / "converted", _convert(ref.diffusers_dir, root / "converted"))
+
+
+@pytest.fixture(scope="session")
+def tiny44k(tmp_path_factory):
+  """configs/tiny (the demo model: 44.1 kHz, SAO's VAE strides, 24 layers), random weights written
+  in the diffusers layout without torch and converted: for tests that read real audio files."""
+  from convert.export import build_tiny_tokenizer, write_diffusers_checkpoint
+  from musickv_jax.config import named_config
+  from musickv_jax.models.sao import random_params
+
+  root = tmp_path_factory.mktemp("tiny44k")
+  config = named_config("tiny")
+  write_diffusers_checkpoint(root / "diffusers", config, random_params(config, 1),
+                             build_tiny_tokenizer(config.t5.max_length))
+  return Converted(None, root / "converted", _convert(root / "diffusers", root / "converted"))

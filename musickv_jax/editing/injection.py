@@ -102,16 +102,18 @@ def cached_steps(schedule, cache: KVCache, dit_config: DiTConfig, layout: EditLa
                  skip_layers: tuple[int, ...] = ()) -> guided.KVSteps:
   """KV controls for an edit pass reading a recorded source cache.
 
-  cache: k, v (steps, n_layers, source_rows, S, H, D), source_rows = the source's CFG branches
-  (uncond, cond). `layout` describes the edit pass's own prompts; each row reads the cache row
-  of its own branch."""
+  cache: k, v (steps, n_layers, source_rows, S, H, D). With source_rows equal to the edit
+  pass's CFG branches (uncond, cond), each row reads the cache row of its own branch; with one
+  source row (e.g. recorded during a conditional-only inversion), every row reads it.
+  `layout` describes the edit pass's own prompts."""
   source_rows = cache.k.shape[2]
-  if source_rows != layout.branches:
-    raise ValueError(f"the cache holds {source_rows} source row(s) but the edit pass has {layout.branches} "
+  if source_rows not in (1, layout.branches):
+    raise ValueError(f"the cache holds {source_rows} source rows but the edit pass has {layout.branches} "
                      "CFG branch(es); record and edit with the same guidance setting")
   index = np.zeros(layout.rows, np.int32)
-  for branch in range(layout.branches):
-    index[branch * layout.n_prompts:(branch + 1) * layout.n_prompts] = branch
+  if source_rows == layout.branches:
+    for branch in range(layout.branches):
+      index[branch * layout.n_prompts:(branch + 1) * layout.n_prompts] = branch
   weights = expand_weights(schedule, cache.layers, dit_config.depth, layout)
   return guided.KVSteps(inject_weight=weights, source_index=jnp.asarray(index), injected=cache,
                         bypass=bypass_mask(tuple(skip_layers), dit_config.depth))

@@ -58,7 +58,8 @@ def make_plan(sigmas, solver: str = "dpmpp-2m") -> StepPlan:
 _listeners: list[Callable[[int, int], None]] = []
 
 
-def _report(step, total) -> None:
+def report_progress(step, total) -> None:
+  """Host side of the per-step jax.debug.callback: forwards to the registered listeners."""
   for listener in list(_listeners):
     listener(int(step), int(total))
 
@@ -105,7 +106,7 @@ def run(denoise: Denoiser, x_init: Array, plan: StepPlan, step_inputs: Any = Non
     denoised, aux = denoise(state.x, p.sigma, p.timestep, extra)
     noise = sde_noise(key, index, sample_ids, state.x.shape[1:], state.x.dtype) if sde else None
     state = solvers.dpmpp_step(state, denoised, p.sigma, p.sigma_next, p.second_order, sde=sde, noise=noise)
-    jax.debug.callback(_report, index + 1, total)
+    jax.debug.callback(report_progress, index + 1, total)
     return state, aux
 
   if remat:
