@@ -384,7 +384,7 @@ class InversionSettings:
 @dataclasses.dataclass
 class Inversion:
   inverted: np.ndarray  # (1, C, T): the latent at sigma_max, x_T for the edit (used as given)
-  encoded: np.ndarray  # (1, C, T): the clean latent of the recording
+  encoded: np.ndarray | None  # (1, C, T): the clean latent of the recording (None if only x_T was saved)
   n_samples: int  # the recording's length at the model's sample rate
   settings: InversionSettings
   kv: object | None = None  # KVCache of the vital layers over inversion steps (conditional row), or None

@@ -60,6 +60,7 @@ def run_main(main: Callable[[], None]) -> Callable[[list[str]], int]:
       print(f"error: unexpected arguments {argv[1:]} (values with spaces need quotes)", file=sys.stderr)
       return 2
     quiet_libraries()
+    enable_compilation_cache()
     from convert.tensors import ConversionError
     from musickv_jax.audio import AudioError
     from musickv_jax.checkpoint import CheckpointError
@@ -80,6 +81,18 @@ def run_main(main: Callable[[], None]) -> Callable[[list[str]], int]:
       return 1
     return 0
   return wrapped
+
+
+def enable_compilation_cache() -> None:
+  """Reuse compiled programs across runs (JAX's persistent compilation cache) under
+  $MUSICKV_COMPILATION_CACHE, default <cache>/xla; MUSICKV_COMPILATION_CACHE=0 turns it off.
+  (The sampling loops report progress through host callbacks, which JAX does not cache.)"""
+  target = os.environ.get("MUSICKV_COMPILATION_CACHE", str(cache_root() / "xla"))
+  if target in ("", "0"):
+    return
+  import jax
+  jax.config.update("jax_compilation_cache_dir", target)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 def quiet_libraries() -> None:

@@ -173,14 +173,11 @@ def load_inverted_latent(model, recording):
 
 
 def run_real_audio(model, settings):
-  """Inverts --input_audio (or reads --inverted_latent) and edits it. Returns (result, recording,
-  reconstruction written?, inversion record)."""
+  """Inverts --input_audio (or reads --inverted_latent) and edits it.
+  Returns (result, recording or None, inversion)."""
   from musickv_jax import pipeline
 
   gen = settings.generation
-  if len(gen.prompts) < 2:
-    raise cli_common.UsageError("only the source description was given; add at least one edit prompt: "
-                                "--prompts \"DESCRIPTION OF THE RECORDING\" \"EDIT\" [MORE ...]")
   recording = cli_common.load_recording(model) if FLAGS.input_audio else None
   seconds_total = gen.audio_end_in_s  # None: the model's maximum, as the reference
   inv_settings = cli_common.inversion_settings(gen.prompts[0], gen.num_inference_steps, seconds_total)
@@ -189,11 +186,10 @@ def run_real_audio(model, settings):
     if FLAGS.kv_from_inversion:
       raise cli_common.UsageError("--kv_from_inversion needs --input_audio (the K/V are recorded while inverting)")
     latent, n_samples = load_inverted_latent(model, recording)
-    inversion = pipeline.Inversion(inverted=latent, encoded=latent * 0, n_samples=n_samples, settings=inv_settings)
+    inversion = pipeline.Inversion(inverted=latent, encoded=None, n_samples=n_samples, settings=inv_settings)
   else:
     frames = -(-recording.audio.shape[-1] // model.config.vae.hop_length)
     pipeline.validate_inversion(inv_settings, model.config, frames)
-    pipeline.validate_edit(settings, model.config)
     print(f"inverting {recording.duration_s:.2f} s of {FLAGS.input_audio} ({FLAGS.inversion} inversion, "
           f"{gen.num_inference_steps} steps)")
     listener, close = cli_common.progress_bar(gen.num_inference_steps, "inverting")
@@ -221,6 +217,9 @@ def main() -> None:
     # the recording's own length.
     settings = dataclasses.replace(settings, generation=dataclasses.replace(settings.generation,
                                                                             audio_end_in_s=None))
+  if real_audio_mode() and len(settings.generation.prompts) < 2:
+    raise cli_common.UsageError("only the source description was given; add at least one edit prompt: "
+                                "--prompts \"DESCRIPTION OF THE RECORDING\" \"EDIT\" [MORE ...]")
   cli_common.check_common_flags()
   out_dir = cli_common.check_output_dir(FLAGS.output_path)
   init_latents = cli_common.load_init_latents()
@@ -230,8 +229,7 @@ def main() -> None:
   if FLAGS.kv_from_inversion and not real_audio_mode():
     raise cli_common.UsageError("--kv_from_inversion applies to real-audio edits (--input_audio)")
   model = cli_common.resolve_model(FLAGS.model, hf_token=FLAGS.hf_token, t5=FLAGS.t5, dtype=FLAGS.dtype)
-  if len(settings.generation.prompts) >= 2 or not real_audio_mode():
-    pipeline.validate_edit(settings, model.config)
+  pipeline.validate_edit(settings, model.config)
   if init_latents is not None:
     pipeline.check_init_latents(init_latents, len(settings.generation.prompts), settings.generation, model.config)
 

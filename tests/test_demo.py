@@ -3,6 +3,7 @@ runs end to end (marked `demo`; part of the default run, so CI runs it)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -57,9 +58,10 @@ def test_demo_checkpoint_loads_in_diffusers_and_matches(tmp_path):
 @pytest.mark.demo
 def test_demo_command_runs_end_to_end(tmp_path):
   start = time.perf_counter()
+  env = {**os.environ, "MUSICKV_COMPILATION_CACHE": str(tmp_path / "xla")}
   res = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), "--workdir", str(tmp_path / "work"),
                         "--output_path", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
-                       timeout=600)
+                       timeout=600, env=env)
   elapsed = time.perf_counter() - start
   assert res.returncode == 0, res.stderr[-3000:]
   assert "RANDOM weights" in res.stdout

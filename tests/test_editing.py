@@ -218,3 +218,9 @@ def test_edit_validation(tiny):
     pipeline.validate_edit(settings_for(["a", ""], (0,)), cfg)
   with pytest.raises(pipeline.GenerationError, match="schedule has shape"):
     pipeline.validate_edit(settings_for(["a", "b"], (0,), np.zeros((3, 1))), cfg)
+  with pytest.raises(pipeline.GenerationError, match=r"--skip_layers: layer 5 is out of range"):
+    pipeline.validate_edit(settings_for(["a", "b"], (0,), skip_layers=(5,)), cfg)
+  with pytest.raises(pipeline.GenerationError, match="NaN"):
+    pipeline.validate_edit(settings_for(["a", "b"], (0,), np.full((STEPS, 1), np.nan)), cfg)
+  with pytest.raises(pipeline.GenerationError, match="--injection_mode must be one of"):
+    pipeline.validate_edit(settings_for(["a", "b"], (0,), injection_mode="lazy"), cfg)

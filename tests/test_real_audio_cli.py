@@ -58,7 +58,7 @@ def test_invert_once_edit_many(tiny44k, recordings, tmp_path):
   latent = np.load(inv_dir / "inverted_latent.npy")
   meta = json.loads((inv_dir / "inverted_latent.json").read_text())
   assert latent.shape == (1, 8, -(-meta["n_samples"] // 2048))
-  for i, edit in enumerate(["classical piano", "jazz drums"]):
+  for i, edit in enumerate(["classical piano"]):  # each further edit reuses the latent the same way
     out = tmp_path / f"edit{i}"
     res = run_script("edit.py", "--model", tiny44k.path, "--inverted_latent", inv_dir / "inverted_latent.npy",
                      "--prompts", "clean indie guitar", edit, *COMMON, "--output_path", out)
@@ -75,11 +75,12 @@ def test_kv_from_inversion_cli(tiny44k, recordings, tmp_path):
   assert sorted(p.name for p in out.glob("*.wav")) == ["edit_1.wav", "input.wav"]
 
 
+# Audio-file errors are tested in-process in tests/test_audio.py; here, one of them end to end
+# plus the command-line checks of real-audio editing.
 @pytest.mark.parametrize("args,message", [
     (["--input_audio", "MONO", "--prompts=only the source"], "only the source description was given"),
     (["--input_audio", "LONG", "--prompts", "a", "b"], "the model takes at most 16.35 s; pick a segment with"),
     (["--input_audio", "SIX", "--prompts", "a", "b"], "has 6 channels; the model takes 2. Pass --downmix"),
-    (["--input_audio", "/nope.wav", "--prompts", "a", "b"], "audio file not found"),
     (["--inverted_latent", "BADLATENT", "--prompts", "a", "b"], "--inverted_latent has shape (1, 4, 10)"),
     (["--inverted_latent", "GOODLATENT", "--input_audio", "MONO", "--prompts", "a", "b"],
      "--inverted_latent has 3 frames but --input_audio (this segment) needs 44"),
