@@ -8,6 +8,7 @@ name tables are invertible. A small offline T5 tokenizer is built here too.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ _TINY_WORDS = (
 def build_tiny_tokenizer(model_max_length: int, vocab_size: int = 128):
   """An offline T5TokenizerFast: <pad>=0, </s>=1, <unk>=2, then '▁word' pieces and characters."""
   from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+  os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no PyTorch notice: only the tokenizer is used
   from transformers import T5TokenizerFast
 
   vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]

@@ -1,8 +1,9 @@
 """The user-facing Python API: text in, audio out.
 
   model = load_model("ckpt/sao")
-  result = generate(model, ["Piano solo"], audio_end_in_s=10, seed=0)
+  result = generate(model, GenerationSettings(prompts=("Piano solo",), audio_end_in_s=10, seed=0))
   result.audio  # (n_prompts, channels, samples) float32 at result.sample_rate
+  edit(model, EditSettings(...)); invert_audio(...) + edit_recording(...) for MusicKV editing
 
 Follows the reference pipelines (diffusers StableAudioPipeline): T5 + seconds conditioning,
 CFG batch [uncond; cond] with an all-zero unconditional context (or the negative prompt),
@@ -390,12 +391,6 @@ class Inversion:
   kv: object | None = None  # KVCache of the vital layers over inversion steps (conditional row), or None
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _sample_posterior(mean, std, key, *, config):
-  del config
-  return mean + std * jax.random.normal(key, mean.shape, mean.dtype)
-
-
 def encode_audio(model: LoadedModel, audio: np.ndarray, *, sample: bool = False, seed: int = 0) -> jax.Array:
   """(channels, samples) audio at the model's rate -> latents (1, C, T): the VAE posterior mean
   (deterministic) or a sample from it. The audio is zero-padded to whole VAE hops."""
@@ -404,9 +399,7 @@ def encode_audio(model: LoadedModel, audio: np.ndarray, *, sample: bool = False,
   cfg = model.config
   padded = pad_to_hop(np.asarray(audio, np.float32), cfg.vae.hop_length)[None]
   dist = vae_ops.encode(model.params["vae"], padded, cfg.vae)
-  if not sample:
-    return dist.mean
-  return _sample_posterior(dist.mean, dist.std, jax.random.key(seed), config=None)
+  return dist.sample(jax.random.key(seed)) if sample else dist.mean
 
 
 def validate_inversion(settings: InversionSettings, config: ModelConfig, frames: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ def load_tokenizer(directory: str | Path, max_length: int | None = None):
   if not directory.is_dir() or not any((directory / f).is_file() for f in ("tokenizer.json", "spiece.model")):
     raise TokenizerError(f"{directory}: no tokenizer found (expected tokenizer.json or spiece.model)")
   # Deferred, and the T5 class directly: AutoTokenizer would import far more of transformers.
+  # Only its tokenizer is used here, so its notice that PyTorch is absent is noise.
+  os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
   from transformers import T5TokenizerFast
 
   try:

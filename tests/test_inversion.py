@@ -153,3 +153,15 @@ def test_kv_recorded_during_inversion_drives_the_edit(tiny):
   with pytest.raises(pipeline.GenerationError, match="same --num_inference_steps"):
     pipeline.edit_recording(model, rec, EditSettings(GenerationSettings(prompts=("a", "b"), num_inference_steps=5),
                                                      vital_layers=layers), kv_from_inversion=True)
+
+
+def test_encoding_uses_the_mean_or_a_seeded_sample(tiny):
+  cfg = tiny.model.config
+  audio = np.random.default_rng(3).uniform(-0.5, 0.5, size=(2, 10 * cfg.vae.hop_length - 1)).astype(np.float32)
+  mean = np.asarray(pipeline.encode_audio(tiny.model, audio))
+  assert mean.shape == (1, cfg.vae.latent_dim, 10)  # zero-padded to whole hops
+  np.testing.assert_array_equal(mean, np.asarray(pipeline.encode_audio(tiny.model, audio)))
+  a = np.asarray(pipeline.encode_audio(tiny.model, audio, sample=True, seed=1))
+  b = np.asarray(pipeline.encode_audio(tiny.model, audio, sample=True, seed=1))
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, mean)
