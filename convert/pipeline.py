@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import ml_dtypes
 import numpy as np
 
@@ -71,15 +72,7 @@ def convert_checkpoint(source: str | Path, output: str | Path, *, t5_dir: str | 
     path = save_checkpoint(output, src.config, params, None, tokenizer=tokenizer, info=info, overwrite=overwrite)
   except CheckpointError as e:
     raise ConversionError(str(e)) from None
-  total_bytes = sum(leaf.nbytes for tree in params.values() for leaf in _leaves(tree))
+  total_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
   log(f"wrote {path}: {sum(info['params'].values()):,d} params, {total_bytes / 2**20:,.1f} MiB "
       f"({dtype})")
   return path
-
-
-def _leaves(tree):
-  if isinstance(tree, dict):
-    for value in tree.values():
-      yield from _leaves(value)
-  else:
-    yield tree
