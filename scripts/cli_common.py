@@ -219,8 +219,10 @@ class OutputSet:
     return tmp
 
   def commit(self) -> list[Path]:
+    """Renames every output into place and announces it."""
     for tmp, final in self._pending:
       os.replace(tmp, final)
+      print(f"wrote {final}")
     done = [final for _, final in self._pending]
     self._pending = []
     return done

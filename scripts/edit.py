@@ -287,9 +287,7 @@ def main() -> None:
                                 result.sample_rate)
     if FLAGS.save_latents:
       cli_common.write_npy(outputs.path(Path(FLAGS.save_latents).expanduser().absolute()), result.latents)
-    written = outputs.commit()
-  for path in written:
-    print(f"wrote {path}")
+    outputs.commit()
   print(f"edited {len(gen.prompts)} prompt(s) in {elapsed:.1f} s")
 
 

@@ -63,9 +63,7 @@ def main() -> None:
                                                                     "wav": f"{name}.wav"})
     if FLAGS.save_latents:
       cli_common.write_npy(outputs.path(Path(FLAGS.save_latents).expanduser().absolute()), result.latents)
-    written = outputs.commit()
-  for path in written:
-    print(f"wrote {path}")
+    outputs.commit()
   print(f"generated {len(settings.prompts)} prompt(s) in {elapsed:.1f} s")
 
 

@@ -66,9 +66,7 @@ def main() -> None:
   with cli_common.OutputSet(out_dir) as outputs:
     cli_common.write_npy(outputs.path("inverted_latent.npy"), inversion.inverted)
     cli_common.write_json(outputs.path("inverted_latent.json"), record)
-    written = outputs.commit()
-  for path in written:
-    print(f"wrote {path}")
+    outputs.commit()
   print(f"inverted {recording.duration_s:.2f} s of audio in {elapsed:.1f} s")
 
 
