@@ -7,36 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from musickv_jax.errors import AudioError
+from musickv_jax.files import write_atomic
+
 WAV_SUBTYPES = ("FLOAT", "PCM_16", "PCM_24")
-
-
-class AudioError(ValueError):
-  """Audio input or output that cannot be used; the message says why and what to do."""
-
-
-def write_atomic(path: str | Path, write) -> Path:
-  """Calls write(tmp_path) for a temporary file beside `path`, then renames it into place, so a
-  failure never leaves a half-written file under the final name."""
-  path = Path(path)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-  os.close(fd)
-  try:
-    write(Path(tmp))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
-  return path
 
 
 def save_wav(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str = "FLOAT") -> Path:
@@ -117,13 +96,15 @@ def load_audio(path: str | Path, *, sample_rate: int, max_seconds: float, start_
     raise AudioError(f"{path}: the file contains no audio samples")
   end_s = total_s if end_s is None else float(end_s)
   if start_s < 0 or start_s >= total_s:
-    raise AudioError(f"{path}: --input_start_s {start_s:g} is outside the file (0 to {total_s:.2f} s)")
+    raise AudioError(f"{path}: {{field}} {start_s:g} is outside the file (0 to {total_s:.2f} s)", field="start_s")
   if end_s <= start_s:
-    raise AudioError(f"{path}: --input_end_s ({end_s:g}) must be greater than --input_start_s ({start_s:g})")
+    raise AudioError(f"{path}: {{field}} ({end_s:g}) must be greater than {{start_s}} ({start_s:g})", field="end_s",
+                     mentions=("start_s",))
   end_s = min(end_s, total_s)
   if end_s - start_s > max_seconds + 1e-6:
     raise AudioError(f"{path}: the audio is {end_s - start_s:.2f} s long but the model takes at most "
-                     f"{max_seconds:.2f} s; pick a segment with --input_start_s / --input_end_s")
+                     f"{max_seconds:.2f} s; pick a segment with {{start_s}} / {{end_s}}", field="end_s",
+                     mentions=("start_s", "end_s"))
   try:
     data, _ = sf.read(str(path), start=int(round(start_s * rate)), stop=int(round(end_s * rate)),
                       dtype="float32", always_2d=True)
@@ -138,7 +119,7 @@ def load_audio(path: str | Path, *, sample_rate: int, max_seconds: float, start_
   if source_channels > channels:
     if not downmix:
       raise AudioError(f"{path}: the audio has {source_channels} channels; the model takes {channels}. "
-                       "Pass --downmix to mix them down")
+                       "Set {field} to mix them down", field="downmix")
     data = np.repeat(data.mean(axis=0, keepdims=True), channels, axis=0)
   elif source_channels < channels:
     data = np.repeat(data[:1], channels, axis=0)

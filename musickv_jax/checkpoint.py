@@ -1,43 +1,45 @@
 """Converted checkpoints: an Orbax parameter tree, the model config as JSON, the tokenizer.
 
 Layout of a converted directory:
-  params/                  Orbax (StandardCheckpointer) tree {'dit', 'vae', 't5', 'conditioner'}
+  params/                  Orbax (StandardCheckpointHandler) tree {'dit', 'vae', 't5', 'conditioner'}
   config.json              ModelConfig
   tokenizer/               T5 tokenizer files (tokenizer.json, ...)
   musickv_checkpoint.json  format version, params dtype, provenance; written last
 
-A checkpoint is written into a hidden sibling directory and renamed into place only when
-complete, so an interrupted or failed write never leaves something that loads.
+A checkpoint is written into a hidden sibling directory (see musickv_jax.files) synchronously,
+and renamed into place only when complete: an interrupted or failed write never leaves
+something that loads, Ctrl-C leaves nothing at all, and the staging folder of a killed
+process is removed by the next save into the same parent.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
+from musickv_jax import files
 from musickv_jax.config import ModelConfig, to_jnp_dtype
+from musickv_jax.errors import CheckpointError, ConfigError
 from musickv_jax.models.sao import abstract_params
 from musickv_jax.text import load_tokenizer
 
 FORMAT = "musickv-jax/1"
 MARKER = "musickv_checkpoint.json"
-
-
-class CheckpointError(ValueError):
-  """A converted checkpoint is missing, incomplete or does not fit the model."""
+_CONTENTS = {"params", "config.json", "tokenizer", MARKER}
 
 
 @dataclasses.dataclass
 class LoadedModel:
-  """What one `load_model` call gives: ready-to-use params, config and tokenizer."""
+  """What loading gives: ready-to-use params (a plain pytree), config and tokenizer."""
 
   config: ModelConfig
   params: dict
@@ -50,27 +52,51 @@ def is_converted_checkpoint(path: str | Path) -> bool:
   return (Path(path) / MARKER).is_file()
 
 
+def check_replaceable(directory: str | Path, overwrite: bool) -> Path:
+  """The absolute output path if a checkpoint may be written there: it must not exist, or, with
+  `overwrite`, be an empty folder or a converted checkpoint (never a folder of other files)."""
+  final = Path(directory).expanduser().absolute()
+  if not final.exists() and not final.is_symlink():
+    return final
+  if not overwrite:
+    raise CheckpointError(f"{final} already exists; choose another output directory or set {{overwrite}}",
+                          field="output", mentions=("overwrite",))
+  if not final.is_dir() or final.is_symlink():
+    raise CheckpointError(f"{final} exists and is not a directory; {{overwrite}} replaces only a converted "
+                          "checkpoint or an empty folder", field="output", mentions=("overwrite",))
+  entries = {p.name for p in final.iterdir()}
+  if entries and not (is_converted_checkpoint(final) and entries <= _CONTENTS):
+    raise CheckpointError(f"{final} holds files that are not a converted checkpoint; {{overwrite}} replaces only a "
+                          "converted checkpoint or an empty folder, so choose another output directory",
+                          field="output", mentions=("overwrite",))
+  return final
+
+
 def _tree_dtype(params) -> str:
   dtypes = {np.dtype(leaf.dtype).name for leaf in jax.tree.leaves(params)}
   return dtypes.pop() if len(dtypes) == 1 else "mixed"
 
 
-def save_checkpoint(directory: str | Path, config: ModelConfig, params: dict, tokenizer_dir: str | Path | None,
-                    *, info: dict | None = None, overwrite: bool = False, tokenizer=None) -> Path:
+def _checkpointer():
+  import orbax.checkpoint as ocp  # heavy: only when a checkpoint is read or written
+
+  return ocp, ocp.Checkpointer(ocp.StandardCheckpointHandler())
+
+
+def save_checkpoint(directory: str | Path, config: ModelConfig, params: dict, *, tokenizer=None,
+                    tokenizer_dir: str | Path | None = None, info: dict | None = None, overwrite: bool = False,
+                    log: Callable[[str], None] = print) -> Path:
   """Writes a converted checkpoint atomically. `tokenizer` (an object with save_pretrained) or
   `tokenizer_dir` (a folder to copy) provides the tokenizer files."""
-  import orbax.checkpoint as ocp
-
-  final = Path(directory).expanduser().absolute()
-  if final.exists() and not overwrite:
-    raise CheckpointError(f"{final} already exists; choose another output directory or pass --overwrite")
+  final = check_replaceable(directory, overwrite)
   final.parent.mkdir(parents=True, exist_ok=True)
-  staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+  for stale in files.remove_stale_temporaries(final.parent, final.name):
+    log(f"removed {stale}, left by an interrupted conversion")
+  staging = files.temporary_path(final)
   try:
     staging.mkdir()
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(staging / "params", params)
-    checkpointer.wait_until_finished()
+    ocp, checkpointer = _checkpointer()
+    checkpointer.save(staging / "params", args=ocp.args.StandardSave(params))
     (staging / "config.json").write_text(config.to_json())
     if tokenizer is not None:
       tokenizer.save_pretrained(str(staging / "tokenizer"))
@@ -79,16 +105,19 @@ def save_checkpoint(directory: str | Path, config: ModelConfig, params: dict, to
     marker = {"format": FORMAT, "params_dtype": _tree_dtype(params), **(info or {})}
     (staging / MARKER).write_text(json.dumps(marker, indent=2))
     if final.exists():  # overwrite: swap in the new one, then drop the old
-      retired = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+      retired = files.temporary_path(final)
       os.rename(final, retired)
       os.rename(staging, final)
-      shutil.rmtree(retired, ignore_errors=True)
+      files.remove_path(retired)
     else:
       os.rename(staging, final)
   except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
+    files.remove_path(staging)
     raise
   return final
+
+
+# ----------------------------------------------------------------------------- loading
 
 
 def _describe_mismatch(expected: dict, found: dict) -> str:
@@ -100,36 +129,70 @@ def _describe_mismatch(expected: dict, found: dict) -> str:
   return "\n  ".join(lines)
 
 
-def load_model(directory: str | Path, *, dtype: str | None = None, load_tokenizer_files: bool = True) -> LoadedModel:
+def _damaged(directory: Path, what: str) -> CheckpointError:
+  return CheckpointError(f"{directory}: {what}; the checkpoint is damaged or incomplete (an interrupted copy?), "
+                         "convert it again")
+
+
+def _read_json(directory: Path, name: str) -> dict:
+  try:
+    data = json.loads((directory / name).read_text())
+  except FileNotFoundError:
+    raise _damaged(directory, f"{name} is missing") from None
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    raise _damaged(directory, f"{name} is not valid JSON") from None
+  if not isinstance(data, dict):
+    raise _damaged(directory, f"{name} is not a JSON object")
+  return data
+
+
+def _quiet_orbax() -> None:
+  for name in ("absl", "orbax", "orbax.checkpoint"):
+    logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def load_converted(directory: str | Path, *, dtype: str | None = None, load_tokenizer_files: bool = True,
+                   device: jax.Device | None = None) -> LoadedModel:
   """A converted checkpoint directory -> LoadedModel(config, params, tokenizer).
 
   dtype: 'float32' / 'bfloat16' / 'float16' casts the parameters and sets the DiT and VAE
   compute dtype (T5 keeps its configured dtype); None keeps what was stored.
+  device: where the parameters are placed (default: the first device).
   """
-  import orbax.checkpoint as ocp
-
   directory = Path(directory).expanduser().absolute()
   if not directory.is_dir():
     raise CheckpointError(f"{directory}: no such directory; convert a checkpoint first with "
-                          "`python -m convert --source ... --output DIR`")
+                          "`musickv-convert --source ... --output DIR`")
   if not is_converted_checkpoint(directory):
     raise CheckpointError(f"{directory} is not a converted musickv-jax checkpoint (no {MARKER}); convert it with "
-                          f"`python -m convert --source {directory} --output DIR`")
-  info = json.loads((directory / MARKER).read_text())
+                          f"`musickv-convert --source {directory} --output DIR`")
+  info = _read_json(directory, MARKER)
   if info.get("format") != FORMAT:
     raise CheckpointError(f"{directory}: checkpoint format {info.get('format')!r} is not {FORMAT!r}; convert again")
-  config = ModelConfig.from_json_file(directory / "config.json")
+  try:
+    config = ModelConfig.from_dict(_read_json(directory, "config.json"))
+  except (ConfigError, TypeError, ValueError) as e:
+    raise _damaged(directory, f"config.json does not describe a model ({e})") from None
 
-  checkpointer = ocp.StandardCheckpointer()
-  stored = checkpointer.metadata(directory / "params").item_metadata.tree
+  _quiet_orbax()
+  ocp, checkpointer = _checkpointer()
   expected = abstract_params(config)
+  # Orbax reports damaged files (cut short, missing chunks, bad metadata) with exceptions of many
+  # kinds from deep inside tensorstore; every one of them means the same thing to the user.
+  try:
+    stored = checkpointer.metadata(directory / "params").item_metadata.tree
+  except Exception as e:  # noqa: BLE001
+    raise _damaged(directory, f"the parameter metadata cannot be read ({_first_line(e)})") from None
   if jax.tree.structure(expected) != jax.tree.structure(stored) or any(
       tuple(a.shape) != tuple(b.shape) for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(stored))):
     raise CheckpointError(f"{directory}: stored parameters do not match its config.json:\n  "
                           + _describe_mismatch(expected, stored))
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
   target = jax.tree.map(lambda e, s: jax.ShapeDtypeStruct(e.shape, s.dtype, sharding=sharding), expected, stored)
-  params = checkpointer.restore(directory / "params", target)
+  try:
+    params = checkpointer.restore(directory / "params", args=ocp.args.StandardRestore(target))
+  except Exception as e:  # noqa: BLE001  (see above)
+    raise _damaged(directory, f"the parameters cannot be read ({_first_line(e)})") from None
   if dtype is not None:
     config = config.with_dtype(dtype)
     cast = to_jnp_dtype(dtype)
@@ -137,3 +200,9 @@ def load_model(directory: str | Path, *, dtype: str | None = None, load_tokenize
               for name, tree in params.items()}
   tokenizer = load_tokenizer(directory / "tokenizer", config.t5.max_length) if load_tokenizer_files else None
   return LoadedModel(config=config, params=params, tokenizer=tokenizer, path=directory, info=info)
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  line = text.splitlines()[0] if text else type(error).__name__
+  return line if len(line) <= 160 else line[:157] + "..."

@@ -15,7 +15,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from musickv_jax import resources
+from musickv_jax.errors import ConfigError, SettingsError
+
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -25,11 +27,7 @@ def to_jnp_dtype(name: str):
   try:
     return _DTYPES[name]
   except KeyError:
-    raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
-
-
-class ConfigError(ValueError):
-  """A model config is inconsistent or malformed."""
+    raise SettingsError(f"{{field}} must be one of {sorted(_DTYPES)}, got {name!r}", field="dtype") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,12 +215,12 @@ class ModelConfig:
 
 
 def available_configs() -> list[str]:
-  return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+  return sorted(p.stem for p in resources.configs_dir().glob("*.json"))
 
 
 def named_config(name: str) -> ModelConfig:
   """Loads `configs/<name>.json` (e.g. 'sao-1.0', 'tiny')."""
-  path = CONFIG_DIR / f"{name}.json"
+  path = resources.configs_dir() / f"{name}.json"
   if not path.is_file():
     raise ConfigError(f"no model config named {name!r}; available: {available_configs()}")
   return ModelConfig.from_json_file(path)

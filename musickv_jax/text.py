@@ -8,11 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from musickv_jax.errors import TokenizerError
+
 log = logging.getLogger(__name__)
-
-
-class TokenizerError(ValueError):
-  pass
 
 
 def load_tokenizer(directory: str | Path, max_length: int | None = None):

@@ -18,8 +18,8 @@ class Converted:
 
 
 def _convert(source, output, **kwargs):
-  from convert.pipeline import convert_checkpoint
-  from musickv_jax.checkpoint import load_model
+  from musickv_jax.convert.pipeline import convert_checkpoint
+  from musickv_jax.checkpoint import load_converted as load_model
 
   convert_checkpoint(source, output, log=lambda message: None, **kwargs)
   return load_model(output)
@@ -49,7 +49,7 @@ def tiny64(tmp_path_factory) -> Converted:
 def tiny44k(tmp_path_factory):
   """configs/tiny (the demo model: 44.1 kHz, SAO's VAE strides, 24 layers), random weights written
   in the diffusers layout without torch and converted: for tests that read real audio files."""
-  from convert.export import build_tiny_tokenizer, write_diffusers_checkpoint
+  from musickv_jax.convert.export import build_tiny_tokenizer, write_diffusers_checkpoint
   from musickv_jax.config import named_config
   from musickv_jax.models.sao import random_params
 

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from transformers import T5Config as HFT5Config
 from transformers import T5EncoderModel
 
-from convert.export import build_tiny_tokenizer
+from musickv_jax.convert.export import build_tiny_tokenizer
 
 # DESIGN.md section 5: tiny configs that work together.
 DIT_TINY = dict(sample_size=16, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,

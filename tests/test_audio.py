@@ -82,12 +82,12 @@ def test_bad_audio_gets_clear_errors(tmp_path):
     load_audio(tmp_path / "empty.wav", **kw)
   sf.write(tmp_path / "long.wav", tone(440.0, 5.0, SR).T, SR)
   with pytest.raises(AudioError, match=r"5.00 s long but the model takes at most 4.00 s; pick a segment with "
-                                       r"--input_start_s / --input_end_s"):
+                                       r"start_s / end_s"):
     load_audio(tmp_path / "long.wav", **kw)
   with pytest.raises(AudioError, match="outside the file"):
     load_audio(tmp_path / "long.wav", start_s=9.0, **kw)
   sf.write(tmp_path / "six.wav", np.tile(tone(440.0, 1.0, SR).T, (1, 6)), SR)
-  with pytest.raises(AudioError, match="has 6 channels; the model takes 2. Pass --downmix"):
+  with pytest.raises(AudioError, match="has 6 channels; the model takes 2. Set downmix to mix them down"):
     load_audio(tmp_path / "six.wav", **kw)
   assert load_audio(tmp_path / "six.wav", downmix=True, **kw).audio.shape == (2, SR)
   sf.write(tmp_path / "silent.wav", np.zeros((SR, 2), np.float32), SR)

@@ -15,10 +15,11 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from convert.pipeline import convert_checkpoint, convert_source
-from convert.sources import read_source
-from convert.tensors import ConversionError, read_safetensors
-from musickv_jax.checkpoint import CheckpointError, load_model
+from musickv_jax.convert.pipeline import convert_checkpoint, convert_source
+from musickv_jax.convert.sources import read_source
+from musickv_jax.convert.tensors import ConversionError, read_safetensors
+from musickv_jax.checkpoint import load_converted as load_model
+from musickv_jax.errors import CheckpointError
 from tests.reference import write_sat_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,14 +77,14 @@ def test_sat_model_config_override(sat_files, tmp_path):
   moved = tmp_path / "weights" / "model.safetensors"
   moved.parent.mkdir()
   shutil.copy(weights, moved)
-  with pytest.raises(ConversionError, match="no model_config.json beside it; pass --model_config"):
+  with pytest.raises(ConversionError, match="no model_config.json beside it; pass model_config"):
     convert(moved, tmp_path / "a", t5_dir=t5_dir)
   convert(moved, tmp_path / "b", t5_dir=t5_dir, model_config=weights.parent / "model_config.json")
 
 
 def test_name_tables_invert_exactly(tiny64):
   """torch -> ours -> torch reproduces every tensor (weight norm re-factored: same folded weight)."""
-  from convert.export import to_torch_state_dicts
+  from musickv_jax.convert.export import to_torch_state_dicts
 
   exported = to_torch_state_dicts(tiny64.model.config, tiny64.model.params)
   originals = {"dit": tiny64.ref.dit, "t5": tiny64.ref.t5, "conditioner": tiny64.ref.projection}
@@ -254,13 +255,13 @@ def test_ckpt_is_loaded_weights_only(sat_files, tmp_path):
 
 
 def test_sat_without_t5_dir(sat_files, tmp_path):
-  with pytest.raises(ConversionError, match="does not contain T5; pass --t5 DIR"):
+  with pytest.raises(ConversionError, match="does not contain T5; pass t5_dir"):
     convert(sat_files[0], tmp_path / "out")
 
 
 def test_existing_output_needs_overwrite(tiny, tmp_path):
   out = convert(tiny.ref.diffusers_dir, tmp_path / "out")
-  with pytest.raises(ConversionError, match="already exists; choose another output directory or pass --overwrite"):
+  with pytest.raises(ConversionError, match="already exists; choose another output directory or set overwrite"):
     convert(tiny.ref.diffusers_dir, out)
   convert(tiny.ref.diffusers_dir, out, overwrite=True)
   load_model(out)

@@ -23,7 +23,7 @@ def test_demo_checkpoint_loads_in_diffusers_and_matches(tmp_path):
   import jax.numpy as jnp
   from diffusers import StableAudioPipeline
 
-  from convert.export import build_tiny_tokenizer, write_diffusers_checkpoint
+  from musickv_jax.convert.export import build_tiny_tokenizer, write_diffusers_checkpoint
   from musickv_jax.config import named_config
   from musickv_jax.models.dit import StableAudioDiT
   from musickv_jax.models.sao import random_params

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from musickv_jax import pipeline
+from musickv_jax.errors import SettingsError
 from musickv_jax.editing import injection
 from musickv_jax.editing import schedules as kv
 from musickv_jax.pipeline import EditSettings, GenerationSettings
@@ -199,7 +200,7 @@ def test_schedule_validation():
     kv.validate(np.zeros((5, 2)), 8, 3)
   with pytest.raises(kv.ScheduleError, match="NaN"):
     kv.validate(np.full((8, 3), np.nan), 8, 3)
-  with pytest.raises(kv.ScheduleError, match=r"must lie in \[0, 1\].*--allow_unbounded_schedule"):
+  with pytest.raises(kv.ScheduleError, match=r"must lie in \[0, 1\].*set allow_unbounded_schedule"):
     kv.validate(np.full((8, 3), 1.5), 8, 3)
   kv.validate(np.full((8, 3), 1.5), 8, 3, allow_unbounded=True)
   with pytest.raises(kv.ScheduleError, match="unknown schedule 'ramp'"):
@@ -208,19 +209,19 @@ def test_schedule_validation():
 
 def test_edit_validation(tiny):
   cfg = tiny.model.config
-  with pytest.raises(pipeline.GenerationError, match="at least two prompts"):
-    pipeline.validate_edit(settings_for(["piano"], (0,)), cfg)
-  with pytest.raises(pipeline.GenerationError, match=r"layer 20 is out of range; this model's layers are 0..1"):
-    pipeline.validate_edit(settings_for(["a", "b"], (20, 3, 4)), cfg)
-  with pytest.raises(pipeline.GenerationError, match=r"skip_layers: layer\(s\) \[1\] listed more than once"):
-    pipeline.validate_edit(settings_for(["a", "b"], (0,), skip_layers=(1, 1)), cfg)
-  with pytest.raises(pipeline.GenerationError, match="prompt 2 is empty"):
-    pipeline.validate_edit(settings_for(["a", ""], (0,)), cfg)
-  with pytest.raises(pipeline.GenerationError, match="schedule has shape"):
-    pipeline.validate_edit(settings_for(["a", "b"], (0,), np.zeros((3, 1))), cfg)
-  with pytest.raises(pipeline.GenerationError, match=r"--skip_layers: layer 5 is out of range"):
-    pipeline.validate_edit(settings_for(["a", "b"], (0,), skip_layers=(5,)), cfg)
-  with pytest.raises(pipeline.GenerationError, match="NaN"):
-    pipeline.validate_edit(settings_for(["a", "b"], (0,), np.full((STEPS, 1), np.nan)), cfg)
-  with pytest.raises(pipeline.GenerationError, match="--injection_mode must be one of"):
-    pipeline.validate_edit(settings_for(["a", "b"], (0,), injection_mode="lazy"), cfg)
+  with pytest.raises(SettingsError, match="at least two prompts"):
+    settings_for(["piano"], (0,)).validate(cfg)
+  with pytest.raises(SettingsError, match=r"layer 20 is out of range; this model's layers are 0..1"):
+    settings_for(["a", "b"], (20, 3, 4)).validate(cfg)
+  with pytest.raises(SettingsError, match=r"^skip_layers: layer\(s\) \[1\] listed more than once"):
+    settings_for(["a", "b"], (0,), skip_layers=(1, 1)).validate(cfg)
+  with pytest.raises(SettingsError, match="prompt 2 is empty"):
+    settings_for(["a", ""], (0,)).validate(cfg)
+  with pytest.raises(SettingsError, match="schedule has shape"):
+    settings_for(["a", "b"], (0,), np.zeros((3, 1))).validate(cfg)
+  with pytest.raises(SettingsError, match=r"^skip_layers: layer 5 is out of range"):
+    settings_for(["a", "b"], (0,), skip_layers=(5,)).validate(cfg)
+  with pytest.raises(SettingsError, match="NaN"):
+    settings_for(["a", "b"], (0,), np.full((STEPS, 1), np.nan)).validate(cfg)
+  with pytest.raises(SettingsError, match="^injection_mode must be one of"):
+    settings_for(["a", "b"], (0,), injection_mode="lazy").validate(cfg)

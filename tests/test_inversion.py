@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from musickv_jax import pipeline
+from musickv_jax.errors import SettingsError
 from musickv_jax.editing import schedules as kv
 from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings
 from musickv_jax.sampling import guided, inversion, sampler, schedules
@@ -150,7 +151,7 @@ def test_kv_recorded_during_inversion_drives_the_edit(tiny):
   cost = max_error_ratio(from_inversion.latents[0], joint.latents[1])
   print(f"edit from the inversion's K/V vs joint-mode edit: {cost:.3f} (max abs / max)")
   assert np.all(np.isfinite(from_inversion.latents)) and cost > 0
-  with pytest.raises(pipeline.GenerationError, match="same --num_inference_steps"):
+  with pytest.raises(SettingsError, match="use the same num_inference_steps"):
     pipeline.edit_recording(model, rec, EditSettings(GenerationSettings(prompts=("a", "b"), num_inference_steps=5),
                                                      vital_layers=layers), kv_from_inversion=True)
 

@@ -14,6 +14,7 @@ import torch
 
 from musickv_jax import pipeline, vae_ops
 from musickv_jax.pipeline import GenerationSettings
+from musickv_jax.pipeline.common import FIT_BUCKET_FRAMES
 from musickv_jax.sampling import guided, sampler, schedules, solvers
 from tests.parity import max_error_ratio
 
@@ -237,22 +238,22 @@ def test_fit_latent_length_is_shorter_and_trims_right(tiny):
   full = GenerationSettings(prompts=("piano",), num_inference_steps=3, audio_end_in_s=1.0)
   fit = GenerationSettings(prompts=("piano",), num_inference_steps=3, audio_end_in_s=1.0, latent_length="fit")
   assert pipeline.latent_frames(full, cfg) == cfg.dit.sample_size
-  assert pipeline.latent_frames(fit, cfg) == min(cfg.dit.sample_size, pipeline.FIT_BUCKET_FRAMES)
+  assert pipeline.latent_frames(fit, cfg) == min(cfg.dit.sample_size, FIT_BUCKET_FRAMES)
   out = pipeline.generate(tiny.model, fit)
   assert out.audio.shape == (1, 2, cfg.sample_rate)
 
 
 def test_bad_requests_are_refused(tiny):
   cfg = tiny.model.config
-  with pytest.raises(pipeline.GenerationError, match=r"longer than the model's maximum of 4.00 s"):
-    pipeline.validate(GenerationSettings(prompts=("a",), audio_end_in_s=10.0), cfg)
-  with pytest.raises(pipeline.GenerationError, match="at least 1"):
-    pipeline.validate(GenerationSettings(prompts=("a",), num_inference_steps=0), cfg)
-  with pytest.raises(pipeline.GenerationError, match="unknown sampler"):
-    pipeline.validate(GenerationSettings(prompts=("a",), sampler="ddpm"), cfg)
-  with pytest.raises(pipeline.GenerationError, match="prompt 2 is empty"):
-    pipeline.validate(GenerationSettings(prompts=("a", " ")), cfg)
-  with pytest.raises(pipeline.GenerationError, match=r"expected \(1, 4, T\)"):
+  with pytest.raises(SettingsError, match=r"longer than the model's maximum of 4.00 s"):
+    GenerationSettings(prompts=("a",), audio_end_in_s=10.0).validate(cfg)
+  with pytest.raises(SettingsError, match="at least 1"):
+    GenerationSettings(prompts=("a",), num_inference_steps=0).validate(cfg)
+  with pytest.raises(SettingsError, match="unknown sampler"):
+    GenerationSettings(prompts=("a",), sampler="ddpm").validate(cfg)
+  with pytest.raises(SettingsError, match="prompt 2 is empty"):
+    GenerationSettings(prompts=("a", " ")).validate(cfg)
+  with pytest.raises(SettingsError, match=r"expected \(1, 4, T\)"):
     pipeline.check_init_latents(np.zeros((2, 4, 16), np.float32), 1, GenerationSettings(prompts=("a",)), cfg)
 
 

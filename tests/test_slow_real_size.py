@@ -23,9 +23,9 @@ def test_real_size_dit_matches_diffusers(tmp_path):
                          StableAudioPipeline, StableAudioProjectionModel)
   from transformers import T5Config, T5EncoderModel
 
-  from convert.export import build_tiny_tokenizer
-  from convert.pipeline import convert_checkpoint
-  from musickv_jax.checkpoint import load_model
+  from musickv_jax.convert.export import build_tiny_tokenizer
+  from musickv_jax.convert.pipeline import convert_checkpoint
+  from musickv_jax.checkpoint import load_converted as load_model
   from musickv_jax.models.dit import StableAudioDiT
   from musickv_jax.models.sao import count_params
   from tests.parity import assert_parity

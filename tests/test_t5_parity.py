@@ -9,9 +9,9 @@ import torch
 from transformers import T5Config as HFT5Config
 from transformers import T5EncoderModel
 
-from convert.rules import apply_rules
-from convert.sources import t5_config_from_hf
-from convert.tables import t5_rules
+from musickv_jax.convert.rules import apply_rules
+from musickv_jax.convert.sources import t5_config_from_hf
+from musickv_jax.convert.tables import t5_rules
 from musickv_jax.models.t5 import T5Encoder, relative_position_buckets
 from tests.parity import assert_parity
 from tests.reference import T5_TINY, randomize_

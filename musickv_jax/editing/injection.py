@@ -29,7 +29,7 @@ from musickv_jax.models.dit import KVCache
 from musickv_jax.sampling import guided, sampler
 
 Array = jax.Array
-MODES = ("joint", "cached")
+MODES = ("joint", "cached")  # see the module docstring
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,17 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from musickv_jax.errors import ScheduleError
+
 NAMES = ("linear_ramp", "constant", "cosine", "window")
-
-
-class ScheduleError(ValueError):
-  """A schedule that cannot be used; the message says why."""
 
 
 def _steps(steps: int, n_layers: int) -> None:
   if steps < 1 or n_layers < 1:
     raise ScheduleError(f"a schedule needs steps >= 1 and at least one layer, got steps={steps}, "
-                        f"layers={n_layers}")
+                        f"layers={n_layers}", field=None)
 
 
 def constant(steps: int, n_layers: int, weight: float = 1.0) -> np.ndarray:
@@ -51,7 +49,8 @@ def window(steps: int, n_layers: int, start: float = 0.0, end: float = 1.0, weig
   """`weight` for the steps whose fraction i / steps lies in [start, end), 0 elsewhere."""
   _steps(steps, n_layers)
   if not 0.0 <= start <= end <= 1.0:
-    raise ScheduleError(f"window needs 0 <= start <= end <= 1 (fractions of the steps), got {start}, {end}")
+    raise ScheduleError(f"the window schedule needs 0 <= start <= end <= 1 (fractions of the steps), got {start}, "
+                        f"{end}")
   fraction = np.arange(steps) / steps
   on = (fraction >= start) & (fraction < end)
   return np.repeat(np.where(on, weight, 0.0)[:, None], n_layers, axis=1).astype(np.float32)
@@ -68,21 +67,21 @@ def per_layer(columns: Sequence[np.ndarray]) -> np.ndarray:
 def by_name(name: str, steps: int, n_layers: int, **params) -> np.ndarray:
   builders = {"linear_ramp": linear_ramp, "constant": constant, "cosine": cosine, "window": window}
   if name not in builders:
-    raise ScheduleError(f"unknown schedule {name!r}; use one of {', '.join(NAMES)} or a .npy file")
+    raise ScheduleError(f"{{field}}: unknown schedule {name!r}; use one of {', '.join(NAMES)} or a .npy file")
   try:
     return builders[name](steps, n_layers, **params)
   except TypeError as e:
-    raise ScheduleError(f"schedule {name!r}: {e}") from None
+    raise ScheduleError(f"{{field}} {name!r}: {e}") from None
 
 
 def load_npy(path: str | Path) -> np.ndarray:
   path = Path(path)
   if not path.is_file():
-    raise ScheduleError(f"schedule file {path} not found")
+    raise ScheduleError(f"{{field}} file {path} not found")
   try:
     return np.asarray(np.load(path, allow_pickle=False), np.float32)
   except (ValueError, OSError) as e:
-    raise ScheduleError(f"schedule file {path} is not a readable .npy array ({e})") from None
+    raise ScheduleError(f"{{field}} file {path} is not a readable .npy array ({e})") from None
 
 
 def validate(schedule: np.ndarray, steps: int, n_layers: int, n_edits: int | None = None, *,
@@ -91,12 +90,12 @@ def validate(schedule: np.ndarray, steps: int, n_layers: int, n_edits: int | Non
   schedule = np.asarray(schedule, np.float32)
   shapes = [(steps, n_layers)] + ([(steps, n_layers, n_edits)] if n_edits else [])
   if schedule.shape not in shapes:
-    raise ScheduleError(f"schedule has shape {schedule.shape}; expected "
+    raise ScheduleError(f"{{field}} has shape {schedule.shape}; expected "
                         + " or ".join(str(s) for s in shapes) + " (steps, vital layers[, edits])")
   if not np.all(np.isfinite(schedule)):
     bad = int(np.sum(~np.isfinite(schedule)))
-    raise ScheduleError(f"schedule contains {bad} NaN or infinite value(s)")
+    raise ScheduleError(f"{{field}} contains {bad} NaN or infinite value(s)")
   if not allow_unbounded and (schedule.min() < 0.0 or schedule.max() > 1.0):
-    raise ScheduleError(f"schedule values must lie in [0, 1] (found {schedule.min():g} .. {schedule.max():g}); "
-                        "pass --allow_unbounded_schedule to use them anyway")
+    raise ScheduleError(f"{{field}} values must lie in [0, 1] (found {schedule.min():g} .. {schedule.max():g}); "
+                        "set {allow_unbounded_schedule} to use them anyway", mentions=("allow_unbounded_schedule",))
   return schedule

@@ -69,10 +69,8 @@ class SelfAttention(nn.Module):
   The hook works on the keys and values right after their projections (before rotary;
   positions are identical for source and edit, so blending commutes with rotary):
     * `qkv(x)` returns (q, k, v), each (B, S, H, D): the K/V a cache records;
-    * `attend(q, k, v, rope)` finishes the layer from (possibly replaced) K/V;
-    * `__call__(x, rope, kv_reference, kv_weight)` does both, blending
-      k <- w * k_ref + (1 - w) * k (same for v) per sample when a reference is given,
-      and returns (output, (k, v)) with the layer's own, unblended K/V.
+    * `attend(q, k, v, rope)` finishes the layer from (possibly replaced) K/V.
+  The DiT block calls the two halves and blends between them (see models/dit.py).
   """
 
   width: int
@@ -96,18 +94,6 @@ class SelfAttention(nn.Module):
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     out = dot_product_attention(q, k, v)  # (B, S, H, D)
     return self.out(out.reshape(*out.shape[:2], -1))
-
-  def __call__(self, x: Array, rope: tuple[Array, Array],
-               kv_reference: tuple[Array, Array] | None = None,
-               kv_weight: Array | None = None) -> tuple[Array, tuple[Array, Array]]:
-    q, k, v = self.qkv(x)
-    own = (k, v)
-    if kv_reference is not None:
-      if kv_weight is None:
-        raise ValueError("kv_reference needs kv_weight: a (batch,) array of blend weights")
-      k = blend_kv(k, kv_reference[0], kv_weight)
-      v = blend_kv(v, kv_reference[1], kv_weight)
-    return self.attend(q, k, v, rope), own
 
 
 class CrossAttention(nn.Module):

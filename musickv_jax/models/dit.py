@@ -14,8 +14,6 @@ The hook is steered by `KVControls` (data, not module state):
 
 from __future__ import annotations
 
-from typing import Any
-
 import chex
 import flax.linen as nn
 import flax.struct
@@ -39,13 +37,6 @@ class KVCache:
   k: Array
   v: Array
   layers: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
-
-  def layer(self, index: int) -> tuple[Array, Array]:
-    slot = self.layers.index(index)
-    return self.k[slot], self.v[slot]
-
-  def as_dict(self) -> dict[int, tuple[Array, Array]]:
-    return {layer: (self.k[i], self.v[i]) for i, layer in enumerate(self.layers)}
 
 
 @flax.struct.dataclass
@@ -91,6 +82,44 @@ def _validate_controls(controls: KVControls, depth: int, batch: int) -> None:
     chex.assert_axis_dimension(controls.injected.k, 1, batch)
 
 
+@flax.struct.dataclass
+class LayerInputs:
+  """What each block gets of its own (leading axis: depth), scanned with the blocks.
+
+  bypass: () bool, skip this layer's self-attention.
+  weight: (B,) blend weight toward the reference K/V (0 where the layer has no reference), or None.
+  read_slot: () int32, the slot of an external cache holding this layer (cached mode), or None.
+  record_slot: () int32 and recorded: () bool, where this layer's own K/V go when recording, or None.
+  """
+
+  bypass: Array
+  weight: Array | None = None
+  read_slot: Array | None = None
+  record_slot: Array | None = None
+  recorded: Array | None = None
+
+
+@flax.struct.dataclass
+class SharedInputs:
+  """What every block gets alike (broadcast over the scan).
+
+  context: (B, N, cond_token_dim) cross-attention tokens.
+  rope: cos, sin tables (S, rotary_dim).
+  source_index: (B,) int32, the row of the reference each row blends in, or None.
+  injected_k, injected_v: (n, R, S, H, D) an external cache (cached mode), or None.
+  """
+
+  context: Array
+  rope: tuple[Array, Array]
+  source_index: Array | None = None
+  injected_k: Array | None = None
+  injected_v: Array | None = None
+
+  @property
+  def has_reference(self) -> bool:
+    return self.source_index is not None or self.injected_k is not None
+
+
 class DiTBlock(nn.Module):
   """LayerNorm -> self-attention (rotary, hook) -> LayerNorm -> GQA cross-attention ->
   LayerNorm -> GLU feed-forward, each with a residual. Scanned over layers."""
@@ -98,7 +127,7 @@ class DiTBlock(nn.Module):
   config: DiTConfig
 
   @nn.compact
-  def __call__(self, carry, layer: dict[str, Any], shared: dict[str, Any]):
+  def __call__(self, carry, layer: LayerInputs, shared: SharedInputs):
     cfg = self.config
     dtype = to_jnp_dtype(cfg.dtype)
     h, record_k, record_v = carry
@@ -107,32 +136,30 @@ class DiTBlock(nn.Module):
     q, k, v = attn.qkv(LayerNorm(cfg.norm_eps, name="self_norm")(h))
     own_k, own_v = k, v
 
-    if shared["source_index"] is not None or shared["injected_k"] is not None:
-      if shared["injected_k"] is None:  # joint: the reference rows are this batch
+    if shared.has_reference:  # blend toward the reference; weight 0 (no reference here) is exact
+      if shared.injected_k is None:  # joint: the reference rows are this batch
         ref_k, ref_v = k, v
       else:  # cached: the reference comes from outside
-        ref_k = jax.lax.dynamic_index_in_dim(shared["injected_k"], layer["read_slot"], keepdims=False)
-        ref_v = jax.lax.dynamic_index_in_dim(shared["injected_v"], layer["read_slot"], keepdims=False)
-      if shared["source_index"] is not None:
-        ref_k = jnp.take(ref_k, shared["source_index"], axis=0)
-        ref_v = jnp.take(ref_v, shared["source_index"], axis=0)
-      k = jnp.where(layer["has_reference"], blend_kv(k, ref_k, layer["weight"]), k)
-      v = jnp.where(layer["has_reference"], blend_kv(v, ref_v, layer["weight"]), v)
+        ref_k = jax.lax.dynamic_index_in_dim(shared.injected_k, layer.read_slot, keepdims=False)
+        ref_v = jax.lax.dynamic_index_in_dim(shared.injected_v, layer.read_slot, keepdims=False)
+      if shared.source_index is not None:
+        ref_k = jnp.take(ref_k, shared.source_index, axis=0)
+        ref_v = jnp.take(ref_v, shared.source_index, axis=0)
+      k = blend_kv(k, ref_k, layer.weight)
+      v = blend_kv(v, ref_v, layer.weight)
 
     if record_k is not None:  # write this layer's own K/V into its slot if it is recorded
-      slot = layer["record_slot"]
+      slot = layer.record_slot
       old_k = jax.lax.dynamic_index_in_dim(record_k, slot, keepdims=False)
       old_v = jax.lax.dynamic_index_in_dim(record_v, slot, keepdims=False)
-      record_k = jax.lax.dynamic_update_index_in_dim(
-          record_k, jnp.where(layer["recorded"], own_k, old_k), slot, 0)
-      record_v = jax.lax.dynamic_update_index_in_dim(
-          record_v, jnp.where(layer["recorded"], own_v, old_v), slot, 0)
+      record_k = jax.lax.dynamic_update_index_in_dim(record_k, jnp.where(layer.recorded, own_k, old_k), slot, 0)
+      record_v = jax.lax.dynamic_update_index_in_dim(record_v, jnp.where(layer.recorded, own_v, old_v), slot, 0)
 
-    attn_out = attn.attend(q, k, v, shared["rope"])
-    h = jnp.where(layer["bypass"], h, h + attn_out)
+    attn_out = attn.attend(q, k, v, shared.rope)
+    h = jnp.where(layer.bypass, h, h + attn_out)
 
     cross = CrossAttention(cfg.embed_dim, cfg.num_heads, cfg.cross_kv_heads, dtype=dtype, name="cross_attn")
-    h = h + cross(LayerNorm(cfg.norm_eps, name="cross_norm")(h), shared["context"])
+    h = h + cross(LayerNorm(cfg.norm_eps, name="cross_norm")(h), shared.context)
 
     x = LayerNorm(cfg.norm_eps, name="ff_norm")(h)
     x = Dense(2 * cfg.ff_inner_dim, dtype=dtype, name="ff_in")(x)
@@ -195,8 +222,11 @@ class StableAudioDiT(nn.Module):
     h = jnp.concatenate([global_embed[:, None, :].astype(tokens.dtype), tokens], axis=1)  # (B, S, D)
     seq = length + 1
 
-    layer_inputs, shared, records = self._layer_inputs(controls, batch, seq, dtype)
-    shared.update(context=context, rope=rotary_tables(seq, cfg.rotary_dim, cfg.rotary_base))
+    layer_inputs, records = self._layer_inputs(controls, batch, seq, dtype)
+    shared = SharedInputs(context=context, rope=rotary_tables(seq, cfg.rotary_dim, cfg.rotary_base),
+                          source_index=controls.source_index,
+                          injected_k=controls.injected.k if controls.injected is not None else None,
+                          injected_v=controls.injected.v if controls.injected is not None else None)
 
     blocks = nn.scan(DiTBlock, variable_axes={"params": 0}, split_rngs={"params": True},
                      in_axes=(0, nn.broadcast), length=cfg.depth)(cfg, name="blocks")
@@ -210,29 +240,26 @@ class StableAudioDiT(nn.Module):
       recorded = KVCache(record_k, record_v, tuple(controls.record_layers))
     return out, recorded
 
-  def _layer_inputs(self, controls: KVControls, batch: int, seq: int, dtype):
-    """Per-layer scan inputs, arguments broadcast to every layer, and the record buffers."""
+  def _layer_inputs(self, controls: KVControls, batch: int, seq: int, dtype) -> tuple[LayerInputs, tuple]:
+    """Per-layer scan inputs and the (zeroed) record buffers."""
     cfg = self.config
     depth = cfg.depth
     bypass = controls.bypass if controls.bypass is not None else jnp.zeros((depth,), bool)
-    layer = {"bypass": jnp.asarray(bypass, bool)}
-    shared = {"source_index": controls.source_index, "injected_k": None, "injected_v": None}
-
+    weight = read_slot = record_slot = recorded = None
     if controls.inject_weight is not None:
-      layer["weight"] = controls.inject_weight
-      if controls.injected is not None:
+      weight = controls.inject_weight  # (depth, B)
+      if controls.injected is not None:  # only the layers the cache holds can blend
         held = controls.injected.layers
-        shared["injected_k"], shared["injected_v"] = controls.injected.k, controls.injected.v
-        layer["read_slot"] = jnp.asarray([held.index(i) if i in held else 0 for i in range(depth)], jnp.int32)
-        layer["has_reference"] = jnp.asarray([i in held for i in range(depth)])
-      else:
-        layer["has_reference"] = jnp.ones((depth,), bool)
+        read_slot = jnp.asarray([held.index(i) if i in held else 0 for i in range(depth)], jnp.int32)
+        weight = weight * jnp.asarray([i in held for i in range(depth)], weight.dtype)[:, None]
 
     records = (None, None)
     if controls.record_layers:
       rec = tuple(controls.record_layers)
-      layer["record_slot"] = jnp.asarray([rec.index(i) if i in rec else 0 for i in range(depth)], jnp.int32)
-      layer["recorded"] = jnp.asarray([i in rec for i in range(depth)])
+      record_slot = jnp.asarray([rec.index(i) if i in rec else 0 for i in range(depth)], jnp.int32)
+      recorded = jnp.asarray([i in rec for i in range(depth)])
       shape = (len(rec), batch, seq, cfg.num_heads, cfg.head_dim)
       records = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-    return layer, shared, records
+    layer = LayerInputs(bypass=jnp.asarray(bypass, bool), weight=weight, read_slot=read_slot,
+                        record_slot=record_slot, recorded=recorded)
+    return layer, records

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from convert import tables
-from convert.rules import export_rules
+from musickv_jax.convert import tables
+from musickv_jax.convert.rules import export_rules
 from musickv_jax.config import ModelConfig
 
 DIFFUSERS_VERSION = "0.42.1"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from convert.tensors import ConversionError
+from musickv_jax.convert.tensors import ConversionError
 
 Shape = tuple[int, ...]
 Path = tuple[str, ...]

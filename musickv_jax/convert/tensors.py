@@ -17,9 +17,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-
-class ConversionError(Exception):
-  """A checkpoint cannot be converted; the message says what is wrong and what to do."""
+from musickv_jax.errors import ConversionError
 
 
 _SAFETENSORS_DTYPES = {

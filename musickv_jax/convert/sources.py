@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.tables import DIFFUSERS, SAT, t5_ignored
-from convert.tensors import ConversionError, read_sharded, read_weights
+from musickv_jax.convert.tables import DIFFUSERS, SAT, t5_ignored
+from musickv_jax.convert.tensors import ConversionError, read_sharded, read_weights
 from musickv_jax.config import ConditionerConfig, ConfigError, DiTConfig, ModelConfig, OobleckConfig, T5Config
 
 DIFFUSERS_PARTS = ("transformer", "vae", "text_encoder", "projection_model", "tokenizer")
@@ -181,17 +181,17 @@ def read_diffusers(root: Path) -> SourceCheckpoint:
 def _find_t5(t5_dir: Path | None) -> tuple[Path, Path]:
   """(T5 weights+config folder, tokenizer folder) from a T5 model dir or a diffusers checkpoint."""
   if t5_dir is None:
-    raise ConversionError("a stable-audio-tools checkpoint does not contain T5; pass --t5 DIR with a t5-base folder "
+    raise ConversionError("a stable-audio-tools checkpoint does not contain T5; pass {field} with a t5-base folder "
                           "in Hugging Face layout (config.json, model.safetensors, tokenizer files) or a diffusers "
-                          "Stable Audio checkpoint (its text_encoder/ and tokenizer/ are used)")
+                          "Stable Audio checkpoint (its text_encoder/ and tokenizer/ are used)", field="t5_dir")
   if not t5_dir.is_dir():
-    raise ConversionError(f"--t5 {t5_dir}: no such directory")
+    raise ConversionError(f"{{field}} {t5_dir}: no such directory", field="t5_dir")
   if (t5_dir / "text_encoder" / "config.json").is_file() and (t5_dir / "tokenizer").is_dir():
     return t5_dir / "text_encoder", t5_dir / "tokenizer"
   if (t5_dir / "config.json").is_file():
     return t5_dir, t5_dir
-  raise ConversionError(f"--t5 {t5_dir}: looked for config.json (a T5 model folder) and text_encoder/config.json "
-                        "with tokenizer/ (a diffusers checkpoint); found neither")
+  raise ConversionError(f"{{field}} {t5_dir}: looked for config.json (a T5 model folder) and text_encoder/config.json "
+                        "with tokenizer/ (a diffusers checkpoint); found neither", field="t5_dir")
 
 
 def _conditioning_by_id(mc: dict, where: str) -> dict[str, dict]:
@@ -274,7 +274,7 @@ def _sat_max_length(mc: dict, where: str) -> int:
 def read_sat(weights_file: Path, model_config: Path | None, t5_dir: Path | None) -> SourceCheckpoint:
   config_path = model_config or weights_file.parent / "model_config.json"
   if not config_path.is_file():
-    raise ConversionError(f"{weights_file}: no model_config.json beside it; pass --model_config FILE")
+    raise ConversionError(f"{weights_file}: no model_config.json beside it; pass {{field}}", field="model_config")
   mc = _read_json(config_path)
   t5_root, tokenizer_dir = _find_t5(t5_dir)
   t5_hf = _read_json(t5_root / "config.json")
@@ -289,7 +289,8 @@ def read_sat(weights_file: Path, model_config: Path | None, t5_dir: Path | None)
   cond_sd = take("conditioner.conditioners.")
   if not dit_sd:
     raise ConversionError(f"{weights_file}: no 'model.model.*' tensors; this is not a stable-audio-tools diffusion "
-                          "checkpoint (for a diffusers folder, pass the folder itself as --source)")
+                          "checkpoint (for a diffusers folder, pass the folder itself as {source})",
+                          mentions=("source",))
   leftovers = sorted(k for k in state if not k.startswith(("model.model.", "pretransform.model.",
                                                            "conditioner.conditioners.")))
   config = sat_config(mc, str(config_path), t5)
@@ -309,7 +310,7 @@ def read_sat(weights_file: Path, model_config: Path | None, t5_dir: Path | None)
 
 # ----------------------------------------------------------------------------- hub and detection
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def download_from_hub(repo_id: str, token: str | None, cache_dir: Path | None = None) -> Path:
@@ -325,22 +326,26 @@ def download_from_hub(repo_id: str, token: str | None, cache_dir: Path | None = 
                              cache_dir=str(cache_dir) if cache_dir else None)
   except Exception as e:  # network, auth and gating errors all end here; say which
     raise ConversionError(f"cannot download {repo_id} from the Hugging Face hub: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''} (gated repos need --hf_token)") from None
+                          f"{str(e).splitlines()[0] if str(e) else ''} (gated repos need {hf_token})", mentions=("hf_token",)) from None
   return Path(path)
 
 
-def looks_like_hub_id(source: str) -> bool:
-  return bool(_HUB_ID.match(source)) and not Path(source).exists()
+def is_hub_id(source: str) -> bool:
+  """owner/name that is not a local path: nothing by that name exists here and its first part
+  is not an existing folder (`ckpt/sao-typo` beside a `ckpt/` folder is a typo, not a hub id)."""
+  if not HUB_ID.match(source) or source.startswith((".", "~")):
+    return False
+  return not Path(source).exists() and not Path(source.split("/")[0]).is_dir()
 
 
 def read_source(source: str | Path, *, t5_dir: Path | None = None, model_config: Path | None = None,
                 hf_token: str | None = None) -> SourceCheckpoint:
   """Reads any supported layout; an unknown one is an error that says what was looked for."""
-  if isinstance(source, str) and looks_like_hub_id(source):
+  if isinstance(source, str) and is_hub_id(source):
     return read_diffusers(download_from_hub(source, hf_token))
   path = Path(source).expanduser()
   if not path.exists():
-    raise ConversionError(f"{path}: no such file or directory (nor a hub repo id like owner/name)")
+    raise ConversionError(f"{{field}} {path}: no such file or directory", field="source")
   if path.is_file():
     if path.suffix in (".safetensors", ".ckpt"):
       return read_sat(path, model_config, t5_dir)

@@ -1,0 +1,157 @@
+"""musickv-edit: MusicKV editing with Stable Audio Open.
+
+  musickv-edit --model ckpt/sao --prompts "Piano solo" "Acoustic guitar, country, soft"
+  musickv-edit --model ckpt/sao --input_audio song.mp3 --prompts "clean indie guitar" "classical piano solo"
+
+Generated source: the first prompt describes the source, the second the edit. Further prompts are
+generated plainly, as the reference does, unless --edit_all makes each of them an edit of the
+same source. Real audio (--input_audio, or --inverted_latent from musickv-invert): the first
+prompt describes the recording; it is inverted with that description, then regenerated
+(source_reconstruction.wav: what inversion kept) and edited; input.wav is the recording as the
+model heard it (segment, stereo, the model's sample rate).
+
+Writes source.wav (or source_reconstruction.wav), edit_1.wav, ... (prompt_N.wav for plain
+generations), edit.json with every setting, and spectrograms.png comparing source and edits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+from absl import flags
+
+from musickv_jax.cli import options
+from musickv_jax.cli.outputs import OutputSet, write_json, write_npy
+from musickv_jax.cli.progress import progress_bar
+from musickv_jax.cli.record import provenance
+from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
+
+
+def define(fv: Flags) -> None:
+  options.define_generation_flags(fv, audio_end_default=15.0)
+  options.define_edit_flags(fv)
+  options.define_recording_flags(fv)
+  flags.DEFINE_string("inverted_latent", None, "inverted_latent.npy from musickv-invert: edit that recording "
+                      "without inverting it again.", flag_values=fv)
+  flags.DEFINE_bool("kv_from_inversion", False, "Real audio: take the source K/V recorded during inversion "
+                    "instead of re-running the source branch (faster; no source_reconstruction.wav).",
+                    flag_values=fv)
+
+
+def output_stems(roles: list[str], real_audio: bool, first_prompt_number: int = 1) -> list[str]:
+  """File stems for the rows of an edit: source (source_reconstruction for a recording),
+  edit_1, edit_2, ..., and prompt_N for a plain generation of prompt N (1-based)."""
+  stems, edits = [], 0
+  for i, role in enumerate(roles):
+    if role == "source":
+      stems.append("source_reconstruction" if real_audio else "source")
+    elif role == "edit":
+      edits += 1
+      stems.append(f"edit_{edits}")
+    else:
+      stems.append(f"prompt_{i + first_prompt_number}")
+  return stems
+
+
+def _check_combinations(fv: Flags, real_audio: bool) -> None:
+  if fv.kv_from_inversion and not real_audio:
+    raise UsageError("--kv_from_inversion applies to real-audio edits (--input_audio)")
+  if fv.kv_from_inversion and fv.inverted_latent:
+    raise UsageError("--kv_from_inversion needs --input_audio (the K/V are recorded while inverting), not "
+                     "--inverted_latent")
+  if real_audio and fv.init_latents:
+    raise UsageError("--init_latents cannot be combined with --input_audio / --inverted_latent (the inverted "
+                     "recording is the initial latent)")
+
+
+def _edit_recording(fv: Flags, model, settings):
+  """Inverts --input_audio (or reads --inverted_latent) and edits it: (result, recording or None, inversion)."""
+  from musickv_jax import pipeline
+
+  gen = settings.generation
+  recording = options.load_recording(fv, model) if fv.input_audio else None
+  inv_settings = options.inversion_settings(fv, gen.prompts[0], gen.num_inference_steps, gen.audio_end_in_s)
+  if fv.inverted_latent:
+    inversion = pipeline.load_inversion(fv.inverted_latent, model.config,
+                                        n_samples=recording.audio.shape[-1] if recording else None)
+    for note in inversion.notes_for(settings):
+      print(f"warning: {note}", file=sys.stderr)
+  else:
+    inv_settings.validate(model.config, -(-recording.audio.shape[-1] // model.config.vae.hop_length))
+    print(f"inverting {recording.duration_s:.2f} s of {fv.input_audio} ({inv_settings.variant} inversion, "
+          f"{inv_settings.num_inference_steps} steps)")
+    record_layers = tuple(settings.vital_layers) if fv.kv_from_inversion else ()
+    with progress_bar(inv_settings.num_inference_steps, "inverting") as listener:
+      inversion = pipeline.invert_audio(model, recording.audio, inv_settings, record_layers=record_layers,
+                                        on_step=listener)
+  with progress_bar(gen.num_inference_steps, "editing") as listener:
+    result = pipeline.edit_recording(model, inversion, settings, kv_from_inversion=fv.kv_from_inversion,
+                                     on_step=listener)
+  return result, recording, inversion
+
+
+def body(fv: Flags) -> None:
+  from musickv_jax import pipeline, spectrogram
+  from musickv_jax.audio import save_wav
+
+  chosen = options.edit_settings(fv)
+  settings = chosen.settings
+  real_audio = bool(fv.input_audio or fv.inverted_latent)
+  if real_audio and not fv["audio_end_in_s"].present:
+    # seconds_total defaults to the model's maximum (the reference); the output has the recording's length
+    settings = dataclasses.replace(settings, generation=dataclasses.replace(settings.generation,
+                                                                            audio_end_in_s=None))
+  _check_combinations(fv, real_audio)
+  out_dir = options.check_output_flags(fv)
+  init_latents = options.load_npy(fv.init_latents, "init_latents") if fv.init_latents else None
+  model = options.load_model(fv)
+  settings.validate(model.config)  # before inverting: a bad edit request must not cost an inversion
+
+  start = time.perf_counter()
+  recording = inversion = None
+  if real_audio:
+    result, recording, inversion = _edit_recording(fv, model, settings)
+  else:
+    passes = 2 if settings.injection_mode == "cached" else 1
+    with progress_bar(passes * settings.generation.num_inference_steps, "editing") as listener:
+      result = pipeline.edit(model, settings, init_latents=init_latents, on_step=listener)
+  elapsed = time.perf_counter() - start
+
+  first_prompt = 1 if result.roles[0] == "source" else 2
+  stems = output_stems(result.roles, real_audio, first_prompt)
+  record = provenance(model, elapsed) | result.describe() | {
+      "preset": chosen.preset.name,
+      "init_latents": str(options.absolute(fv.init_latents)) if fv.init_latents else None,
+      "outputs": [{"file": f"{stem}.wav", "role": role, "prompt": prompt}
+                  for stem, role, prompt in zip(stems, result.roles, result.prompts)]}
+  record["editing"]["schedule"] = chosen.schedule_name
+  record["resolved"]["shared_initial_noise"] = fv.init_latents is None and not real_audio
+  if real_audio:
+    record["real_audio"] = inversion.describe() | {
+        "input_audio": str(options.absolute(fv.input_audio)) if fv.input_audio else None,
+        "inverted_latent": str(options.absolute(fv.inverted_latent)) if fv.inverted_latent else None,
+        "input_start_s": fv.input_start_s, "input_end_s": fv.input_end_s,
+        "source_sample_rate": recording.source_rate if recording else None,
+        "kv_from_inversion": fv.kv_from_inversion, "source_guidance": pipeline.SOURCE_GUIDANCE}
+
+  panels = [(recording.audio, f"input: {fv.input_audio}")] if recording is not None else []
+  panels += [(result.audio[i], f"{stems[i]}: {result.prompts[i]}") for i, role in enumerate(result.roles)
+             if role in ("source", "edit")]
+  with OutputSet(out_dir) as outputs:
+    for stem, audio in zip(stems, result.audio):
+      save_wav(outputs.path(f"{stem}.wav"), audio, result.sample_rate, fv.wav_subtype)
+    if recording is not None:
+      save_wav(outputs.path("input.wav"), recording.audio, result.sample_rate, fv.wav_subtype)
+    write_json(outputs.path("edit.json"), record)
+    spectrogram.save_comparison(outputs.path("spectrograms.png"), [p[0] for p in panels], [p[1] for p in panels],
+                                result.sample_rate)
+    if fv.save_latents:
+      write_npy(outputs.path(options.absolute(fv.save_latents)), result.latents)
+    outputs.commit()
+  print(f"edited {len(settings.generation.prompts)} prompt(s) in {elapsed:.1f} s")
+
+
+COMMAND = Command(name="musickv-edit", doc=__doc__, define=define, body=body, flag_of_field=options.FLAG_OF_FIELD)
+main = entry_point(COMMAND)

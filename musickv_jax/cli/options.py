@@ -1,0 +1,239 @@
+"""The flags the commands share (DESIGN.md 4b) and how they become the library's settings.
+
+This is the one place that knows both names: `FLAG_OF_FIELD` maps a library field to the flag
+that feeds it where the two differ, so a library error about `start_s` prints `--input_start_s`.
+Library modules that load JAX are imported inside the functions that need them, so that a
+mistyped flag is reported at once, before JAX starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+from absl import flags
+
+from musickv_jax.audio import WAV_SUBTYPES
+from musickv_jax.cli.outputs import check_output_dir
+from musickv_jax.cli.runner import Flags, UsageError
+from musickv_jax.editing import presets
+
+FLAG_OF_FIELD = {
+    "start_s": "input_start_s", "end_s": "input_end_s",  # recording segment (audio.load_audio)
+    "variant": "inversion", "order": "inversion_order", "prompt": "prompts",  # InversionSettings
+    "seconds_total": "audio_end_in_s", "sample_latent": "sample_latent",
+    "t5_dir": "t5",  # the converter
+}
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def define_model_flags(fv: Flags) -> None:
+  flags.DEFINE_string("model", None, "Converted checkpoint dir, or a diffusers / stable-audio-tools checkpoint "
+                      "or hub id (converted once into a cache).", flag_values=fv)
+  flags.DEFINE_string("hf_token", None, "Hugging Face token, for --model given as a gated hub id.", flag_values=fv)
+  flags.DEFINE_string("t5", None, "T5 folder, when --model is an unconverted stable-audio-tools file.",
+                      flag_values=fv)
+  flags.DEFINE_string("dtype", "float32", "float32 or bfloat16 for the DiT and VAE.", flag_values=fv)
+
+
+def load_model(fv: Flags):
+  from musickv_jax.loading import load_model as load
+
+  if not fv.model:
+    raise UsageError("--model is required: a converted checkpoint directory, a diffusers / stable-audio-tools "
+                     "checkpoint, or a hub id")
+  return load(fv.model, hf_token=fv.hf_token, t5=fv.t5, dtype=fv.dtype)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def define_generation_flags(fv: Flags, *, audio_end_default: float | None, output_default: str = "outputs/") -> None:
+  define_model_flags(fv)
+  flags.DEFINE_multi_string("prompts", [], "Prompts: --prompts \"first\" \"second\" ...", flag_values=fv)
+  flags.DEFINE_string("negative_prompt", None, "Negative prompt for the unconditional branch.", flag_values=fv)
+  flags.DEFINE_float("audio_start_in_s", 0.0, "Start of the returned audio, seconds.", flag_values=fv)
+  flags.DEFINE_float("audio_end_in_s", audio_end_default, "End of the returned audio, seconds" +
+                     (" (default: the model's maximum)." if audio_end_default is None else "."), flag_values=fv)
+  flags.DEFINE_integer("num_inference_steps", 100, "Sampling steps.", flag_values=fv)
+  flags.DEFINE_float("guidance_scale", 7.0, "Classifier-free guidance scale (1 disables guidance).", flag_values=fv)
+  flags.DEFINE_string("sampler", "dpmpp-2m", "dpmpp-2m (deterministic), dpmpp-2m-sde, or dpmpp-1.", flag_values=fv)
+  flags.DEFINE_string("sigma_schedule", "exponential", "exponential (the references) or karras.", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the initial noise (and of the SDE sampler's noise), 0 to 2**32 - 1.",
+                       flag_values=fv)
+  flags.DEFINE_string("init_latents", None, ".npy of the exact initial latents x_T, shape (n_prompts, C, T), "
+                      "already at the first sigma; used as given.", flag_values=fv)
+  flags.DEFINE_string("save_latents", None, "Write the final latents of all prompts to this .npy.", flag_values=fv)
+  flags.DEFINE_string("latent_length", "full", "full: the model's whole window, trimmed after decoding (what the "
+                      "references do); fit: just long enough for --audio_end_in_s (faster).", flag_values=fv)
+  flags.DEFINE_string("output_path", output_default, "Directory for the outputs.", flag_values=fv)
+  flags.DEFINE_string("wav_subtype", "FLOAT", "WAV sample format: FLOAT, PCM_16 or PCM_24.", flag_values=fv)
+
+
+def generation_settings(fv: Flags):
+  from musickv_jax.pipeline import GenerationSettings
+
+  return GenerationSettings(
+      prompts=tuple(fv.prompts), negative_prompt=fv.negative_prompt, audio_start_in_s=fv.audio_start_in_s,
+      audio_end_in_s=fv.audio_end_in_s, num_inference_steps=fv.num_inference_steps,
+      guidance_scale=fv.guidance_scale, sampler=fv.sampler, sigma_schedule=fv.sigma_schedule, seed=fv.seed,
+      latent_length=fv.latent_length)
+
+
+def check_output_flags(fv: Flags) -> Path:
+  """--wav_subtype, --save_latents and --output_path, before any work; returns the output folder."""
+  if fv.wav_subtype not in WAV_SUBTYPES:
+    raise UsageError(f"--wav_subtype must be one of {WAV_SUBTYPES}, got {fv.wav_subtype!r}")
+  if fv.save_latents:
+    if not fv.save_latents.endswith(".npy"):
+      raise UsageError(f"--save_latents must name a .npy file, got {fv.save_latents!r}")
+    check_output_dir(Path(fv.save_latents).expanduser().parent, "save_latents")
+  return check_output_dir(fv.output_path)
+
+
+def load_npy(path: str, flag: str) -> np.ndarray:
+  file = Path(path).expanduser()
+  if not file.is_file():
+    raise UsageError(f"--{flag} {file}: file not found")
+  try:
+    return np.load(file, allow_pickle=False)
+  except (ValueError, OSError) as e:
+    raise UsageError(f"--{flag} {file}: not a readable .npy file ({e})") from None
+
+
+# ----------------------------------------------------------------------------- editing
+
+
+def define_edit_flags(fv: Flags) -> None:
+  flags.DEFINE_string("preset", presets.DEFAULT, "Editing preset: a name from configs/presets/ or a path to a "
+                      "preset .json (vital layers, skip layers, guidance, time-varying); flags given explicitly "
+                      "override it.", flag_values=fv)
+  flags.DEFINE_list("vital_layers", None, "DiT blocks whose self-attention K/V come from the source "
+                    "(default from the preset: 20,3,4).", flag_values=fv)
+  flags.DEFINE_list("skip_layers", None, "DiT blocks whose self-attention is bypassed for every sample (probing).",
+                    flag_values=fv)
+  flags.DEFINE_string("schedule", None, "linear_ramp (the reference's time-varying schedule), constant, cosine, "
+                      "window, per_layer, or a .npy file of shape (steps, n_vital_layers[, n_edits]). Default: "
+                      "linear_ramp if the preset is time-varying, else constant.", flag_values=fv)
+  flags.DEFINE_float("schedule_weight", 1.0, "Weight of the constant and window schedules.", flag_values=fv)
+  flags.DEFINE_list("ramp", ["0", "1"], "FROM,TO values of the linear_ramp / cosine schedules.", flag_values=fv)
+  flags.DEFINE_list("window", ["0", "1"], "START,END fractions of the steps for the window schedule.",
+                    flag_values=fv)
+  flags.DEFINE_list("layer_schedules", [], "per_layer: one schedule name per vital layer.", flag_values=fv)
+  flags.DEFINE_bool("allow_unbounded_schedule", False, "Accept schedule values outside [0, 1].", flag_values=fv)
+  flags.DEFINE_string("injection_mode", "joint", "joint (one batch) or cached (record the source, then edit).",
+                      flag_values=fv)
+  flags.DEFINE_bool("edit_all", False, "Every prompt after the first is an edit of the same source.", flag_values=fv)
+
+
+def int_list(values, flag: str) -> tuple[int, ...]:
+  out = []
+  for v in values:
+    try:
+      out.append(int(v))
+    except ValueError:
+      raise UsageError(f"--{flag} takes comma-separated integers, got {v!r}") from None
+  return tuple(out)
+
+
+def _float_pair(values, flag: str) -> tuple[float, float]:
+  try:
+    a, b = (float(v) for v in values)
+  except ValueError:
+    raise UsageError(f"--{flag} takes two comma-separated numbers, got {','.join(values)!r}") from None
+  return a, b
+
+
+def build_schedule(fv: Flags, name: str, steps: int, n_layers: int) -> np.ndarray:
+  from musickv_jax.editing import schedules as kv
+
+  if name.endswith(".npy"):
+    return kv.load_npy(name)
+  if name == "per_layer":
+    if len(fv.layer_schedules) != n_layers:
+      raise UsageError(f"--schedule=per_layer needs --layer_schedules with one name per vital layer ({n_layers}), "
+                       f"got {len(fv.layer_schedules)}")
+    return kv.per_layer([build_schedule(fv, n, steps, 1) for n in fv.layer_schedules])
+  params = {}
+  if name == "constant":
+    params = {"weight": fv.schedule_weight}
+  elif name in ("linear_ramp", "cosine"):
+    params = dict(zip(("start", "end"), _float_pair(fv.ramp, "ramp")))
+  elif name == "window":
+    params = dict(zip(("start", "end"), _float_pair(fv.window, "window")), weight=fv.schedule_weight)
+  return kv.by_name(name, steps, n_layers, **params)
+
+
+@dataclasses.dataclass(frozen=True)
+class EditFlags:
+  """What the edit flags resolve to: the settings and where they came from."""
+
+  settings: object  # pipeline.EditSettings
+  preset: presets.EditPreset
+  schedule_name: str
+
+
+def edit_settings(fv: Flags) -> EditFlags:
+  """The edit flags over the preset: a flag given explicitly wins."""
+  from musickv_jax.pipeline import EditSettings
+
+  preset = presets.load(fv.preset)
+  generation = generation_settings(fv)
+  if not fv["guidance_scale"].present:
+    generation = dataclasses.replace(generation, guidance_scale=preset.guidance_scale)
+  layers = int_list(fv.vital_layers, "vital_layers") if fv.vital_layers is not None else preset.vital_layers
+  skips = int_list(fv.skip_layers, "skip_layers") if fv.skip_layers is not None else preset.skip_layers
+  schedule_name = fv.schedule or ("linear_ramp" if preset.time_varying else "constant")
+  schedule = None
+  if generation.num_inference_steps >= 1 and layers:  # else the settings' own validation says what is wrong
+    schedule = build_schedule(fv, schedule_name, generation.num_inference_steps, len(layers))
+  settings = EditSettings(generation=generation, vital_layers=layers, skip_layers=skips, schedule=schedule,
+                          injection_mode=fv.injection_mode, edit_all=fv.edit_all,
+                          allow_unbounded_schedule=fv.allow_unbounded_schedule)
+  return EditFlags(settings=settings, preset=preset, schedule_name=schedule_name)
+
+
+# ----------------------------------------------------------------------------- recordings
+
+
+def define_recording_flags(fv: Flags) -> None:
+  """Flags of commands that read a recording (edit, invert)."""
+  flags.DEFINE_string("input_audio", None, "A recording to edit: WAV, FLAC, MP3 or OGG (any sample rate).",
+                      flag_values=fv)
+  flags.DEFINE_float("input_start_s", 0.0, "Start of the segment of --input_audio to use, seconds.", flag_values=fv)
+  flags.DEFINE_float("input_end_s", None, "End of the segment of --input_audio (default: the end of the file).",
+                     flag_values=fv)
+  flags.DEFINE_bool("downmix", False, "Mix recordings with more than 2 channels down to stereo.", flag_values=fv)
+  flags.DEFINE_string("inversion", "reference", "reference: the paper's inverse scheduler, including its "
+                      "timestep indexing; consistent: timestep and sigma of the same point.", flag_values=fv)
+  flags.DEFINE_integer("inversion_order", 2, "2: DPM-Solver++(2M) inversion; 1: first-order (DDIM-like).",
+                       flag_values=fv)
+  flags.DEFINE_bool("sample_latent", False, "Encode with a sample of the VAE posterior instead of its mean.",
+                    flag_values=fv)
+
+
+def load_recording(fv: Flags, model):
+  """--input_audio -> LoadedAudio at the model's rate (warnings printed)."""
+  from musickv_jax.audio import load_audio
+
+  loaded = load_audio(fv.input_audio, sample_rate=model.config.sample_rate,
+                      max_seconds=model.config.max_audio_seconds, start_s=fv.input_start_s, end_s=fv.input_end_s,
+                      downmix=fv.downmix, channels=model.config.vae.audio_channels)
+  for warning in loaded.warnings:
+    print(f"warning: {warning}", file=sys.stderr)
+  return loaded
+
+
+def inversion_settings(fv: Flags, prompt: str, steps: int, seconds_total: float | None):
+  from musickv_jax.pipeline import InversionSettings
+
+  return InversionSettings(prompt=prompt, num_inference_steps=steps, variant=fv.inversion, order=fv.inversion_order,
+                           seconds_total=seconds_total, sample_latent=fv.sample_latent, seed=fv.seed)
+
+
+def absolute(path: str) -> Path:
+  return Path(path).expanduser().absolute()

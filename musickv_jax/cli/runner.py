@@ -1,0 +1,159 @@
+"""Running a command line: flags in, one-line errors out, and nothing left behind on failure.
+
+Each command is a `Command`: its flags (on a FlagValues of its own, so commands can run side by
+side in one process, e.g. in tests), its body, and how the library's field names map to its
+flags. `run(command, argv)` returns the exit status:
+  0    done
+  1    the library refused the request or a file could not be used (one `error:` line)
+  2    bad command-line usage (one `error:` line)
+  130  interrupted (Ctrl-C), 143 terminated (SIGTERM): one line; outputs are written as a set at
+       the very end, so nothing was written
+Flag syntax, as users of the original MusicKV command line type it: `--prompts A B C` (several
+values after one flag; `--prompts=A` gives one), integer lists with commas (`--vital_layers=20,3,4`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import logging as std_logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+
+from absl import flags
+from absl import logging as absl_logging
+
+from musickv_jax.errors import MusicKVError
+
+Flags = flags.FlagValues
+_INVOCATION: contextvars.ContextVar[list[str]] = contextvars.ContextVar("invocation", default=[])
+
+
+def invocation() -> list[str]:
+  """The command and arguments being run (for provenance records)."""
+  return list(_INVOCATION.get())
+
+
+class UsageError(Exception):
+  """Bad command-line input (flag syntax, combinations): one line, exit status 2."""
+
+
+class Terminated(BaseException):
+  """SIGTERM, raised in the main thread so that cleanups (`finally`, context managers) run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  name: str  # as typed: musickv-edit
+  doc: str  # usage text for --help
+  define: Callable[[Flags], None]  # defines the command's flags on the given FlagValues
+  body: Callable[[Flags], int | None]  # does the work (an exit status, or None for 0); raises UsageError /
+  # MusicKVError / OSError for the failures it knows
+  multi_value_flags: tuple[str, ...] = ("prompts",)
+  flag_of_field: Mapping[str, str] = dataclasses.field(default_factory=dict)  # library field -> flag
+
+
+def expand_multi_value_flags(argv: Sequence[str], names: Sequence[str], known: Flags) -> list[str]:
+  """`--prompts A B` -> `--prompts=A --prompts=B`: values run until the next `--flag`."""
+  out, current = [], None
+  for arg in argv:
+    if arg.startswith("--"):
+      name = arg[2:].split("=", 1)[0]
+      if current is not None and name not in known and name.removeprefix("no") not in known:
+        raise UsageError(f"{arg!r} after --{current} is not a flag of this command; a value that starts with '--' "
+                         f"must be given as --{current}=\"{arg}\"")
+      current = name if (name in names and "=" not in arg) else None
+      if current is None:
+        out.append(arg)
+      continue
+    out.append(f"--{current}={arg}" if current is not None else arg)
+  return out
+
+
+def flag_namer(command: Command, values: Flags) -> Callable[[str], str]:
+  """Library field name -> `--flag` when this command has that flag (else the field itself)."""
+  def name_of(field: str) -> str:
+    flag = command.flag_of_field.get(field, field)
+    return f"--{flag}" if flag in values else field
+  return name_of
+
+
+def quiet_libraries() -> None:
+  """Only warnings and errors from the libraries underneath (absl, Orbax, JAX's backend notes)."""
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  if not flags.FLAGS.is_parsed():  # absl logging warns about unparsed global flags otherwise
+    flags.FLAGS.mark_as_parsed()
+  for name in ("absl", "orbax", "orbax.checkpoint", "jax._src.xla_bridge"):
+    std_logging.getLogger(name).setLevel(std_logging.WARNING)
+
+
+def _raise_terminated(signum, frame):
+  raise Terminated()
+
+
+def run(command: Command, argv: Sequence[str] | None = None) -> int:
+  """Parses argv (without the program name; default sys.argv[1:]) and runs the command."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  values = Flags()
+  command.define(values)
+  if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv):
+    print(f"{command.doc.strip()}\n\nflags:\n{values.get_help()}")
+    return 0
+  in_main_thread = threading.current_thread() is threading.main_thread()
+  token = _INVOCATION.set([command.name, *argv])
+  previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+  try:
+    try:
+      rest = values([command.name, *expand_multi_value_flags(argv, command.multi_value_flags, values)])
+    except flags.Error as e:
+      raise UsageError(str(e).splitlines()[0]) from None
+    if len(rest) > 1:
+      raise UsageError(f"unexpected arguments {rest[1:]} (values with spaces need quotes; lists take commas)")
+    quiet_libraries()
+    compilation_cache(default_compilation_cache())
+    return command.body(values) or 0
+  except UsageError as e:
+    return _fail(str(e), 2)
+  except MusicKVError as e:
+    return _fail(e.describe(flag_namer(command, values)), 1)
+  except OSError as e:  # file-system trouble the checks could not foresee (disk full, permissions)
+    where = f": {e.filename}" if e.filename else ""
+    return _fail(f"{e.strerror or e}{where}", 1)
+  except KeyboardInterrupt:
+    return _fail("interrupted; nothing was written", 130)
+  except Terminated:
+    return _fail("terminated; nothing was written", 143)
+  finally:
+    _INVOCATION.reset(token)
+    if in_main_thread:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(message: str, status: int) -> int:
+  print(f"error: {message}" if status in (1, 2) else message, file=sys.stderr, flush=True)
+  return status
+
+
+def entry_point(command: Command) -> Callable[[], None]:
+  """A console-script function for the command."""
+  def main() -> None:
+    sys.exit(run(command))
+  return main
+
+
+def compilation_cache(directory: str | None) -> None:
+  """Reuse compiled programs across runs (JAX's persistent compilation cache) in `directory`;
+  None or "" or "0" turns it off."""
+  if directory in (None, "", "0"):
+    return
+  import jax
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def default_compilation_cache() -> str:
+  from musickv_jax.loading import default_cache_dir
+  return os.environ.get("MUSICKV_COMPILATION_CACHE", str(default_cache_dir() / "xla"))

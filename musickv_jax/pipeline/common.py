@@ -1,0 +1,99 @@
+"""What generation, editing and real-audio editing share: the latent window, the initial noise,
+the step plan, progress reporting, and the decode -> trim tail."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musickv_jax import vae_ops
+from musickv_jax.checkpoint import LoadedModel
+from musickv_jax.config import ModelConfig
+from musickv_jax.errors import SettingsError
+from musickv_jax.pipeline.settings import GenerationSettings
+from musickv_jax.sampling import sampler, schedules
+
+FIT_BUCKET_FRAMES = 64  # `fit` rounds the latent length up to a multiple of this (few compiled shapes)
+
+# A progress listener: listener(steps done, total steps) after every sampling step.
+Listener = Callable[[int, int], None]
+
+
+def latent_frames(settings: GenerationSettings, config: ModelConfig) -> int:
+  """full: the model's window (what the references do); fit: just enough for audio_end_in_s,
+  rounded up to a multiple of FIT_BUCKET_FRAMES."""
+  if settings.latent_length == "full":
+    return config.dit.sample_size
+  needed = math.ceil(settings.resolved_end(config) * config.sample_rate / config.vae.hop_length)
+  return min(config.dit.sample_size, FIT_BUCKET_FRAMES * math.ceil(needed / FIT_BUCKET_FRAMES))
+
+
+def initial_latents(settings: GenerationSettings, config: ModelConfig, n: int, frames: int) -> jax.Array:
+  """Unit Gaussian noise from the seed, one independent draw per prompt, scaled to sigma_max."""
+  noise = jax.random.normal(jax.random.key(settings.seed), (n, config.dit.io_channels, frames), jnp.float32)
+  return noise * schedules.init_noise_scale(settings.sigma_max, settings.noise_convention)
+
+
+def shared_initial_latents(settings: GenerationSettings, config: ModelConfig, n: int, frames: int) -> jax.Array:
+  """One noise draw tiled over every prompt (source and edits start from the same x_T), as the
+  MusicKV reference does."""
+  return jnp.tile(initial_latents(settings, config, 1, frames), (n, 1, 1))
+
+
+def check_init_latents(latents: np.ndarray, n: int, settings: GenerationSettings, config: ModelConfig, *,
+                       require_coverage: bool = True) -> np.ndarray:
+  """Given initial latents x_T must be (n, C, T), finite, fit the window and (unless the output
+  length comes from elsewhere) cover audio_end_in_s. Returns them as float32."""
+  latents = np.asarray(latents)
+  channels = config.dit.io_channels
+  if latents.ndim != 3 or latents.shape[0] != n or latents.shape[1] != channels:
+    raise SettingsError(f"{{field}} has shape {latents.shape}; expected ({n}, {channels}, T) for {n} prompt(s)",
+                        field="init_latents")
+  frames = latents.shape[2]
+  if not 0 < frames <= config.dit.sample_size:
+    raise SettingsError(f"{{field}} has {frames} frames; the model takes 1 to {config.dit.sample_size}",
+                        field="init_latents")
+  if not np.issubdtype(latents.dtype, np.floating):
+    raise SettingsError(f"{{field}} has dtype {latents.dtype}; expected floating point", field="init_latents")
+  covered = frames * config.vae.hop_length / config.sample_rate
+  if require_coverage and settings.resolved_end(config) > covered + 1e-6:
+    raise SettingsError(f"{{field}} covers {covered:.2f} s but {{audio_end_in_s}} is "
+                        f"{settings.resolved_end(config):g} s", field="init_latents", mentions=("audio_end_in_s",))
+  if not np.all(np.isfinite(latents)):
+    raise SettingsError("{field} contains NaN or infinite values", field="init_latents")
+  return latents.astype(np.float32)
+
+
+def step_plan(settings: GenerationSettings) -> sampler.StepPlan:
+  sigmas = schedules.sigma_schedule(settings.sigma_schedule, settings.num_inference_steps, settings.sigma_min,
+                                    settings.sigma_max)
+  return sampler.make_plan(sigmas, settings.sampler)
+
+
+def sde_key(seed: int) -> jax.Array:
+  """The SDE sampler's noise key: independent of the initial-noise draw of the same seed."""
+  return jax.random.fold_in(jax.random.key(seed), 1)
+
+
+def progress(on_step: Listener | None, offset: int = 0, total: int | None = None):
+  """Reports the sampling steps run inside the block to on_step(offset + step, total)."""
+  if on_step is None:
+    return contextlib.nullcontext()
+  return sampler.on_step(lambda step, steps: on_step(offset + step, total or steps))
+
+
+def decode(model: LoadedModel, latents: np.ndarray, begin: int, end: int | None,
+           chunk_frames: int | None = vae_ops.DECODE_CHUNK_FRAMES) -> np.ndarray:
+  """latents (n, C, T) -> audio (n, channels, samples)[..., begin:end]."""
+  audio = vae_ops.decode(model.params["vae"], latents, model.config.vae, chunk_frames)
+  return audio[..., begin:end]
+
+
+def output_span(settings: GenerationSettings, config: ModelConfig) -> tuple[int, int]:
+  """[start, end] in samples, by int() of the positions like diffusers."""
+  return int(settings.audio_start_in_s * config.sample_rate), int(settings.resolved_end(config) * config.sample_rate)

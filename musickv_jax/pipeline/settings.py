@@ -1,0 +1,230 @@
+"""The settings of a generation, an edit and an inversion: typed, frozen, validated against a
+model config before any work is done. Errors name the offending field (SettingsError.field).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from musickv_jax.config import ModelConfig
+from musickv_jax.editing import injection
+from musickv_jax.editing import schedules as kv_schedules
+from musickv_jax.errors import SettingsError
+from musickv_jax.sampling import inversion, schedules, solvers
+
+LATENT_LENGTHS = ("full", "fit")
+NOISE_CONVENTIONS = ("diffusers", "stable-audio-tools")
+REFERENCE_VITAL_LAYERS = (20, 3, 4)
+MAX_SEED = 2**32 - 1  # JAX keys take 32-bit seeds: larger ones would silently alias smaller ones
+
+
+def _check_seed(seed: int) -> None:
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+    raise SettingsError(f"{{field}} must be an integer from 0 to {MAX_SEED}, got {seed!r}", field="seed")
+
+
+def _check_steps(steps: int, field: str = "num_inference_steps") -> None:
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+    raise SettingsError(f"{{field}} must be an integer of at least 1, got {steps!r}", field=field)
+
+
+def _check_sigmas(sigma_schedule: str, sigma_min: float, sigma_max: float) -> None:
+  if sigma_schedule not in schedules.SCHEDULES:
+    raise SettingsError(f"{{field}} must be one of {', '.join(schedules.SCHEDULES)}, got {sigma_schedule!r}",
+                        field="sigma_schedule")
+  if not (math.isfinite(sigma_min) and math.isfinite(sigma_max) and 0 < sigma_min < sigma_max):
+    raise SettingsError(f"need 0 < {{field}} < {{sigma_max}}, got {sigma_min:g} and {sigma_max:g}",
+                        field="sigma_min", mentions=("sigma_max",))
+
+
+def _check_seconds_range(config: ModelConfig, value: float, field: str) -> None:
+  lo, hi = config.conditioner.seconds_min, config.conditioner.seconds_max
+  if not lo <= value <= hi:
+    raise SettingsError(f"{{field}} {value:g} is outside the seconds conditioner's range [{lo:g}, {hi:g}]",
+                        field=field)
+
+
+def _check_layers(layers: Sequence[int], depth: int, field: str) -> None:
+  for layer in layers:
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < depth:
+      raise SettingsError(f"{{field}}: layer {layer} is out of range; this model's layers are 0..{depth - 1}",
+                          field=field)
+  repeated = sorted({layer for layer in layers if list(layers).count(layer) > 1})
+  if repeated:
+    raise SettingsError(f"{{field}}: layer(s) {repeated} listed more than once", field=field)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+  """Every setting that decides a generation (the sidecar JSON holds exactly these)."""
+
+  prompts: tuple[str, ...]
+  negative_prompt: str | None = None
+  audio_start_in_s: float = 0.0
+  audio_end_in_s: float | None = None  # None: the model's maximum
+  num_inference_steps: int = 100
+  guidance_scale: float = 7.0
+  sampler: str = "dpmpp-2m"
+  sigma_schedule: str = "exponential"
+  sigma_min: float = schedules.SIGMA_MIN
+  sigma_max: float = schedules.SIGMA_MAX
+  seed: int = 0
+  latent_length: str = "full"
+  noise_convention: str = "diffusers"  # x_T = noise * sqrt(sigma_max^2 + 1)
+
+  def resolved_end(self, config: ModelConfig) -> float:
+    return config.max_audio_seconds if self.audio_end_in_s is None else float(self.audio_end_in_s)
+
+  @property
+  def uses_cfg(self) -> bool:
+    """Whether the unconditional branch runs: guidance exactly 1 without a negative prompt skips it."""
+    return self.guidance_scale != 1.0 or self.negative_prompt is not None
+
+  def validate(self, config: ModelConfig) -> None:
+    """Raises SettingsError for a request the model cannot serve, before any work is done."""
+    if isinstance(self.prompts, str) or not self.prompts:
+      raise SettingsError("no prompts given in {field}; give at least one", field="prompts")
+    for i, prompt in enumerate(self.prompts):
+      if not isinstance(prompt, str) or not prompt.strip():
+        raise SettingsError(f"{{field}}: prompt {i + 1} is empty; every prompt needs text", field="prompts")
+    if self.negative_prompt is not None and not self.negative_prompt.strip():
+      raise SettingsError("{field} is empty; leave it out or give text", field="negative_prompt")
+    _check_steps(self.num_inference_steps)
+    if self.sampler not in solvers.SOLVERS:
+      raise SettingsError(f"{{field}}: unknown sampler {self.sampler!r}; use one of {', '.join(solvers.SOLVERS)}",
+                          field="sampler")
+    _check_sigmas(self.sigma_schedule, self.sigma_min, self.sigma_max)
+    if self.latent_length not in LATENT_LENGTHS:
+      raise SettingsError(f"{{field}} must be one of {LATENT_LENGTHS}, got {self.latent_length!r}",
+                          field="latent_length")
+    if self.noise_convention not in NOISE_CONVENTIONS:
+      raise SettingsError(f"{{field}} must be one of {NOISE_CONVENTIONS}, got {self.noise_convention!r}",
+                          field="noise_convention")
+    if not math.isfinite(self.guidance_scale):
+      raise SettingsError(f"{{field}} must be a finite number, got {self.guidance_scale}", field="guidance_scale")
+    _check_seed(self.seed)
+    start, end, maximum = self.audio_start_in_s, self.resolved_end(config), config.max_audio_seconds
+    if not math.isfinite(start) or start < 0:
+      raise SettingsError(f"{{field}} must be >= 0, got {start}", field="audio_start_in_s")
+    if not math.isfinite(end) or end <= start:
+      raise SettingsError(f"{{field}} ({end}) must be greater than {{audio_start_in_s}} ({start})",
+                          field="audio_end_in_s", mentions=("audio_start_in_s",))
+    if end > maximum + 1e-6:
+      raise SettingsError(f"{{field}} {end:g} s is longer than the model's maximum of {maximum:.2f} s; ask for at "
+                          f"most {maximum:.2f} s", field="audio_end_in_s")
+    rate = config.sample_rate
+    if int(end * rate) - int(start * rate) < 1:
+      raise SettingsError(f"{{audio_start_in_s}} {start:g} to {{field}} {end:g} is shorter than one sample at "
+                          f"{rate} Hz; ask for a longer span", field="audio_end_in_s",
+                          mentions=("audio_start_in_s",))
+    _check_seconds_range(config, start, "audio_start_in_s")
+    _check_seconds_range(config, end, "audio_end_in_s")
+
+  def to_json_dict(self) -> dict:
+    return dataclasses.asdict(self) | {"prompts": list(self.prompts)}
+
+
+# ----------------------------------------------------------------------------- editing
+
+
+@dataclasses.dataclass(frozen=True)
+class EditSettings:
+  """A MusicKV edit: prompt 0 is the source, the edits take its K/V in the vital layers.
+
+  schedule: (steps, n_vital) or (steps, n_vital, n_edits) weights (see editing.schedules);
+  None means the reference's time-varying ramp w_i = i / steps.
+  edit_all: every prompt after the first is an edit (default: only the second; the rest are
+  generated plainly, as the reference does).
+  """
+
+  generation: GenerationSettings
+  vital_layers: tuple[int, ...] = REFERENCE_VITAL_LAYERS
+  skip_layers: tuple[int, ...] = ()
+  schedule: np.ndarray | None = dataclasses.field(default=None, compare=False)
+  injection_mode: str = "joint"
+  edit_all: bool = False
+  allow_unbounded_schedule: bool = False
+
+  @property
+  def n_edits(self) -> int:
+    return len(self.generation.prompts) - 1 if self.edit_all else 1
+
+  def resolved_schedule(self) -> np.ndarray:
+    steps = self.generation.num_inference_steps
+    if self.schedule is None:
+      return kv_schedules.linear_ramp(steps, max(len(self.vital_layers), 1))
+    return np.asarray(self.schedule, np.float32)
+
+  def validate(self, config: ModelConfig, *, min_prompts: int = 2) -> np.ndarray:
+    """Raises SettingsError for an edit that cannot run; returns the validated schedule."""
+    gen = self.generation
+    if isinstance(gen.prompts, str) or len(gen.prompts) < min_prompts:
+      raise SettingsError("editing needs at least two prompts in {field}: the source description first, then "
+                          "the edit", field="prompts")
+    gen.validate(config)
+    if not self.vital_layers:
+      raise SettingsError("{field} is empty; give at least one layer to inject into", field="vital_layers")
+    _check_layers(self.vital_layers, config.dit.depth, "vital_layers")
+    _check_layers(self.skip_layers, config.dit.depth, "skip_layers")
+    if self.injection_mode not in injection.MODES:
+      raise SettingsError(f"{{field}} must be one of {injection.MODES}, got {self.injection_mode!r}",
+                          field="injection_mode")
+    return kv_schedules.validate(self.resolved_schedule(), gen.num_inference_steps, len(self.vital_layers),
+                                 self.n_edits, allow_unbounded=self.allow_unbounded_schedule)
+
+  def to_json_dict(self) -> dict:
+    return {"vital_layers": list(self.vital_layers), "skip_layers": list(self.skip_layers),
+            "injection_mode": self.injection_mode, "edit_all": self.edit_all,
+            "allow_unbounded_schedule": self.allow_unbounded_schedule}
+
+
+# ----------------------------------------------------------------------------- inversion
+
+
+@dataclasses.dataclass(frozen=True)
+class InversionSettings:
+  """How a recording is inverted. The reference inverts with the source description, no guidance
+  (scale 1), 100 deterministic DPM-Solver++(2M) steps, seconds_total = the model's maximum."""
+
+  prompt: str
+  num_inference_steps: int = 100
+  variant: str = "reference"  # or "consistent"
+  order: int = 2  # 1: first-order (DDIM-like)
+  seconds_total: float | None = None  # None: the model's maximum, as the reference
+  sample_latent: bool = False  # encode with a sample of the posterior instead of its mean
+  seed: int = 0  # for sample_latent
+  sigma_schedule: str = "exponential"
+  sigma_min: float = schedules.SIGMA_MIN
+  sigma_max: float = schedules.SIGMA_MAX
+
+  def resolved_total(self, config: ModelConfig) -> float:
+    return config.max_audio_seconds if self.seconds_total is None else float(self.seconds_total)
+
+  def validate(self, config: ModelConfig, frames: int | None = None) -> None:
+    """frames: the clean latent's length, when known (it must fit the model's window)."""
+    if not isinstance(self.prompt, str) or not self.prompt.strip():
+      raise SettingsError("{field}: the source description is empty; describe the recording", field="prompt")
+    _check_steps(self.num_inference_steps)
+    if self.variant not in inversion.VARIANTS:
+      raise SettingsError(f"{{field}} must be one of {inversion.VARIANTS}, got {self.variant!r}", field="variant")
+    if self.order not in (1, 2):
+      raise SettingsError(f"{{field}} must be 1 or 2, got {self.order}", field="order")
+    _check_seed(self.seed)
+    _check_sigmas(self.sigma_schedule, self.sigma_min, self.sigma_max)
+    if frames is not None and frames > config.dit.sample_size:
+      raise SettingsError(f"the recording needs {frames} latent frames; the model takes at most "
+                          f"{config.dit.sample_size} ({config.max_audio_seconds:.2f} s)", field=None)
+    total = self.resolved_total(config)
+    if not math.isfinite(total):
+      raise SettingsError(f"{{field}} must be a finite number, got {total}", field="seconds_total")
+    _check_seconds_range(config, total, "seconds_total")
+
+  def to_json_dict(self) -> dict:
+    return dataclasses.asdict(self)
