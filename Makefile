@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test test-slow setup setup-test clean
+.PHONY: demo test test-fast test-slow setup setup-test clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,18 @@ setup: $(VENV)/.runtime
 setup-test: $(VENV)/.test
 
 demo: $(VENV)/.runtime
-	$(PY) scripts/demo.py
+	$(VENV)/bin/musickv-demo
 
+# The full default suite (what CI runs): parity, properties, command lines, the demo, the wheel.
 test: $(VENV)/.test
 	$(PY) -m pytest -m "not slow" -q
+
+# The library's core in under a minute: for the inner loop while changing code.
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -m fast -q
 
 test-slow: $(VENV)/.test
 	$(PY) -m pytest -m slow -q -s
 
 clean:
-	rm -rf $(VENV) .cache outputs
+	rm -rf $(VENV) .cache outputs build *.egg-info

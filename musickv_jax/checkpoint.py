@@ -4,7 +4,9 @@ Layout of a converted directory:
   params/                  Orbax (StandardCheckpointHandler) tree {'dit', 'vae', 't5', 'conditioner'}
   config.json              ModelConfig
   tokenizer/               T5 tokenizer files (tokenizer.json, ...)
-  musickv_checkpoint.json  format version, params dtype, provenance; written last
+  musickv_checkpoint.json  format version, params dtype, provenance, the size of every file
+                           under params/ (a copy cut short is caught before Orbax reads it);
+                           written last
 
 A checkpoint is written into a hidden sibling directory (see musickv_jax.files) synchronously,
 and renamed into place only when complete: an interrupted or failed write never leaves
@@ -102,7 +104,8 @@ def save_checkpoint(directory: str | Path, config: ModelConfig, params: dict, *,
       tokenizer.save_pretrained(str(staging / "tokenizer"))
     elif tokenizer_dir is not None:
       shutil.copytree(tokenizer_dir, staging / "tokenizer")
-    marker = {"format": FORMAT, "params_dtype": _tree_dtype(params), **(info or {})}
+    marker = {"format": FORMAT, "params_dtype": _tree_dtype(params), **(info or {}),
+              "files": _file_sizes(staging / "params")}
     (staging / MARKER).write_text(json.dumps(marker, indent=2))
     if final.exists():  # overwrite: swap in the new one, then drop the old
       retired = files.temporary_path(final)
@@ -127,6 +130,20 @@ def _describe_mismatch(expected: dict, found: dict) -> str:
   lines += [f"unexpected {k} (shape {got[k]})" for k in sorted(set(got) - set(exp))]
   lines += [f"{k}: expected shape {exp[k]}, found {got[k]}" for k in sorted(set(exp) & set(got)) if exp[k] != got[k]]
   return "\n  ".join(lines)
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+  return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _check_file_sizes(directory: Path, expected: dict) -> None:
+  """The parameter files recorded at save time must all be there, at their full size."""
+  found = _file_sizes(directory / "params") if (directory / "params").is_dir() else {}
+  for name, size in expected.items():
+    if name not in found:
+      raise _damaged(directory, f"params/{name} is missing")
+    if found[name] != size:
+      raise _damaged(directory, f"params/{name} is {found[name]} bytes instead of {size}")
 
 
 def _damaged(directory: Path, what: str) -> CheckpointError:
@@ -174,6 +191,8 @@ def load_converted(directory: str | Path, *, dtype: str | None = None, load_toke
   except (ConfigError, TypeError, ValueError) as e:
     raise _damaged(directory, f"config.json does not describe a model ({e})") from None
 
+  if isinstance(info.get("files"), dict):  # checkpoints converted before this record existed have none
+    _check_file_sizes(directory, info["files"])
   _quiet_orbax()
   ocp, checkpointer = _checkpointer()
   expected = abstract_params(config)

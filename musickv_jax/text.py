@@ -37,8 +37,13 @@ def tokenize(tokenizer, prompts: list[str], max_length: int) -> tuple[np.ndarray
   """Prompts -> (input_ids, attention_mask), each (len(prompts), max_length) int32, padded and
   truncated to max_length like the reference pipelines. Truncation is logged, not silent."""
   enc = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True, return_tensors="np")
-  full = tokenizer(list(prompts), padding=False, truncation=False)["input_ids"]
-  for prompt, ids in zip(prompts, full):
+  full = tokenizer(list(prompts), padding=False, truncation=False, verbose=False)["input_ids"]
+  for number, ids in enumerate(full, start=1):
     if len(ids) > max_length:
-      log.warning("prompt truncated to %d tokens: %r", max_length, prompt)
+      log.warning("prompt %d is %d tokens long; the model reads %d, so this end was cut: %r", number, len(ids),
+                  max_length, _shorten(tokenizer.decode(ids[max_length - 1:], skip_special_tokens=True)))
   return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+  return text if len(text) <= limit else text[:limit - 3] + "..."

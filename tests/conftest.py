@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-
+# Commands run in-process by the tests convert into a cache of the test session, not the user's,
+# and keep compiled programs in memory only.
+os.environ["MUSICKV_CACHE"] = tempfile.mkdtemp(prefix="musickv-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MUSICKV_CACHE"], True)
+os.environ["MUSICKV_COMPILATION_CACHE"] = "0"
 
 
 @dataclasses.dataclass
@@ -19,10 +27,10 @@ class Converted:
 
 def _convert(source, output, **kwargs):
   from musickv_jax.convert.pipeline import convert_checkpoint
-  from musickv_jax.checkpoint import load_converted as load_model
+  from musickv_jax.checkpoint import load_converted
 
   convert_checkpoint(source, output, log=lambda message: None, **kwargs)
-  return load_model(output)
+  return load_converted(output)
 
 
 @pytest.fixture(scope="session")

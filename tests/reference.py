@@ -77,7 +77,8 @@ class TinyReference:
   diffusers_dir: Path
 
 
-def build_reference(root: Path, *, dit_kwargs=None, t5_ff="relu", seed: int = 0) -> TinyReference:
+def build_reference(root: Path, *, dit_kwargs=None, t5_ff="relu", seed: int = 0,
+                    seconds_range: tuple[float, float] = (0, 32)) -> TinyReference:
   dit_kwargs = dit_kwargs or DIT_TINY
   torch.manual_seed(seed)
   dit = randomize_(StableAudioDiTModel(**dit_kwargs), seed + 1)
@@ -85,7 +86,7 @@ def build_reference(root: Path, *, dit_kwargs=None, t5_ff="relu", seed: int = 0)
   t5 = randomize_(T5EncoderModel(HFT5Config(**{**T5_TINY, "feed_forward_proj": t5_ff})), seed + 3)
   projection = randomize_(StableAudioProjectionModel(
       text_encoder_dim=T5_TINY["d_model"], conditioning_dim=dit_kwargs["cross_attention_input_dim"],
-      min_value=0, max_value=32), seed + 4)
+      min_value=seconds_range[0], max_value=seconds_range[1]), seed + 4)
   tokenizer = build_tiny_tokenizer(TEXT_MAX_LENGTH)
   scheduler = CosineDPMSolverMultistepScheduler(sigma_min=0.3, sigma_max=500.0, sigma_data=1.0,
                                                 sigma_schedule="exponential", prediction_type="v_prediction")
@@ -266,3 +267,42 @@ class KVBlendProcessor:
                    k[..., rot:]], dim=-1)
     out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, -1)
     return attn.to_out[0](out)
+
+
+def torch_invert(pipe: StableAudioPipeline, prompt: str, x0: np.ndarray, steps: int, seconds_total: float,
+                 sigma_min: float = 0.3, sigma_max: float = 500.0) -> np.ndarray:
+  """MusicKV's inversion of a clean latent x0 (B, C, T), written here from the method's
+  description (its inverse DPM-Solver++(2M) scheduler) with diffusers' DiT and conditioning,
+  computing its own sigmas and timesteps:
+    sigmas  [0, sigma_min, ..., sigma_max] (SAO's exponential schedule, ascending, a 0 in front);
+    step i  the model input is scaled with sigmas[i] and D is the denoised estimate there, but the
+            DiT's timestep is atan(sigmas[i + 1]) * 2 / pi: the reference's indexing, one ahead;
+    update  x <- (s_t / s_s) x - expm1(-h) (D + D1 / 2), h = log(s_s / s_t), D1 = (D - D_prev) / r,
+            with step 0 an identity step (s_s taken as sigma_min), and steps 0, 1 and the last
+            first order (no D1).
+  Conditional only (guidance 1), seconds_start 0. Returns the latent at sigma_max (float64)."""
+  with torch.no_grad():
+    text = pipe.encode_prompt(prompt, "cpu", False)
+    start, end = pipe.encode_duration(0.0, seconds_total, "cpu", False, 1)
+    cross = torch.cat([text, start, end], dim=1)
+    glob = torch.cat([start, end], dim=2)
+    sigmas = np.concatenate([[0.0], np.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), steps))])
+    rotary = get_1d_rotary_pos_embed(pipe.rotary_embed_dim, x0.shape[-1] + 1, use_real=True,
+                                     repeat_interleave_real=False)
+    x = np.asarray(x0, np.float64)
+    prev_d = prev_h = None
+    for i in range(steps):
+      s_in, s_next = sigmas[i], sigmas[i + 1]
+      t = torch.tensor([np.arctan(s_next) * 2 / np.pi], dtype=torch.float32)
+      model_input = torch.from_numpy((x / np.sqrt(s_in ** 2 + 1)).astype(np.float32))
+      v = pipe.transformer(model_input, t, encoder_hidden_states=cross.expand(len(x), -1, -1),
+                           global_hidden_states=glob.expand(len(x), -1, -1), rotary_embedding=rotary,
+                           return_dict=False)[0].double().numpy()
+      d = x / (s_in ** 2 + 1) - v * s_in / np.sqrt(s_in ** 2 + 1)
+      s_s = sigmas[1] if i == 0 else s_in
+      h = np.log(s_s) - np.log(s_next)
+      x_new = (s_next / s_s) * x - np.expm1(-h) * d
+      if 2 <= i < steps - 1:
+        x_new -= 0.5 * np.expm1(-h) * (d - prev_d) / (prev_h / h)
+      x, prev_d, prev_h = x_new, d, h
+  return x

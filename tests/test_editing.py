@@ -26,7 +26,14 @@ STEPS, END = 8, 3.0
 BATCH_TOL = 1e-4
 
 
-def torch_edit(ref, prompts, noise, layers, schedule, guidance=7.0):
+def reference_weight(schedule_name: str, step: int, steps: int) -> float:
+  """MusicKV's injection weight at a step, computed here from the method's definition (not from
+  our schedule arrays): the time-varying schedule is w_i = i / steps (0 at the first, noisiest
+  step); without time variation the source's K/V replace the edit's (w = 1)."""
+  return step / steps if schedule_name == "linear_ramp" else 1.0
+
+
+def torch_edit(ref, prompts, noise, layers, schedule_name, guidance=7.0, start=0.0):
   """diffusers' StableAudioPipeline with the deterministic DPM-Solver++(2M), KV-blending
   processors in the vital layers, and the weights changed before every step (step callback)."""
   pipe, dit = ref.pipeline, ref.dit
@@ -34,8 +41,8 @@ def torch_edit(ref, prompts, noise, layers, schedule, guidance=7.0):
   processors = {layer: KVBlendProcessor() for layer in layers}
 
   def set_step(step):
-    for j, layer in enumerate(layers):
-      w = float(schedule[step, j])
+    w = reference_weight(schedule_name, step, STEPS)
+    for layer in layers:
       processors[layer].blends = [(1, 0, w), (n + 1, n, w)]  # uncond edit <- uncond source; cond <- cond
 
   default = dit.attn_processors
@@ -46,8 +53,8 @@ def torch_edit(ref, prompts, noise, layers, schedule, guidance=7.0):
   set_step(0)
   try:
     with torch.no_grad():
-      out = pipe(prompts, audio_end_in_s=END, num_inference_steps=STEPS, guidance_scale=guidance,
-                 latents=torch.from_numpy(noise), output_type="latent",
+      out = pipe(prompts, audio_start_in_s=start, audio_end_in_s=END, num_inference_steps=STEPS,
+                 guidance_scale=guidance, latents=torch.from_numpy(noise), output_type="latent",
                  callback=lambda i, t, latents: set_step(min(i + 1, STEPS - 1)), callback_steps=1).audios
   finally:
     pipe.scheduler = original
@@ -66,18 +73,21 @@ def shared_noise(cfg, n, seed=0):
   return np.repeat(one, n, axis=0)
 
 
-@pytest.mark.parametrize("layers", [(1,), (0, 1)])
-@pytest.mark.parametrize("schedule_name", ["linear_ramp", "constant"])
-def test_edit_matches_pytorch_reference(tiny, layers, schedule_name):
+@pytest.mark.parametrize("layers,schedule_name,start", [
+    ((1,), "linear_ramp", 0.0), ((0, 1), "linear_ramp", 0.0), ((1,), "constant", 0.0), ((0, 1), "constant", 0.0),
+    ((0, 1), "linear_ramp", 0.75),  # a non-zero start: the seconds conditioning and the trimmed output
+])
+def test_edit_matches_pytorch_reference(tiny, layers, schedule_name, start):
   cfg = tiny.model.config
   prompts = ["piano solo", "acoustic guitar, country, soft"]
   schedule = kv.by_name(schedule_name, STEPS, len(layers))
   noise = shared_noise(cfg, 2)
-  ours = pipeline.edit(tiny.model, settings_for(prompts, layers, schedule),
+  ours = pipeline.edit(tiny.model, settings_for(prompts, layers, schedule, gen={"audio_start_in_s": start}),
                        init_latents=noise * np.float32(schedules.init_noise_scale(500.0)))
-  ref = torch_edit(tiny.ref, prompts, noise, layers, schedule)
+  ref = torch_edit(tiny.ref, prompts, noise, layers, schedule_name, start=start)
   source_err, edit_err = max_error_ratio(ours.latents[0], ref[0]), max_error_ratio(ours.latents[1], ref[1])
-  print(f"edit {schedule_name} layers {layers}: source {source_err:.1e}, edit {edit_err:.1e}")
+  print(f"edit {schedule_name} layers {layers} start {start}: source {source_err:.1e}, edit {edit_err:.1e}")
+  assert ours.audio.shape[-1] == int(END * cfg.sample_rate) - int(start * cfg.sample_rate)
   assert source_err < 1e-4 and edit_err < 1e-4
   assert ours.roles == ["source", "edit"]
 

@@ -78,6 +78,21 @@ def test_inversion_matches_numpy_transcription(tiny, variant):
   assert error < 1e-5
 
 
+@pytest.mark.parametrize("steps", [2, 7])
+def test_inversion_matches_a_reference_that_computes_its_own_schedule(tiny, steps):
+  """Sigmas, the shifted timesteps, the identity first step, the update and the conditioning, all
+  from the PyTorch reference's own computation (tests.reference.torch_invert), not from our plan."""
+  from tests.reference import torch_invert
+
+  model, cfg = tiny.model, tiny.model.config
+  x0 = np.random.default_rng(4).normal(size=(1, cfg.dit.io_channels, 16)).astype(np.float32)
+  ours, _ = pipeline.invert_latents(model, x0, InversionSettings("piano solo", steps))
+  ref = torch_invert(tiny.ref.pipeline, "piano solo", x0, steps, cfg.max_audio_seconds)
+  error = max_error_ratio(ours, ref)
+  print(f"inversion ({steps} steps) vs the PyTorch reference: {error:.1e}")
+  assert error < 1e-4
+
+
 def _round_trip(model, x0, steps, variant, full=True):
   """Invert x0, then sample forward deterministically with guidance 1 and the same prompt.
   full=False stops the forward pass at sigma_min (the ODE part only, without the final

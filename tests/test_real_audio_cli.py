@@ -45,7 +45,7 @@ def test_edit_real_audio_end_to_end(tiny44k, recordings, tmp_path, kind):
     assert sr == SR and audio.shape[1] == 2 and abs(audio.shape[0] / SR - length) < 0.05, name
   record = json.loads((out / "edit.json").read_text())
   assert record["real_audio"]["source_guidance"] == 1.0
-  assert record["real_audio"]["inversion"]["variant"] == "reference"
+  assert record["real_audio"]["settings"]["variant"] == "reference"
   assert record["settings"]["audio_end_in_s"] is None  # seconds_total: the model's maximum, as the reference
   assert [o["role"] for o in record["outputs"]] == ["source", "edit"]
 
@@ -78,12 +78,12 @@ def test_kv_from_inversion_cli(tiny44k, recordings, tmp_path):
 # Audio-file errors are tested in-process in tests/test_audio.py; here, one of them end to end
 # plus the command-line checks of real-audio editing.
 @pytest.mark.parametrize("args,message", [
-    (["--input_audio", "MONO", "--prompts=only the source"], "only the source description was given"),
+    (["--input_audio", "MONO", "--prompts=only the source"], "editing needs at least two prompts in --prompts"),
     (["--input_audio", "LONG", "--prompts", "a", "b"], "the model takes at most 16.35 s; pick a segment with"),
-    (["--input_audio", "SIX", "--prompts", "a", "b"], "has 6 channels; the model takes 2. Pass --downmix"),
+    (["--input_audio", "SIX", "--prompts", "a", "b"], "has 6 channels; the model takes 2. Set --downmix to mix them down"),
     (["--inverted_latent", "BADLATENT", "--prompts", "a", "b"], "--inverted_latent has shape (1, 4, 10)"),
     (["--inverted_latent", "GOODLATENT", "--input_audio", "MONO", "--prompts", "a", "b"],
-     "--inverted_latent has 3 frames but --input_audio (this segment) needs 44"),
+     "--inverted_latent has 3 frames but the recording (this segment) needs 44"),
 ])
 def test_real_audio_bad_input(tiny44k, recordings, tmp_path, args, message):
   np.save(tmp_path / "bad.npy", np.zeros((1, 4, 10), np.float32))

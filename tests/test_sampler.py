@@ -14,6 +14,8 @@ import torch
 
 from musickv_jax import pipeline, vae_ops
 from musickv_jax.pipeline import GenerationSettings
+from musickv_jax.errors import SettingsError
+from musickv_jax.pipeline import conditioning
 from musickv_jax.pipeline.common import FIT_BUCKET_FRAMES
 from musickv_jax.sampling import guided, sampler, schedules, solvers
 from tests.parity import max_error_ratio
@@ -57,43 +59,45 @@ def test_solver_order_per_step():
 # ----------------------------------------------------------------------------- generation parity
 
 
-def diffusers_generate(ref, prompts, noise, *, steps, guidance, negative, end, output_type):
+def diffusers_generate(ref, prompts, noise, *, steps, guidance, negative, end, output_type, start=0.0):
   pipe = ref.pipeline
   original = pipe.scheduler
   pipe.scheduler = edm_scheduler(steps)
   try:
     with torch.no_grad():
-      out = pipe(prompts, audio_end_in_s=end, num_inference_steps=steps, guidance_scale=guidance,
+      out = pipe(prompts, audio_start_in_s=start, audio_end_in_s=end, num_inference_steps=steps,
+                 guidance_scale=guidance,
                  negative_prompt=negative, latents=torch.from_numpy(noise), output_type=output_type).audios
   finally:
     pipe.scheduler = original
   return np.asarray(out)
 
 
-CASES = [  # (n prompts, negative prompt, guidance)
-    (1, None, 7.0), (2, None, 7.0), (1, "drums, noise", 7.0), (2, "drums, noise", 7.0), (1, None, 1.0),
-    (2, None, 1.0), (2, "drums, noise", 1.0),
+CASES = [  # (n prompts, negative prompt, guidance, audio_start_in_s)
+    (1, None, 7.0, 0.0), (2, None, 7.0, 0.0), (1, "drums, noise", 7.0, 0.0), (2, "drums, noise", 7.0, 0.0),
+    (1, None, 1.0, 0.0), (2, None, 1.0, 0.0), (2, "drums, noise", 1.0, 0.0),
+    (2, None, 7.0, 0.75), (1, "drums, noise", 1.0, 1.5),  # a non-zero start conditions the model and trims
 ]
 
 
-@pytest.mark.parametrize("n,negative,guidance", CASES)
-def test_generation_matches_diffusers(tiny, n, negative, guidance):
+@pytest.mark.parametrize("n,negative,guidance,start", CASES)
+def test_generation_matches_diffusers(tiny, n, negative, guidance, start):
   prompts = ["piano solo, soft", "acoustic guitar, country"][:n]
   cfg = tiny.model.config
   steps, end = 8, 3.0
   noise = np.random.default_rng(n).normal(size=(n, cfg.dit.io_channels, cfg.dit.sample_size)).astype(np.float32)
   scale = schedules.init_noise_scale(500.0)
   settings = GenerationSettings(prompts=tuple(prompts), negative_prompt=negative, num_inference_steps=steps,
-                                guidance_scale=guidance, audio_end_in_s=end)
+                                guidance_scale=guidance, audio_start_in_s=start, audio_end_in_s=end)
   ours = pipeline.generate(tiny.model, settings, init_latents=noise * np.float32(scale))
   negatives = None if negative is None else [negative] * n
-  ref_latents = diffusers_generate(tiny.ref, prompts, noise, steps=steps, guidance=guidance, negative=negatives,
-                                   end=end, output_type="latent")
-  ref_audio = diffusers_generate(tiny.ref, prompts, noise, steps=steps, guidance=guidance, negative=negatives,
-                                 end=end, output_type="np")
-  assert ours.audio.shape == ref_audio.shape == (n, 2, int(end * cfg.sample_rate))
+  kwargs = dict(steps=steps, guidance=guidance, negative=negatives, start=start, end=end)
+  ref_latents = diffusers_generate(tiny.ref, prompts, noise, output_type="latent", **kwargs)
+  ref_audio = diffusers_generate(tiny.ref, prompts, noise, output_type="np", **kwargs)
+  assert ours.audio.shape == ref_audio.shape == (n, 2, int(end * cfg.sample_rate) - int(start * cfg.sample_rate))
   latent_err, audio_err = max_error_ratio(ours.latents, ref_latents), max_error_ratio(ours.audio, ref_audio)
-  print(f"generation n={n} negative={negative is not None} g={guidance}: latents {latent_err:.1e}, audio {audio_err:.1e}")
+  print(f"generation n={n} negative={negative is not None} g={guidance} start={start}: latents {latent_err:.1e}, "
+        f"audio {audio_err:.1e}")
   assert latent_err < 1e-4 and audio_err < 1e-4
 
 
@@ -215,7 +219,7 @@ def test_sde_and_ode_agree_on_moments_for_a_tiny_dit(tiny64):
 
 
 def test_new_prompts_seeds_guidance_and_schedules_do_not_recompile(tiny):
-  jitted = [guided.sample, pipeline._encode_text, pipeline._condition, vae_ops._decode]
+  jitted = [guided.sample, conditioning._encode_text, conditioning._condition, vae_ops._decode]
   run = lambda **kw: pipeline.generate(tiny.model, GenerationSettings(  # noqa: E731
       num_inference_steps=4, audio_end_in_s=2.0, **kw))
   run(prompts=("piano solo", "drums"), seed=0, guidance_scale=7.0)

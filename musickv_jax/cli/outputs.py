@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from musickv_jax import files
-from musickv_jax.cli.runner import UsageError
+from musickv_jax.cli.runner import UsageError, raise_if_interrupted
 
 
 def check_output_dir(path: str | os.PathLike, flag: str = "output_path") -> Path:
@@ -53,6 +53,7 @@ class OutputSet:
 
   def commit(self) -> list[Path]:
     """Renames every output into place (and announces it)."""
+    raise_if_interrupted()
     done = []
     for tmp, final in self._pending:
       os.replace(tmp, final)

@@ -45,6 +45,30 @@ class Terminated(BaseException):
   """SIGTERM, raised in the main thread so that cleanups (`finally`, context managers) run."""
 
 
+# The signal that interrupted the current run, if any. Python may swallow the exception a signal
+# handler raises (e.g. when it lands inside a garbage-collection callback), so the signal is also
+# remembered here, and `raise_if_interrupted` is checked before outputs are put in place.
+_received: list[int] = []
+
+
+def _on_signal(signum, frame):
+  _received.append(signum)
+  raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+
+
+def _unraisable(info) -> None:
+  """Our own signal, swallowed where Python cannot raise (a gc callback): remembered in _received
+  and acted on later, so there is nothing to print."""
+  if isinstance(info.exc_value, (KeyboardInterrupt, Terminated)):
+    return
+  sys.__unraisablehook__(info)
+
+
+def raise_if_interrupted() -> None:
+  if _received:
+    raise KeyboardInterrupt if _received[0] == signal.SIGINT else Terminated()
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
   name: str  # as typed: musickv-edit
@@ -90,10 +114,6 @@ def quiet_libraries() -> None:
     std_logging.getLogger(name).setLevel(std_logging.WARNING)
 
 
-def _raise_terminated(signum, frame):
-  raise Terminated()
-
-
 def run(command: Command, argv: Sequence[str] | None = None) -> int:
   """Parses argv (without the program name; default sys.argv[1:]) and runs the command."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -104,7 +124,9 @@ def run(command: Command, argv: Sequence[str] | None = None) -> int:
     return 0
   in_main_thread = threading.current_thread() is threading.main_thread()
   token = _INVOCATION.set([command.name, *argv])
-  previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+  _received.clear()
+  previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
+  previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
   try:
     try:
       rest = values([command.name, *expand_multi_value_flags(argv, command.multi_value_flags, values)])
@@ -114,7 +136,9 @@ def run(command: Command, argv: Sequence[str] | None = None) -> int:
       raise UsageError(f"unexpected arguments {rest[1:]} (values with spaces need quotes; lists take commas)")
     quiet_libraries()
     compilation_cache(default_compilation_cache())
-    return command.body(values) or 0
+    status = command.body(values) or 0
+    raise_if_interrupted()  # a signal whose exception was swallowed on the way
+    return status
   except UsageError as e:
     return _fail(str(e), 2)
   except MusicKVError as e:
@@ -128,8 +152,9 @@ def run(command: Command, argv: Sequence[str] | None = None) -> int:
     return _fail("terminated; nothing was written", 143)
   finally:
     _INVOCATION.reset(token)
-    if in_main_thread:
-      signal.signal(signal.SIGTERM, previous)
+    sys.unraisablehook = previous_hook
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
 
 
 def _fail(message: str, status: int) -> int:
@@ -140,7 +165,14 @@ def _fail(message: str, status: int) -> int:
 def entry_point(command: Command) -> Callable[[], None]:
   """A console-script function for the command."""
   def main() -> None:
-    sys.exit(run(command))
+    status = run(command)
+    if status in (130, 143):
+      # Interrupted: the cleanups have run. Leave without waiting for device work still in flight
+      # (and without the interpreter's teardown racing it, which can crash the process).
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(status)
+    sys.exit(status)
   return main
 
 

@@ -326,7 +326,8 @@ def download_from_hub(repo_id: str, token: str | None, cache_dir: Path | None = 
                              cache_dir=str(cache_dir) if cache_dir else None)
   except Exception as e:  # network, auth and gating errors all end here; say which
     raise ConversionError(f"cannot download {repo_id} from the Hugging Face hub: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''} (gated repos need {hf_token})", mentions=("hf_token",)) from None
+                          f"{str(e).splitlines()[0] if str(e) else ''} (gated repos need {{hf_token}})",
+                          mentions=("hf_token",)) from None
   return Path(path)
 
 

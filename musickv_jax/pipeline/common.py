@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable
 
 import jax
@@ -85,6 +86,14 @@ def progress(on_step: Listener | None, offset: int = 0, total: int | None = None
   if on_step is None:
     return contextlib.nullcontext()
   return sampler.on_step(lambda step, steps: on_step(offset + step, total or steps))
+
+
+def to_host(array: jax.Array) -> np.ndarray:
+  """The finished result of a (long) device computation, as NumPy. Waits in short sleeps rather
+  than one blocking call, so that Ctrl-C is handled at once instead of after the last step."""
+  while not array.is_ready():
+    time.sleep(0.02)
+  return np.asarray(array)
 
 
 def decode(model: LoadedModel, latents: np.ndarray, begin: int, end: int | None,

@@ -89,7 +89,7 @@ def edit_latents(model: LoadedModel, settings: EditSettings, schedule: np.ndarra
     with common.progress(on_step):
       latents, _ = guided.sample(model.params["dit"], cond, x_init, plan, key, kv, dit_config=cfg.dit,
                                  solver=gen.sampler, use_cfg=use_cfg)
-    return np.asarray(latents), roles
+    return common.to_host(latents), roles
   with common.progress(on_step, 0, 2 * steps):  # the cached mode's progress runs over both passes
     source, cache = injection.record_source(model.params["dit"], injection.take_prompts(cond, [0], n, use_cfg),
                                             x_init[:1], plan, key, layers, dit_config=cfg.dit, solver=gen.sampler,
@@ -97,7 +97,7 @@ def edit_latents(model: LoadedModel, settings: EditSettings, schedule: np.ndarra
   others = edit_from_cache(model, settings, schedule, cache, injection.take_prompts(cond, list(range(1, n)), n, use_cfg),
                            x_init[1:], tuple(p - 1 for p in layout.edits), use_cfg=use_cfg,
                            on_step=on_step, progress_offset=steps, progress_total=2 * steps)
-  return np.concatenate([np.asarray(source), others]), roles
+  return np.concatenate([common.to_host(source), others]), roles
 
 
 def edit_from_cache(model: LoadedModel, settings: EditSettings, schedule: np.ndarray, cache: KVCache,
@@ -117,7 +117,7 @@ def edit_from_cache(model: LoadedModel, settings: EditSettings, schedule: np.nda
     latents, _ = guided.sample(model.params["dit"], cond, jnp.asarray(x_init), common.step_plan(gen),
                                common.sde_key(gen.seed), kv, jnp.arange(1, m + 1), dit_config=cfg.dit,
                                solver=gen.sampler, use_cfg=use_cfg)
-  return np.asarray(latents)
+  return common.to_host(latents)
 
 
 def cache_from_inversion(kv: KVCache) -> KVCache:

@@ -53,7 +53,7 @@ def generate(model: LoadedModel, settings: GenerationSettings, *, init_latents: 
     latents, _ = guided.sample(model.params["dit"], cond, x_init, common.step_plan(settings),
                                common.sde_key(settings.seed), dit_config=cfg.dit, solver=settings.sampler,
                                use_cfg=settings.uses_cfg)
-  latents = np.asarray(latents)
+  latents = common.to_host(latents)
   audio = common.decode(model, latents, *common.output_span(settings, cfg), decode_chunk_frames)
   return Generation(audio=audio, latents=latents, sample_rate=cfg.sample_rate, settings=settings,
                     latent_frames=int(x_init.shape[-1]), audio_end_in_s=settings.resolved_end(cfg))

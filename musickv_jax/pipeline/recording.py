@@ -80,7 +80,7 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, *, 
   with common.progress(on_step):
     inverted, kv = inversion_lib.invert(model.params["dit"], guided_cond, jnp.asarray(latents, jnp.float32), plan,
                                         dit_config=cfg.dit, record_layers=tuple(record_layers))
-  return np.asarray(inverted), kv
+  return common.to_host(inverted), kv
 
 
 def invert_audio(model: LoadedModel, audio: np.ndarray, settings: InversionSettings, *,
