@@ -8,6 +8,8 @@ import soundfile as sf
 
 from musickv_jax.audio import AudioError, load_audio, pad_to_hop, resample, save_wav
 
+pytestmark = pytest.mark.fast  # part of `make test-fast`
+
 SR = 44100
 
 

@@ -52,6 +52,7 @@ def assert_one_line_error(status, err, message, expected_status=1):
 # ----------------------------------------------------------------------------- field names vs flags
 
 
+@pytest.mark.fast
 def test_library_errors_name_fields(tiny, tmp_path):
   cfg = tiny.model.config
   with pytest.raises(SettingsError) as info:

@@ -12,6 +12,7 @@ from musickv_jax.models.conditioning import Conditioner
 from tests.parity import assert_parity
 
 
+@pytest.mark.fast
 def test_projection_model_matches_diffusers(tiny):
   compare_with_diffusers(tiny.model, tiny.ref.projection)
 

@@ -37,6 +37,7 @@ def our_dit(model, inp, controls=None):
                    jnp.asarray(inp["cross"]), jnp.asarray(inp["glob"]), controls)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("fixture", ["tiny", "tiny64"])
 @pytest.mark.parametrize("length", [16, 37])
 def test_dit_matches_diffusers(fixture, length, request):
@@ -49,6 +50,7 @@ def test_dit_matches_diffusers(fixture, length, request):
   assert_parity(ours, ref, what=f"DiT {fixture} T={length}")
 
 
+@pytest.mark.fast
 def test_dit_config_read_from_diffusers(tiny64):
   cfg = tiny64.model.config.dit
   assert (cfg.depth, cfg.num_heads, cfg.head_dim, cfg.cross_kv_heads, cfg.rotary_dim) == (2, 2, 64, 1, 32)

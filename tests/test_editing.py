@@ -74,7 +74,7 @@ def shared_noise(cfg, n, seed=0):
 
 
 @pytest.mark.parametrize("layers,schedule_name,start", [
-    ((1,), "linear_ramp", 0.0), ((0, 1), "linear_ramp", 0.0), ((1,), "constant", 0.0), ((0, 1), "constant", 0.0),
+    pytest.param((1,), "linear_ramp", 0.0, marks=pytest.mark.fast), ((0, 1), "linear_ramp", 0.0), ((1,), "constant", 0.0), ((0, 1), "constant", 0.0),
     ((0, 1), "linear_ramp", 0.75),  # a non-zero start: the seconds conditioning and the trimmed output
 ])
 def test_edit_matches_pytorch_reference(tiny, layers, schedule_name, start):
@@ -109,6 +109,7 @@ def test_weight_zero_equals_plain_generation(tiny, plain_runs):
   np.testing.assert_allclose(edited.latents[1], plain.latents[0], rtol=0, atol=BATCH_TOL * np.abs(plain.latents).max())
 
 
+@pytest.mark.fast
 def test_same_prompt_full_injection_equals_source(tiny, plain_runs):
   prompts, x_init = plain_runs
   out = pipeline.edit(tiny.model, settings_for((prompts[0], prompts[0]), (0, 1), kv.constant(STEPS, 2, 1.0)),
@@ -196,6 +197,7 @@ def test_per_edit_schedules(tiny, plain_runs):
 # ----------------------------------------------------------------------------- schedules and validation
 
 
+@pytest.mark.fast
 def test_schedule_builders():
   np.testing.assert_allclose(kv.linear_ramp(4, 2)[:, 0], [0, 0.25, 0.5, 0.75])
   np.testing.assert_allclose(kv.constant(3, 1, 0.4)[:, 0], [0.4] * 3)
@@ -205,6 +207,7 @@ def test_schedule_builders():
   assert stacked.shape == (5, 2) and stacked[0, 1] == 0.5
 
 
+@pytest.mark.fast
 def test_schedule_validation():
   with pytest.raises(kv.ScheduleError, match=r"shape \(5, 2\); expected \(8, 3\)"):
     kv.validate(np.zeros((5, 2)), 8, 3)
@@ -217,6 +220,7 @@ def test_schedule_validation():
     kv.by_name("ramp", 4, 1)
 
 
+@pytest.mark.fast
 def test_edit_validation(tiny):
   cfg = tiny.model.config
   with pytest.raises(SettingsError, match="at least two prompts"):

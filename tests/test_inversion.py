@@ -16,6 +16,7 @@ from musickv_jax.sampling import guided, inversion, sampler, schedules
 from tests.parity import max_error_ratio
 
 
+@pytest.mark.fast
 def test_reference_plan_has_the_reference_quirks():
   plan = inversion.make_inversion_plan(5)
   asc = schedules.exponential_sigmas(5)[:-1][::-1]  # sigma_min ... sigma_max

@@ -13,6 +13,8 @@ from tests.parity import assert_parity
 from tests.reference import KVBlendProcessor
 from tests.test_dit_parity import dit_inputs, our_dit, torch_dit
 
+pytestmark = pytest.mark.fast  # part of `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def setup(tiny64):

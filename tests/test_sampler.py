@@ -34,6 +34,7 @@ def edm_scheduler(steps: int):
   return sched
 
 
+@pytest.mark.fast
 def test_exponential_schedule_matches_diffusers():
   sched = edm_scheduler(12)
   np.testing.assert_allclose(schedules.exponential_sigmas(12), sched.sigmas.numpy(), rtol=2e-6)
@@ -41,6 +42,7 @@ def test_exponential_schedule_matches_diffusers():
   np.testing.assert_allclose(plan.timestep, sched.timesteps.numpy(), rtol=1e-6)
 
 
+@pytest.mark.fast
 def test_karras_schedule_matches_diffusers():
   from diffusers import EDMDPMSolverMultistepScheduler
   sched = EDMDPMSolverMultistepScheduler(sigma_min=0.3, sigma_max=500.0, sigma_schedule="karras", rho=7.0)
@@ -48,6 +50,7 @@ def test_karras_schedule_matches_diffusers():
   np.testing.assert_allclose(schedules.karras_sigmas(10), sched.sigmas.numpy(), rtol=2e-6)
 
 
+@pytest.mark.fast
 def test_solver_order_per_step():
   np.testing.assert_array_equal(solvers.second_order_steps("dpmpp-2m", 5), [False, True, True, True, False])
   np.testing.assert_array_equal(solvers.second_order_steps("dpmpp-1", 3), [False, False, False])
@@ -74,7 +77,7 @@ def diffusers_generate(ref, prompts, noise, *, steps, guidance, negative, end, o
 
 
 CASES = [  # (n prompts, negative prompt, guidance, audio_start_in_s)
-    (1, None, 7.0, 0.0), (2, None, 7.0, 0.0), (1, "drums, noise", 7.0, 0.0), (2, "drums, noise", 7.0, 0.0),
+    pytest.param(1, None, 7.0, 0.0, marks=pytest.mark.fast), (2, None, 7.0, 0.0), (1, "drums, noise", 7.0, 0.0), (2, "drums, noise", 7.0, 0.0),
     (1, None, 1.0, 0.0), (2, None, 1.0, 0.0), (2, "drums, noise", 1.0, 0.0),
     (2, None, 7.0, 0.75), (1, "drums, noise", 1.0, 1.5),  # a non-zero start conditions the model and trims
 ]
@@ -101,6 +104,7 @@ def test_generation_matches_diffusers(tiny, n, negative, guidance, start):
   assert latent_err < 1e-4 and audio_err < 1e-4
 
 
+@pytest.mark.fast
 def test_first_order_sampler_matches_a_transcription(tiny):
   """dpmpp-1 is x' = (s'/s) x - expm1(-h) D at every step; checked with a linear denoiser."""
   plan = sampler.make_plan(schedules.exponential_sigmas(6), "dpmpp-1")
@@ -247,6 +251,7 @@ def test_fit_latent_length_is_shorter_and_trims_right(tiny):
   assert out.audio.shape == (1, 2, cfg.sample_rate)
 
 
+@pytest.mark.fast
 def test_bad_requests_are_refused(tiny):
   cfg = tiny.model.config
   with pytest.raises(SettingsError, match=r"longer than the model's maximum of 4.00 s"):

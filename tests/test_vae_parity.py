@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 from musickv_jax.models.oobleck import OobleckVAE
 from tests.parity import assert_parity
+
+pytestmark = pytest.mark.fast  # part of `make test-fast`
 
 
 def _vae(conv):
