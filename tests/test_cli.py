@@ -349,3 +349,23 @@ def test_truncation_warning_shows_only_the_cut_part(tiny, caplog):
   text = record.getMessage()
   assert text.startswith("prompt 1 is ") and "so this end was cut: " in text and len(text) < 200, text
   assert "piano solo" not in text
+
+
+def test_preset_by_path(tiny, tmp_path, capsys):
+  preset = tmp_path / "probe" / "preset.json"
+  preset.parent.mkdir()
+  preset.write_text(json.dumps({"description": "from a probe", "vital_layers": [0], "skip_layers": [],
+                                "guidance_scale": 3.0, "time_varying": False}))
+  status, _, err = cli(capsys, edit_cli, "--model", tiny.path, "--prompts", "a", "b", "--preset", preset, *FAST,
+                       "--output_path", tmp_path / "o")
+  assert status == 0, err
+  record = json.loads((tmp_path / "o" / "edit.json").read_text())
+  assert record["editing"]["vital_layers"] == [0] and record["settings"]["guidance_scale"] == 3.0
+  assert record["editing"]["schedule"] == "constant" and record["preset"] == str(preset)
+  preset.write_text(json.dumps({"vital_layers": "20,3,4"}))
+  status, _, err = cli(capsys, edit_cli, "--model", tiny.path, "--prompts", "a", "b", "--preset", preset, *FAST,
+                       "--output_path", tmp_path / "o2")
+  assert_one_line_error(status, err, "'vital_layers' must be a list of integers")
+  status, _, err = cli(capsys, edit_cli, "--model", tiny.path, "--prompts", "a", "b", "--preset", "nope", *FAST,
+                       "--output_path", tmp_path / "o2")
+  assert_one_line_error(status, err, "error: --preset 'nope' not found; available: musickv, musickv-constant")
