@@ -369,3 +369,29 @@ def test_preset_by_path(tiny, tmp_path, capsys):
   status, _, err = cli(capsys, edit_cli, "--model", tiny.path, "--prompts", "a", "b", "--preset", "nope", *FAST,
                        "--output_path", tmp_path / "o2")
   assert_one_line_error(status, err, "error: --preset 'nope' not found; available: musickv, musickv-constant")
+
+
+def test_an_inverted_latent_is_checked_against_its_sidecar(tiny, tmp_path, capsys):
+  """edit --inverted_latent reads the sidecar that invert wrote beside the latent: a sidecar that
+  does not belong to the latent, or is damaged, is refused in one line."""
+  frames = 3
+  latent = np.zeros((1, tiny.model.config.dit.io_channels, frames), np.float32)
+  np.save(tmp_path / "inverted_latent.npy", latent)
+  hop = tiny.model.config.vae.hop_length
+  sidecar = tmp_path / "inverted_latent.json"
+  base = ["--model", tiny.path, "--inverted_latent", tmp_path / "inverted_latent.npy", "--prompts", "a", "b",
+          "--vital_layers=1", "--num_inference_steps", "2", "--output_path", tmp_path / "o"]
+  sidecar.write_text(json.dumps({"n_samples": 10 * hop, "settings": {"prompt": "a", "num_inference_steps": 2}}))
+  status, _, err = cli(capsys, edit_cli, *base)
+  assert_one_line_error(status, err, f"its sidecar says {10 * hop} samples, which is not {frames} latent frames")
+  sidecar.write_text("{broken")
+  status, _, err = cli(capsys, edit_cli, *base)
+  assert_one_line_error(status, err, "its sidecar")
+  assert "is damaged" in err
+  sidecar.write_text(json.dumps({"n_samples": frames * hop - 1, "settings": {"prompt": "other text",
+                                                                             "num_inference_steps": 4}}))
+  status, _, err = cli(capsys, edit_cli, *base)
+  assert status == 0, err
+  assert "inverted with 4 steps but is edited with 2" in err and "inverted with the description 'other text'" in err
+  audio, _ = sf.read(tmp_path / "o" / "edit_1.wav", always_2d=True)
+  assert audio.shape[0] == frames * hop - 1
