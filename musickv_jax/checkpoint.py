@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -107,13 +106,7 @@ def save_checkpoint(directory: str | Path, config: ModelConfig, params: dict, *,
     marker = {"format": FORMAT, "params_dtype": _tree_dtype(params), **(info or {}),
               "files": _file_sizes(staging / "params")}
     (staging / MARKER).write_text(json.dumps(marker, indent=2))
-    if final.exists():  # overwrite: swap in the new one, then drop the old
-      retired = files.temporary_path(final)
-      os.rename(final, retired)
-      os.rename(staging, final)
-      files.remove_path(retired)
-    else:
-      os.rename(staging, final)
+    files.replace_directory(staging, final)
   except BaseException:
     files.remove_path(staging)
     raise

@@ -19,7 +19,8 @@ from musickv_jax import resources
 from musickv_jax.errors import ConfigError, SettingsError
 
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# float64 is for research only (finite-difference gradient checks; needs jax_enable_x64).
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float64": jnp.float64}
 
 
 def to_jnp_dtype(name: str):

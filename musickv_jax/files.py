@@ -65,6 +65,18 @@ def remove_stale_temporaries(directory: Path, name: str | None = None) -> list[P
   return stale
 
 
+def replace_directory(staging: Path, final: Path) -> None:
+  """Puts a completed `staging` directory in place of `final` (which may exist): the old one is
+  moved aside first, so `final` is always either the old or the new complete directory."""
+  if final.exists():
+    retired = temporary_path(final)
+    os.rename(final, retired)
+    os.rename(staging, final)
+    remove_path(retired)
+  else:
+    os.rename(staging, final)
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
   """Calls write(tmp) for a temporary beside `path`, then renames it into place. On any failure
   (including KeyboardInterrupt) the temporary is removed and an existing `path` is untouched."""

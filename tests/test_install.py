@@ -40,6 +40,8 @@ def installed(tmp_path_factory):
   names = zipfile.ZipFile(wheel).namelist()
   assert "musickv_jax/configs/sao-1.0.json" in names and "musickv_jax/configs/presets/musickv.json" in names
   assert not any(n.startswith(("tests/", "scripts/", "convert/")) for n in names)
+  modules = {str(p.relative_to(REPO)) for p in (REPO / "musickv_jax").rglob("*.py")}
+  assert modules <= set(names), f"modules missing from the wheel: {sorted(modules - set(names))}"
   venv = root / "venv"
   run([sys.executable, "-m", "venv", venv], cwd=root)
   run([venv / "bin" / "python", "-m", "pip", "install", "-q", wheel, "-c", REPO / "requirements.txt"], cwd=root)

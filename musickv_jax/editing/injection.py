@@ -72,11 +72,12 @@ class EditLayout:
 def expand_weights(schedule: Array, layers: tuple[int, ...], depth: int, layout: EditLayout) -> Array:
   """schedule (steps, n_layers) or (steps, n_layers, n_edits) -> (steps, depth, rows) blend
   weights: the schedule in the vital layers at the edits' rows, 0 elsewhere. Differentiable."""
-  schedule = jnp.asarray(schedule, jnp.float32)
+  schedule = jnp.asarray(schedule)
+  schedule = schedule.astype(jnp.promote_types(schedule.dtype, jnp.float32))  # float64 stays (gradient checks)
   steps = schedule.shape[0]
   if schedule.ndim == 2:
     schedule = jnp.repeat(schedule[:, :, None], len(layout.edits), axis=2)
-  weights = jnp.zeros((steps, depth, layout.rows), jnp.float32)
+  weights = jnp.zeros((steps, depth, layout.rows), schedule.dtype)
   layer_index = jnp.asarray(layers, jnp.int32)
   for e, prompt in enumerate(layout.edits):
     for row in layout.edit_rows(prompt):

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from musickv_jax.models.layers import Dense, matmul_precision
+from musickv_jax.models.layers import Dense, matmul_precision, wide
 
 Array = jax.Array
 
@@ -28,7 +28,7 @@ def rotary_tables(length: int, rotary_dim: int, base: float = 10000.0) -> tuple[
 def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
   """Rotates the first rotary_dim channels of every head of x (B, S, H, D); the rest pass through."""
   rot = cos.shape[-1]
-  x_rot = x[..., :rot].astype(jnp.float32)
+  x_rot = x[..., :rot].astype(wide(x.dtype))
   x1, x2 = jnp.split(x_rot, 2, axis=-1)
   rotated_half = jnp.concatenate([-x2, x1], axis=-1)
   cos_b, sin_b = cos[None, :, None, :], sin[None, :, None, :]
@@ -47,7 +47,7 @@ def dot_product_attention(q: Array, k: Array, v: Array) -> Array:
   precision = matmul_precision(q.dtype)
   q = q.reshape(batch, q_len, groups, heads // groups, head_dim)
   logits = jnp.einsum("bqgrd,bkgd->bgrqk", q, k, precision=precision,
-                      preferred_element_type=jnp.float32)
+                      preferred_element_type=wide(q.dtype))
   logits = logits * (head_dim ** -0.5)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v, precision=precision)
@@ -58,8 +58,9 @@ def blend_kv(own: Array, reference: Array, weight: Array) -> Array:
   """weight * reference + (1 - weight) * own, per sample. weight: (B,) broadcast over (B, S, H, D).
 
   weight 0 returns `own` exactly and weight 1 returns `reference` exactly."""
-  w = weight.astype(jnp.float32)[:, None, None, None]
-  mixed = w * reference.astype(jnp.float32) + (1.0 - w) * own.astype(jnp.float32)
+  dtype = wide(own.dtype)
+  w = weight.astype(dtype)[:, None, None, None]
+  mixed = w * reference.astype(dtype) + (1.0 - w) * own.astype(dtype)
   return mixed.astype(own.dtype)
 
 

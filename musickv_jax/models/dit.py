@@ -23,7 +23,7 @@ import numpy as np
 
 from musickv_jax.config import DiTConfig, to_jnp_dtype
 from musickv_jax.models.attention import CrossAttention, SelfAttention, blend_kv, rotary_tables
-from musickv_jax.models.layers import Dense, LayerNorm, MLP2
+from musickv_jax.models.layers import Dense, LayerNorm, MLP2, wide
 
 Array = jax.Array
 
@@ -48,7 +48,8 @@ class KVControls:
     joint mode (no `injected`): a row of this batch; cached mode: a row of `injected`.
   injected: KVCache or None; cached mode: reference K/V (n, R, S, H, D) for the layers it holds
     (other layers are never blended); without source_index its rows align with the batch.
-  bypass: (L,) bool or None; True skips that layer's self-attention.
+  bypass: (L,) or (L, B) bool or None; True skips that layer's self-attention (for every sample,
+    or per sample: the layer probe runs each bypassed layer as a row of one batch).
   record_layers: static; the call returns these layers' own K/V.
   """
 
@@ -69,8 +70,9 @@ def _validate_controls(controls: KVControls, depth: int, batch: int) -> None:
     chex.assert_shape(controls.inject_weight, (depth, batch))
   if controls.source_index is not None:
     chex.assert_shape(controls.source_index, (batch,))
-  if controls.bypass is not None:
-    chex.assert_shape(controls.bypass, (depth,))
+  if controls.bypass is not None and tuple(controls.bypass.shape) not in ((depth,), (depth, batch)):
+    raise ValueError(f"KVControls: bypass has shape {tuple(controls.bypass.shape)}; expected ({depth},) or "
+                     f"({depth}, {batch})")
   for name, layers in (("record_layers", tuple(controls.record_layers)),
                        ("injected.layers", controls.injected.layers if controls.injected else ())):
     for layer in layers:
@@ -86,7 +88,7 @@ def _validate_controls(controls: KVControls, depth: int, batch: int) -> None:
 class LayerInputs:
   """What each block gets of its own (leading axis: depth), scanned with the blocks.
 
-  bypass: () bool, skip this layer's self-attention.
+  bypass: () or (B,) bool, skip this layer's self-attention (for every row, or per row).
   weight: (B,) blend weight toward the reference K/V (0 where the layer has no reference), or None.
   read_slot: () int32, the slot of an external cache holding this layer (cached mode), or None.
   record_slot: () int32 and recorded: () bool, where this layer's own K/V go when recording, or None.
@@ -156,7 +158,7 @@ class DiTBlock(nn.Module):
       record_v = jax.lax.dynamic_update_index_in_dim(record_v, jnp.where(layer.recorded, own_v, old_v), slot, 0)
 
     attn_out = attn.attend(q, k, v, shared.rope)
-    h = jnp.where(layer.bypass, h, h + attn_out)
+    h = jnp.where(jnp.reshape(layer.bypass, (-1, 1, 1)), h, h + attn_out)
 
     cross = CrossAttention(cfg.embed_dim, cfg.num_heads, cfg.cross_kv_heads, dtype=dtype, name="cross_attn")
     h = h + cross(LayerNorm(cfg.norm_eps, name="cross_norm")(h), shared.context)
@@ -234,7 +236,7 @@ class StableAudioDiT(nn.Module):
 
     out = Dense(channels, use_bias=False, dtype=dtype, name="proj_out")(h)[:, 1:]  # drop the global token
     out = out + Dense(channels, use_bias=False, dtype=dtype, name="postprocess_conv")(out)
-    out = out.transpose(0, 2, 1).astype(jnp.float32)
+    out = out.transpose(0, 2, 1).astype(wide(out.dtype))
     recorded = None
     if controls.record_layers:
       recorded = KVCache(record_k, record_v, tuple(controls.record_layers))

@@ -9,6 +9,13 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def wide(dtype) -> jnp.dtype:
+  """The dtype that norms, softmax, Snake and blends compute in: float32, or float64 for a float64
+  model (a research setting: gradient checks by finite differences). bfloat16 / float16 widen to
+  float32; float32 stays float32, so nothing changes for the usual dtypes."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def matmul_precision(dtype) -> jax.lax.Precision:
   """float32 models run true float32 matmuls (parity with PyTorch on every backend);
   reduced-precision models take the backend's fast path."""
@@ -34,7 +41,7 @@ class Dense(nn.Module):
 
 
 class LayerNorm(nn.Module):
-  """PyTorch LayerNorm semantics (biased variance of centred input), always computed in float32."""
+  """PyTorch LayerNorm semantics (biased variance of centred input), computed in float32 (or wider)."""
 
   eps: float = 1e-5
 
@@ -42,12 +49,13 @@ class LayerNorm(nn.Module):
   def __call__(self, x: Array) -> Array:
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
     bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
-    x32 = x.astype(jnp.float32)
+    dtype = wide(x.dtype)
+    x32 = x.astype(dtype)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     centred = x32 - mean
     var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
     y = centred * jax.lax.rsqrt(var + self.eps)
-    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+    return (y * scale.astype(dtype) + bias.astype(dtype)).astype(x.dtype)
 
 
 class MLP2(nn.Module):

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from musickv_jax.config import OobleckConfig, to_jnp_dtype
-from musickv_jax.models.layers import matmul_precision
+from musickv_jax.models.layers import matmul_precision, wide
 
 Array = jax.Array
 
@@ -79,9 +79,10 @@ class Snake(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     channels = x.shape[-1]
-    alpha = jnp.exp(self.param("alpha", nn.initializers.zeros, (channels,)).astype(jnp.float32))
-    beta = jnp.exp(self.param("beta", nn.initializers.zeros, (channels,)).astype(jnp.float32))
-    x32 = x.astype(jnp.float32)
+    dtype = wide(x.dtype)
+    alpha = jnp.exp(self.param("alpha", nn.initializers.zeros, (channels,)).astype(dtype))
+    beta = jnp.exp(self.param("beta", nn.initializers.zeros, (channels,)).astype(dtype))
+    x32 = x.astype(dtype)
     return (x32 + jnp.reciprocal(beta + 1e-9) * jnp.square(jnp.sin(alpha * x32))).astype(x.dtype)
 
 
@@ -194,7 +195,8 @@ class OobleckVAE(nn.Module):
     chex.assert_rank(audio, 3)
     if audio.shape[1] != self.config.audio_channels:
       raise ValueError(f"expected audio with {self.config.audio_channels} channels, got shape {audio.shape}")
-    moments = self.encoder(audio.transpose(0, 2, 1)).astype(jnp.float32).transpose(0, 2, 1)
+    moments = self.encoder(audio.transpose(0, 2, 1))
+    moments = moments.astype(wide(moments.dtype)).transpose(0, 2, 1)
     mean, scale = jnp.split(moments, 2, axis=1)
     return LatentDistribution(mean=mean, std=jax.nn.softplus(scale) + 1e-4)
 
@@ -203,7 +205,8 @@ class OobleckVAE(nn.Module):
     chex.assert_rank(latents, 3)
     if latents.shape[1] != self.config.latent_dim:
       raise ValueError(f"expected latents with {self.config.latent_dim} channels, got shape {latents.shape}")
-    return self.decoder(latents.transpose(0, 2, 1)).astype(jnp.float32).transpose(0, 2, 1)
+    audio = self.decoder(latents.transpose(0, 2, 1))
+    return audio.astype(wide(audio.dtype)).transpose(0, 2, 1)
 
 
 # ----------------------------------------------------------------------------- long audio

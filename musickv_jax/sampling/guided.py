@@ -41,7 +41,8 @@ class KVSteps:
   inject_weight: (steps, depth, R) blend weight per step, layer and row, or None.
   source_index: (R,) int32 joint mode: the row whose K/V each row blends in, or None.
   injected: KVCache with k, v (steps, n_layers, R, S, H, D), cached mode, or None.
-  bypass: (depth,) bool, layers whose self-attention is skipped for every row, or None.
+  bypass: (depth,) bool, layers whose self-attention is skipped for every row, or (depth, R) per row,
+    or None.
   """
 
   inject_weight: Array | None = None

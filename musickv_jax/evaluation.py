@@ -1,0 +1,93 @@
+"""Scoring edits against their source: the music metrics of each edit (musickv_jax.metrics), the
+editability proxy against a plain generation, and any plugged-in learned scorer.
+
+Editability without a learned scorer: `plain` is the edit prompt generated without injection (what
+the edit would sound like if it kept nothing of the source). How far the edit moved from the
+source toward it, in log-mel (timbre) space:
+  editability = 1 - logmel_distance(edit, plain) / logmel_distance(source, plain)
+1: the edit sounds like the plain generation; 0: no closer to it than the source; below 0: farther.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from musickv_jax.audio import load_audio
+from musickv_jax.errors import SettingsError
+from musickv_jax.metrics import Analysis, METRICS, compare_jit
+from musickv_jax.metrics.scorers import TextAudioScorer
+
+EDITABILITY = "editability"
+PLAIN_DISTANCE = "plain_logmel_distance"
+
+
+@dataclasses.dataclass
+class EditScores:
+  file: str
+  metrics: dict[str, float]
+
+
+@dataclasses.dataclass
+class Evaluation:
+  edits: list[EditScores]
+  higher_is_better: dict[str, bool]
+
+  def to_json_dict(self) -> dict:
+    return {"edits": [{"file": e.file, "metrics": e.metrics} for e in self.edits],
+            "higher_is_better": self.higher_is_better}
+
+  def table(self) -> str:
+    names = list(self.higher_is_better)
+    width = max(12, *(len(n) + 2 for n in names))
+    header = "edit".ljust(28) + "".join(f"{n} {'^' if self.higher_is_better[n] else 'v'}".rjust(width) for n in names)
+    rows = [Path(e.file).name[:27].ljust(28) + "".join(f"{e.metrics[n]:{width}.4f}" for n in names)
+            for e in self.edits]
+    return "\n".join([header, *rows])
+
+
+def _read(path: str | Path, sample_rate: int) -> np.ndarray:
+  loaded = load_audio(path, sample_rate=sample_rate, max_seconds=math.inf)
+  return loaded.audio.mean(axis=0)
+
+
+def evaluate(source: str | Path, edits: Sequence[str | Path], *, plain: str | Path | None = None,
+             edit_prompts: Sequence[str] = (), scorers: Sequence[TextAudioScorer] = (),
+             analysis: Analysis = Analysis()) -> Evaluation:
+  """Scores each edit file against the source file (audio files at any rate; read as mono at the
+  analysis rate). edit_prompts: one per edit, or one for all (needed by scorers)."""
+  if not edits:
+    raise SettingsError("{field}: give at least one edit to score", field="edits")
+  if scorers and len(edit_prompts) not in (1, len(edits)):
+    raise SettingsError(f"{{field}}: give one prompt per edit ({len(edits)}) or one for all, got "
+                        f"{len(edit_prompts)}", field="edit_prompts")
+  rate = analysis.sample_rate
+  source_audio = _read(source, rate)
+  plain_audio = _read(plain, rate) if plain is not None else None
+  source_to_plain = None
+  if plain_audio is not None:
+    source_to_plain = float(compare_jit(jnp.asarray(source_audio), jnp.asarray(plain_audio), analysis)[
+        "logmel_distance"])
+  prompts = list(edit_prompts) * len(edits) if len(edit_prompts) == 1 else list(edit_prompts)
+  higher = {m.name: m.higher_is_better for m in METRICS}
+  results = []
+  for i, path in enumerate(edits):
+    audio = _read(path, rate)
+    values = {k: float(v) for k, v in compare_jit(jnp.asarray(source_audio), jnp.asarray(audio), analysis).items()}
+    if plain_audio is not None:
+      to_plain = float(compare_jit(jnp.asarray(audio), jnp.asarray(plain_audio), analysis)["logmel_distance"])
+      values[PLAIN_DISTANCE] = to_plain
+      values[EDITABILITY] = 1.0 - to_plain / source_to_plain if source_to_plain > 0 else 0.0
+    for scorer in scorers:
+      score = scorer.score(audio[None, None], rate, [prompts[i]])
+      values[scorer.name] = float(np.asarray(score).reshape(-1)[0])
+    results.append(EditScores(file=str(path), metrics=values))
+  if plain_audio is not None:
+    higher |= {PLAIN_DISTANCE: False, EDITABILITY: True}
+  higher |= {s.name: bool(s.higher_is_better) for s in scorers}
+  return Evaluation(edits=results, higher_is_better=higher)
