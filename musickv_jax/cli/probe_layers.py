@@ -117,7 +117,7 @@ def body(fv: Flags) -> None:
   if fv.resume:
     if not settings_path.is_file():
       raise UsageError(f"--resume: {out_dir} holds no probe to continue ({SETTINGS} is missing)")
-    if json.loads(settings_path.read_text()) != settings.to_json_dict():
+    if json.loads(settings_path.read_text()) != json.loads(json.dumps(settings.to_json_dict())):
       raise UsageError(f"--resume: the probe in {out_dir} was started with other settings; give the same flags, "
                        "or start a new probe in another --output_path")
     done = probing.read_results(results_path)

@@ -33,10 +33,11 @@ import optax
 
 from musickv_jax import files
 from musickv_jax.checkpoint import LoadedModel
-from musickv_jax.config import DiTConfig, OobleckConfig
+from musickv_jax.config import DiTConfig, OobleckConfig, to_jnp_dtype
 from musickv_jax.editing import injection
 from musickv_jax.errors import CheckpointError, SettingsError
 from musickv_jax.metrics import Analysis, compare, structure_similarity
+from musickv_jax.models.layers import wide
 from musickv_jax.models.oobleck import OobleckVAE
 from musickv_jax.pipeline import common
 from musickv_jax.pipeline.conditioning import guided_conditioning
@@ -139,9 +140,10 @@ def make_problem(model: LoadedModel, settings: EditSettings, x_init, guidance: n
                              seconds_start=gen.audio_start_in_s, seconds_total=gen.resolved_end(cfg),
                              guidance=guidance, use_cfg=use_cfg)
   analysis = Analysis(sample_rate=cfg.sample_rate)
+  x_init = jnp.asarray(x_init, wide(to_jnp_dtype(cfg.dit.dtype)))  # float32 (float64 for a float64 model)
   base = Problem(dit_config=cfg.dit, vae_config=cfg.vae, vital_layers=tuple(settings.vital_layers),
                  skip_layers=tuple(settings.skip_layers), solver=gen.sampler, use_cfg=use_cfg,
-                 n_prompts=len(gen.prompts), span=span, analysis=analysis, cond=cond, x_init=jnp.asarray(x_init),
+                 n_prompts=len(gen.prompts), span=span, analysis=analysis, cond=cond, x_init=x_init,
                  plan=common.step_plan(gen), key=common.sde_key(gen.seed), plain=jnp.zeros((0,)),
                  source_to_plain=jnp.zeros((0,)))
   model_params = {"dit": model.params["dit"], "vae": model.params["vae"]}

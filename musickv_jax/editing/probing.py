@@ -100,21 +100,32 @@ def bypass_rows(layers: tuple[int, ...], depth: int, use_cfg: bool) -> jax.Array
   return jnp.asarray(np.concatenate([mask, mask], axis=1) if use_cfg else mask)
 
 
-def probe_layers_once(model: LoadedModel, settings: ProbeSettings, prompt_index: int, seed: int,
-                      layers: tuple[int, ...], analysis: Analysis) -> list[LayerResult]:
-  """One sampling run: the full model and each of `layers` bypassed, for one prompt and seed."""
+def variant_audio(model: LoadedModel, settings: ProbeSettings, prompt_index: int, seed: int,
+                  layers: tuple[int, ...]) -> np.ndarray:
+  """One sampling run: mono audio (1 + len(layers), samples) of the full model (row 0) and of each
+  of `layers` bypassed, for one prompt and seed."""
   cfg = model.config
   gen = settings.generation(settings.prompts[prompt_index], seed)
   rows = 1 + len(layers)
   x_init = jnp.tile(common.initial_latents(gen, cfg, 1, common.latent_frames(gen, cfg)), (rows, 1, 1))
-  cond = guided_conditioning(model, [gen.prompts[0]] * rows, negative_prompt=None, seconds_start=0.0,
-                             seconds_total=gen.resolved_end(cfg),
-                             guidance=np.full((rows,), gen.guidance_scale, np.float32), use_cfg=gen.uses_cfg)
+  # one prompt, conditioned once and repeated: every row sees exactly the same conditioning
+  one = guided_conditioning(model, gen.prompts, negative_prompt=None, seconds_start=0.0,
+                            seconds_total=gen.resolved_end(cfg), guidance=np.full((1,), gen.guidance_scale, np.float32),
+                            use_cfg=gen.uses_cfg)
+  cond = guided.GuidedConditioning(cross_tokens=jnp.repeat(one.cross_tokens, rows, axis=0),
+                                   global_cond=jnp.repeat(one.global_cond, rows, axis=0),
+                                   guidance=jnp.repeat(one.guidance, rows, axis=0))
   kv = guided.KVSteps(bypass=bypass_rows(layers, cfg.dit.depth, gen.uses_cfg))
   latents, _ = guided.sample(model.params["dit"], cond, x_init, common.step_plan(gen), common.sde_key(seed), kv,
                              jnp.zeros((rows,), jnp.int32), dit_config=cfg.dit, solver=gen.sampler,
                              use_cfg=gen.uses_cfg)
-  audio = common.decode(model, common.to_host(latents), *common.output_span(gen, cfg)).mean(axis=1)  # mono
+  return common.decode(model, common.to_host(latents), *common.output_span(gen, cfg)).mean(axis=1)
+
+
+def probe_layers_once(model: LoadedModel, settings: ProbeSettings, prompt_index: int, seed: int,
+                      layers: tuple[int, ...], analysis: Analysis) -> list[LayerResult]:
+  """Scores each of `layers` on one prompt and seed (one sampling run)."""
+  audio = variant_audio(model, settings, prompt_index, seed, layers)
   full, variants = jnp.asarray(audio[:1]), jnp.asarray(audio[1:])
   values = compare_jit(jnp.broadcast_to(full, variants.shape), variants, analysis)
   values = {name: np.asarray(values[name]) for name in STRUCTURE_METRICS}
