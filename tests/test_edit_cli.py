@@ -18,8 +18,8 @@ def test_edit_writes_source_edits_sidecar_and_spectrogram(tiny, tmp_path):
   res = run_script("edit.py", "--model", tiny.path, "--prompts", "piano solo", "acoustic guitar, country, soft",
                    "drums", *BASE, "--output_path", out, "--save_latents", out / "latents.npy")
   assert res.returncode == 0, res.stderr
-  assert sorted(p.name for p in out.iterdir()) == ["edit.json", "edit_1.wav", "latents.npy", "prompt_3.wav",
-                                                   "source.wav", "spectrograms.png"]
+  assert sorted(p.name for p in out.iterdir()) == ["edit.json", "edit_1.wav", "index.html", "latents.npy",
+                                                   "prompt_3.wav", "source.wav", "spectrograms.png"]
   for name in ("source", "edit_1", "prompt_3"):
     audio, sr = sf.read(out / f"{name}.wav", always_2d=True)
     assert sr == 16 and audio.shape == (32, 2)

@@ -38,7 +38,8 @@ def test_edit_real_audio_end_to_end(tiny44k, recordings, tmp_path, kind):
                    "clean indie guitar", "classical piano solo, excited", *COMMON, "--output_path", out)
   assert res.returncode == 0, res.stderr
   names = sorted(p.name for p in out.iterdir())
-  assert names == ["edit.json", "edit_1.wav", "input.wav", "source_reconstruction.wav", "spectrograms.png"]
+  assert names == ["edit.json", "edit_1.wav", "index.html", "input.wav", "source_reconstruction.wav",
+                   "spectrograms.png"]
   length = sf.info(recordings[kind]).duration
   for name in ("source_reconstruction.wav", "edit_1.wav", "input.wav"):
     audio, sr = sf.read(out / name, always_2d=True)

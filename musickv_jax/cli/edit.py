@@ -11,7 +11,8 @@ prompt describes the recording; it is inverted with that description, then regen
 model heard it (segment, stereo, the model's sample rate).
 
 Writes source.wav (or source_reconstruction.wav), edit_1.wav, ... (prompt_N.wav for plain
-generations), edit.json with every setting, and spectrograms.png comparing source and edits.
+generations), edit.json with every setting, spectrograms.png comparing source and edits, and
+index.html, a listening page (players, spectrograms, how much melody, form and rhythm each edit kept).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import time
 from absl import flags
 
 from musickv_jax.cli import options
-from musickv_jax.cli.outputs import OutputSet, write_json, write_npy
+from musickv_jax.cli.edit_outputs import outputs_record, write_edit_outputs
+from musickv_jax.cli.outputs import OutputSet, write_npy
 from musickv_jax.cli.progress import progress_bar
 from musickv_jax.cli.record import provenance
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
@@ -38,21 +40,6 @@ def define(fv: Flags) -> None:
   flags.DEFINE_bool("kv_from_inversion", False, "Real audio: take the source K/V recorded during inversion "
                     "instead of re-running the source branch (faster; no source_reconstruction.wav).",
                     flag_values=fv)
-
-
-def output_stems(roles: list[str], real_audio: bool, first_prompt_number: int = 1) -> list[str]:
-  """File stems for the rows of an edit: source (source_reconstruction for a recording),
-  edit_1, edit_2, ..., and prompt_N for a plain generation of prompt N (1-based)."""
-  stems, edits = [], 0
-  for i, role in enumerate(roles):
-    if role == "source":
-      stems.append("source_reconstruction" if real_audio else "source")
-    elif role == "edit":
-      edits += 1
-      stems.append(f"edit_{edits}")
-    else:
-      stems.append(f"prompt_{i + first_prompt_number}")
-  return stems
 
 
 def _check_combinations(fv: Flags, real_audio: bool) -> None:
@@ -93,10 +80,9 @@ def _edit_recording(fv: Flags, model, settings):
 
 
 def body(fv: Flags) -> None:
-  from musickv_jax import pipeline, spectrogram
-  from musickv_jax.audio import save_wav
+  from musickv_jax import pipeline
 
-  chosen = options.edit_settings(fv)
+  chosen = options.edit_settings(options.Values.from_flags(fv))
   settings = chosen.settings
   real_audio = bool(fv.input_audio or fv.inverted_latent)
   if real_audio and not fv["audio_end_in_s"].present:
@@ -119,13 +105,10 @@ def body(fv: Flags) -> None:
       result = pipeline.edit(model, settings, init_latents=init_latents, on_step=listener)
   elapsed = time.perf_counter() - start
 
-  first_prompt = 1 if result.roles[0] == "source" else 2
-  stems = output_stems(result.roles, real_audio, first_prompt)
   record = provenance(model, elapsed) | result.describe() | {
       "preset": chosen.preset.name,
       "init_latents": str(options.absolute(fv.init_latents)) if fv.init_latents else None,
-      "outputs": [{"file": f"{stem}.wav", "role": role, "prompt": prompt}
-                  for stem, role, prompt in zip(stems, result.roles, result.prompts)]}
+      "outputs": outputs_record(result, real_audio)}
   record["editing"]["schedule"] = chosen.schedule_name
   record["resolved"]["shared_initial_noise"] = fv.init_latents is None and not real_audio
   if real_audio:
@@ -135,18 +118,9 @@ def body(fv: Flags) -> None:
         "input_start_s": fv.input_start_s, "input_end_s": fv.input_end_s,
         "source_sample_rate": recording.source_rate if recording else None,
         "kv_from_inversion": fv.kv_from_inversion, "source_guidance": pipeline.SOURCE_GUIDANCE}
-
-  panels = [(recording.audio, f"input: {fv.input_audio}")] if recording is not None else []
-  panels += [(result.audio[i], f"{stems[i]}: {result.prompts[i]}") for i, role in enumerate(result.roles)
-             if role in ("source", "edit")]
   with OutputSet(out_dir) as outputs:
-    for stem, audio in zip(stems, result.audio):
-      save_wav(outputs.path(f"{stem}.wav"), audio, result.sample_rate, fv.wav_subtype)
-    if recording is not None:
-      save_wav(outputs.path("input.wav"), recording.audio, result.sample_rate, fv.wav_subtype)
-    write_json(outputs.path("edit.json"), record)
-    spectrogram.save_comparison(outputs.path("spectrograms.png"), [p[0] for p in panels], [p[1] for p in panels],
-                                result.sample_rate)
+    write_edit_outputs(outputs, result, record, recording=recording, input_label=fv.input_audio or "",
+                       wav_subtype=fv.wav_subtype)
     if fv.save_latents:
       write_npy(outputs.path(options.absolute(fv.save_latents)), result.latents)
     outputs.commit()

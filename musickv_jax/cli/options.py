@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from absl import flags
@@ -74,7 +76,7 @@ def define_generation_flags(fv: Flags, *, audio_end_default: float | None, outpu
   flags.DEFINE_string("wav_subtype", "FLOAT", "WAV sample format: FLOAT, PCM_16 or PCM_24.", flag_values=fv)
 
 
-def generation_settings(fv: Flags):
+def generation_settings(fv: Flags | Values):
   from musickv_jax.pipeline import GenerationSettings
 
   return GenerationSettings(
@@ -148,7 +150,7 @@ def _float_pair(values, flag: str) -> tuple[float, float]:
   return a, b
 
 
-def build_schedule(fv: Flags, name: str, steps: int, n_layers: int) -> np.ndarray:
+def build_schedule(fv: Flags | Values, name: str, steps: int, n_layers: int) -> np.ndarray:
   from musickv_jax.editing import schedules as kv
 
   if name.endswith(".npy"):
@@ -177,13 +179,41 @@ class EditFlags:
   schedule_name: str
 
 
-def edit_settings(fv: Flags) -> EditFlags:
+@dataclasses.dataclass(frozen=True)
+class Values:
+  """Flag values by name and which of them were given explicitly. A batch job lays its own values
+  over the command line's (musickv-edit-batch), so both read settings through this."""
+
+  values: Mapping[str, Any]
+  explicit: frozenset[str] = frozenset()
+
+  @classmethod
+  def from_flags(cls, fv: Flags) -> "Values":
+    names = list(fv)
+    return cls({name: fv[name].value for name in names}, frozenset(name for name in names if fv[name].present))
+
+  def __getattr__(self, name: str):
+    try:
+      return self.values[name]
+    except KeyError:
+      raise AttributeError(name) from None
+
+  def given(self, name: str) -> bool:
+    return name in self.explicit
+
+  def over(self, overrides: Mapping[str, Any]) -> "Values":
+    """These values with `overrides` on top (counted as given explicitly)."""
+    return Values({**self.values, **overrides}, self.explicit | frozenset(overrides))
+
+
+def edit_settings(values: Values) -> EditFlags:
   """The edit flags over the preset: a flag given explicitly wins."""
   from musickv_jax.pipeline import EditSettings
 
+  fv = values
   preset = presets.load(fv.preset)
   generation = generation_settings(fv)
-  if not fv["guidance_scale"].present:
+  if not values.given("guidance_scale"):
     generation = dataclasses.replace(generation, guidance_scale=preset.guidance_scale)
   layers = int_list(fv.vital_layers, "vital_layers") if fv.vital_layers is not None else preset.vital_layers
   skips = int_list(fv.skip_layers, "skip_layers") if fv.skip_layers is not None else preset.skip_layers

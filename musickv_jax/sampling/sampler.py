@@ -78,10 +78,12 @@ def on_step(listener: Callable[[int, int], None]):
 
 
 def sde_noise(key: Array, step: Array, sample_ids: Array, shape: tuple[int, ...], dtype) -> Array:
-  """Noise of one SDE step, (B, *shape): row b is drawn from fold_in(fold_in(key, step), sample_ids[b]),
-  so a sample's noise path does not depend on which other samples share its batch."""
-  step_key = jax.random.fold_in(key, step)
-  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(step_key, i), shape, dtype))(sample_ids)
+  """Noise of one SDE step, (B, *shape): row b is drawn from fold_in(fold_in(key_b, step), sample_ids[b]),
+  where key_b is `key` or, for a (B,) array of keys, its row b (rows of different jobs batched
+  together). A sample's noise path does not depend on which other samples share its batch."""
+  keys = jnp.broadcast_to(key, sample_ids.shape)
+  return jax.vmap(lambda k, i: jax.random.normal(jax.random.fold_in(jax.random.fold_in(k, step), i), shape, dtype))(
+      keys, sample_ids)
 
 
 def run(denoise: Denoiser, x_init: Array, plan: StepPlan, step_inputs: Any = None, *, solver: str = "dpmpp-2m",
@@ -89,7 +91,8 @@ def run(denoise: Denoiser, x_init: Array, plan: StepPlan, step_inputs: Any = Non
   """Runs the sampler from x_init (already at noise level plan.sigma[0]) to the end of the plan.
 
   step_inputs: pytree of arrays with a leading `steps` axis, handed to `denoise` step by step.
-  key: PRNG key for the SDE sampler; sample_ids (B,) name each row's noise stream (default 0..B-1).
+  key: PRNG key for the SDE sampler, or (B,) keys, one per row; sample_ids (B,) name each row's noise
+    stream (default 0..B-1).
   remat: recompute each step in the backward pass (memory for gradients w.r.t. schedules).
   Returns (x_0, aux stacked over steps).
   """
