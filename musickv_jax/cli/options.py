@@ -54,9 +54,13 @@ def load_model(fv: Flags):
 # ----------------------------------------------------------------------------- generation
 
 
-def define_generation_flags(fv: Flags, *, audio_end_default: float | None, output_default: str = "outputs/") -> None:
+def define_generation_flags(fv: Flags, *, audio_end_default: float | None, output_default: str = "outputs/",
+                            per_run: bool = True) -> None:
+  """per_run: also --prompts, --init_latents and --save_latents (not for a batch, whose jobs bring
+  their own prompts)."""
   define_model_flags(fv)
-  flags.DEFINE_multi_string("prompts", [], "Prompts: --prompts \"first\" \"second\" ...", flag_values=fv)
+  if per_run:
+    flags.DEFINE_multi_string("prompts", [], "Prompts: --prompts \"first\" \"second\" ...", flag_values=fv)
   flags.DEFINE_string("negative_prompt", None, "Negative prompt for the unconditional branch.", flag_values=fv)
   flags.DEFINE_float("audio_start_in_s", 0.0, "Start of the returned audio, seconds.", flag_values=fv)
   flags.DEFINE_float("audio_end_in_s", audio_end_default, "End of the returned audio, seconds" +
@@ -67,9 +71,10 @@ def define_generation_flags(fv: Flags, *, audio_end_default: float | None, outpu
   flags.DEFINE_string("sigma_schedule", "exponential", "exponential (the references) or karras.", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of the initial noise (and of the SDE sampler's noise), 0 to 2**32 - 1.",
                        flag_values=fv)
-  flags.DEFINE_string("init_latents", None, ".npy of the exact initial latents x_T, shape (n_prompts, C, T), "
-                      "already at the first sigma; used as given.", flag_values=fv)
-  flags.DEFINE_string("save_latents", None, "Write the final latents of all prompts to this .npy.", flag_values=fv)
+  if per_run:
+    flags.DEFINE_string("init_latents", None, ".npy of the exact initial latents x_T, shape (n_prompts, C, T), "
+                        "already at the first sigma; used as given.", flag_values=fv)
+    flags.DEFINE_string("save_latents", None, "Write the final latents of all prompts to this .npy.", flag_values=fv)
   flags.DEFINE_string("latent_length", "full", "full: the model's whole window, trimmed after decoding (what the "
                       "references do); fit: just long enough for --audio_end_in_s (faster).", flag_values=fv)
   flags.DEFINE_string("output_path", output_default, "Directory for the outputs.", flag_values=fv)
@@ -90,7 +95,7 @@ def check_output_flags(fv: Flags) -> Path:
   """--wav_subtype, --save_latents and --output_path, before any work; returns the output folder."""
   if fv.wav_subtype not in WAV_SUBTYPES:
     raise UsageError(f"--wav_subtype must be one of {WAV_SUBTYPES}, got {fv.wav_subtype!r}")
-  if fv.save_latents:
+  if "save_latents" in fv and fv.save_latents:
     if not fv.save_latents.endswith(".npy"):
       raise UsageError(f"--save_latents must name a .npy file, got {fv.save_latents!r}")
     check_output_dir(Path(fv.save_latents).expanduser().parent, "save_latents")

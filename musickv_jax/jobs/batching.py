@@ -4,7 +4,8 @@ A job is one MusicKV edit (a source and its edits, generated or from an inverted
 Jobs that share a bucket (steps, latent frames, CFG on/off, sampler and sigma schedule: the
 static shape of the program) are packed into batches of rows_per_device x devices prompt rows:
 
-  * each device gets whole jobs (a job's rows never straddle devices), first fit in manifest order;
+  * each device gets whole jobs (a job's rows never straddle devices): in manifest order, each job
+    goes to the least-filled device with room, else opens the bucket's next batch;
   * a device's rows are its jobs' prompts one after the other, then padding rows (a copy of the
     first row, guidance 1, no injection) up to rows_per_device; padding is computed and dropped;
   * everything that differs between jobs is data: conditioning, x_T, guidance per row, the
@@ -91,7 +92,7 @@ class Batch:
 
 
 def pack(jobs: list[EditJob], rows_per_device: int, n_devices: int) -> list[Batch]:
-  """Jobs -> batches, bucket by bucket in order of first appearance, first fit per device."""
+  """Jobs -> batches: per bucket, each job to the least-filled device with room (see the module)."""
   for job in jobs:
     if job.n_prompts > rows_per_device:
       raise SettingsError(f"job {job.id} has {job.n_prompts} prompts but a device takes {rows_per_device} rows; "
@@ -102,12 +103,12 @@ def pack(jobs: list[EditJob], rows_per_device: int, n_devices: int) -> list[Batc
     bucket = bucket_of(job)
     batch = open_batches.get(bucket)
     placed = False
-    if batch is not None:
-      for device in batch.devices:
-        if sum(j.n_prompts for j in device) + job.n_prompts <= rows_per_device:
-          device.append(job)
-          placed = True
-          break
+    if batch is not None:  # the least-filled device with room: work spreads over the devices
+      used = [sum(j.n_prompts for j in device) for device in batch.devices]
+      fits = [d for d in range(n_devices) if used[d] + job.n_prompts <= rows_per_device]
+      if fits:
+        batch.devices[min(fits, key=lambda d: used[d])].append(job)
+        placed = True
     if not placed:
       batch = Batch(bucket, [[] for _ in range(n_devices)], rows_per_device)
       batch.devices[0].append(job)
@@ -135,29 +136,33 @@ class _Block:
   slots: list[tuple[EditJob, int]]  # each job and its first prompt row
 
 
-def _block(model: LoadedModel, jobs: list[EditJob], rows: int, bucket: Bucket, depth: int) -> _Block:
+def _conditioning(model: LoadedModel, job: EditJob, use_cfg: bool) -> tuple[np.ndarray, np.ndarray]:
+  gen = job.settings.generation
+  cond = guided_conditioning(model, gen.prompts, negative_prompt=gen.negative_prompt,
+                             seconds_start=gen.audio_start_in_s, seconds_total=gen.resolved_end(model.config),
+                             guidance=job.guidance, use_cfg=use_cfg)
+  return np.asarray(cond.cross_tokens), np.asarray(cond.global_cond)
+
+
+def _block(jobs: list[EditJob], conds: dict, rows: int, bucket: Bucket, depth: int, template: EditJob) -> _Block:
+  """One device's arrays. Rows without a job (padding, or a device with no job at all) copy the
+  template job's first row: finite, harmless, and dropped."""
   branches = 2 if bucket.use_cfg else 1
-  steps = bucket.steps
-  first = jobs[0] if jobs else None
-  x_init = np.zeros((rows, *first.x_init.shape[1:]), np.float32) if first else None
-  cross = glob = None
+  tokens0, vectors0 = conds[template.id]
+  n0 = template.n_prompts
+  x_init = np.repeat(template.x_init[:1], rows, axis=0).astype(np.float32)
+  cross = np.concatenate([np.repeat(tokens0[b * n0:b * n0 + 1], rows, axis=0) for b in range(branches)])
+  glob = np.concatenate([np.repeat(vectors0[b * n0:b * n0 + 1], rows, axis=0) for b in range(branches)])
   guidance = np.ones((rows,), np.float32)
-  weights = np.zeros((steps, depth, branches * rows), np.float32)
+  weights = np.zeros((bucket.steps, depth, branches * rows), np.float32)
   source_index = np.arange(branches * rows, dtype=np.int32)
   bypass = np.zeros((depth, branches * rows), bool)
   keys = np.zeros((rows, 2), np.uint32)
   sample_ids = np.zeros((rows,), np.int32)
   slots, offset = [], 0
   for job in jobs:
-    gen = job.settings.generation
     n = job.n_prompts
-    cond = guided_conditioning(model, gen.prompts, negative_prompt=gen.negative_prompt,
-                               seconds_start=gen.audio_start_in_s, seconds_total=gen.resolved_end(model.config),
-                               guidance=job.guidance, use_cfg=bucket.use_cfg)
-    tokens, vectors = np.asarray(cond.cross_tokens), np.asarray(cond.global_cond)
-    if cross is None:
-      cross = np.zeros((branches * rows, *tokens.shape[1:]), np.float32)
-      glob = np.zeros((branches * rows, *vectors.shape[1:]), np.float32)
+    tokens, vectors = conds[job.id]
     layout = injection.EditLayout.reference(n, job.settings.edit_all, bucket.use_cfg)
     job_weights = np.asarray(injection.expand_weights(job.schedule, tuple(job.settings.vital_layers), depth, layout))
     local_source = layout.source_index()
@@ -170,14 +175,10 @@ def _block(model: LoadedModel, jobs: list[EditJob], rows: int, bucket: Bucket, d
       bypass[list(job.settings.skip_layers), row] = True
     x_init[offset:offset + n] = job.x_init
     guidance[offset:offset + n] = job.guidance
-    keys[offset:offset + n] = np.asarray(jax.random.key_data(common.sde_key(gen.seed)))
+    keys[offset:offset + n] = np.asarray(jax.random.key_data(common.sde_key(job.settings.generation.seed)))
     sample_ids[offset:offset + n] = np.arange(n)
     slots.append((job, offset))
     offset += n
-  for row in range(offset, rows):  # padding: a harmless copy of the first row, nothing injected
-    x_init[row] = x_init[0]
-    for branch in range(branches):
-      cross[branch * rows + row], glob[branch * rows + row] = cross[branch * rows], glob[branch * rows]
   return _Block(x_init, cross, glob, guidance, weights, source_index, bypass, keys, sample_ids, slots)
 
 
@@ -220,19 +221,15 @@ def run_batch(model: LoadedModel, dit_params, batch: Batch, mesh: jax.sharding.M
   dit_params: the DiT parameters replicated on the mesh (see `replicate`)."""
   cfg = model.config
   bucket = batch.bucket
-  blocks = [_block(model, jobs, batch.rows_per_device, bucket, cfg.dit.depth) for jobs in batch.devices]
-  template = next(b for b in blocks if b.slots)
-  for b in blocks:  # devices without jobs compute padding copies of the first block's first row
-    if not b.slots:
-      b.x_init[:] = template.x_init[0]
-      b.cross_tokens[:] = template.cross_tokens[0]
-      b.global_cond[:] = template.global_cond[0]
+  conds = {job.id: _conditioning(model, job, bucket.use_cfg) for job in batch.jobs}
+  template = batch.jobs[0]
+  blocks = [_block(jobs, conds, batch.rows_per_device, bucket, cfg.dit.depth, template) for jobs in batch.devices]
   cat = lambda name, axis=0: np.concatenate([getattr(b, name) for b in blocks], axis=axis)  # noqa: E731
   cond = guided.GuidedConditioning(jnp.asarray(cat("cross_tokens")), jnp.asarray(cat("global_cond")),
                                    jnp.asarray(cat("guidance")))
   kv = guided.KVSteps(inject_weight=jnp.asarray(cat("weights", 2)), source_index=jnp.asarray(cat("source_index")),
                       bypass=jnp.asarray(cat("bypass", 1)))
-  gen = template.slots[0][0].settings.generation
+  gen = template.settings.generation
   latents = sample_on_mesh(dit_params, cond, jnp.asarray(cat("x_init")), common.step_plan(gen),
                            jnp.asarray(cat("keys")), kv, jnp.asarray(cat("sample_ids")), mesh=mesh,
                            dit_config=cfg.dit, solver=bucket.sampler, use_cfg=bucket.use_cfg)

@@ -1,0 +1,315 @@
+"""musickv-edit-batch: many MusicKV edits from a manifest, on every device of the host (and of
+several hosts), surviving crashes.
+
+  musickv-edit-batch --model ckpt/sao --manifest jobs.jsonl --output_path batch/ [--resume] \
+      [--rows_per_device 4] [any musickv-edit flag, as the default of jobs that do not set it]
+
+jobs.jsonl holds one JSON object a line (see musickv_jax/jobs/manifest.py):
+  {"id": "piano-to-guitar", "prompts": ["Piano solo", "Acoustic guitar, country, soft"], "seed": 3}
+  {"id": "song", "input_audio": "song.mp3", "prompts": ["clean indie guitar", "classical piano"]}
+Bad lines are reported by number before any work starts and skipped; the other jobs run.
+
+Writes batch/<id>/ for each job (exactly what musickv-edit writes, plus latents.npy (n_prompts, 64,
+T)), each folder appearing only when complete; batch/summary.json, rewritten after every job:
+{"jobs": [{"id", "status": "ok" | "failed", "error", "seconds"}], "devices", ...}; and batch/index.html,
+a listening page over every job. Exit status 0 when every job succeeded, 3 when some failed.
+--resume skips jobs whose folder exists and runs the rest.
+
+Jobs that share a shape (steps, latent frames, CFG, sampler) run together as rows of one jitted
+sampler call, rows_per_device prompt rows on each local device. Several hosts:
+--coordinator_address HOST:PORT --num_processes N --process_id I on each (nothing on a TPU pod,
+where JAX finds them); each process runs every N-th job on its own devices, process 0 merges the
+summary and writes the page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from absl import flags
+
+from musickv_jax import files
+from musickv_jax.cli import listening, options
+from musickv_jax.cli.edit_outputs import outputs_record, write_edit_outputs
+from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json, write_npy
+from musickv_jax.cli.record import provenance
+from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
+from musickv_jax.errors import MusicKVError
+
+SUMMARY = "summary.json"
+EXIT_SOME_FAILED = 3
+
+
+def define(fv: Flags) -> None:
+  options.define_generation_flags(fv, audio_end_default=15.0, output_default="outputs/batch", per_run=False)
+  options.define_edit_flags(fv)
+  options.define_recording_flags(fv)
+  flags.DEFINE_string("manifest", None, "The jobs: a JSON object a line (id, prompts, and optional settings).",
+                      flag_values=fv)
+  flags.DEFINE_bool("resume", False, "Skip jobs whose output folder exists; run the rest.", flag_values=fv)
+  flags.DEFINE_integer("rows_per_device", 4, "Prompt rows per device in one sampler call (x2 with CFG).",
+                       flag_values=fv)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for several hosts.", flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "How many processes (hosts) share the manifest.", flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "This process's index, 0 to num_processes - 1.", flag_values=fv)
+
+
+@dataclasses.dataclass
+class JobStatus:
+  id: str | None
+  line: int
+  status: str  # ok | failed
+  error: str | None = None
+  seconds: float = 0.0
+
+  def to_json(self) -> dict:
+    return {"id": self.id, "line": self.line, "status": self.status, "error": self.error,
+            "seconds": round(self.seconds, 2)}
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def start_processes(fv: Flags) -> tuple[int, int]:
+  """jax.distributed for several hosts: (process index, process count)."""
+  import jax
+
+  given = [fv.coordinator_address is not None, fv.num_processes is not None, fv.process_id is not None]
+  if any(given) and not all(given):
+    raise UsageError("several hosts need all of --coordinator_address, --num_processes and --process_id")
+  if all(given):
+    if not 0 <= fv.process_id < fv.num_processes:
+      raise UsageError(f"--process_id must be between 0 and {fv.num_processes - 1}, got {fv.process_id}")
+    jax.distributed.initialize(coordinator_address=fv.coordinator_address, num_processes=fv.num_processes,
+                               process_id=fv.process_id)
+  elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):  # a multi-host TPU slice: JAX finds its peers
+    jax.distributed.initialize()
+  return jax.process_index(), jax.process_count()
+
+
+def barrier(name: str, processes: int) -> None:
+  if processes > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+def resolve(fv: Flags, spec, model):
+  """A manifest line -> (EditJob, everything its outputs need). Raises MusicKVError / UsageError."""
+  import numpy as np
+
+  from musickv_jax import pipeline
+  from musickv_jax.jobs.batching import EditJob
+
+  values = options.Values.from_flags(fv).over({"prompts": list(spec.prompts), **spec.overrides})
+  chosen = options.edit_settings(values)
+  settings = dataclasses.replace(chosen.settings, injection_mode="joint")  # a batch is one joint run per job
+  gen = settings.generation
+  cfg = model.config
+  recording = inversion = None
+  n = len(gen.prompts)
+  if values.input_audio:
+    if "audio_end_in_s" not in spec.overrides and not fv["audio_end_in_s"].present:
+      settings = dataclasses.replace(settings, generation=dataclasses.replace(gen, audio_end_in_s=None))
+      gen = settings.generation
+    schedule = settings.validate(cfg)
+    from musickv_jax.audio import load_audio
+
+    recording = load_audio(values.input_audio, sample_rate=cfg.sample_rate, max_seconds=cfg.max_audio_seconds,
+                           start_s=values.input_start_s, end_s=values.input_end_s, downmix=values.downmix,
+                           channels=cfg.vae.audio_channels)
+    inv_settings = options.inversion_settings(values, gen.prompts[0], gen.num_inference_steps, gen.audio_end_in_s)
+    inversion = pipeline.invert_audio(model, recording.audio, inv_settings)
+    x_init = np.repeat(inversion.inverted, n, axis=0)
+    guidance = np.full((n,), gen.guidance_scale, np.float32)
+    guidance[0] = pipeline.SOURCE_GUIDANCE
+    span = (0, inversion.n_samples)
+  else:
+    schedule = settings.validate(cfg)
+    x_init = np.asarray(pipeline.shared_initial_latents(gen, cfg, n, pipeline.latent_frames(gen, cfg)))
+    guidance = np.full((n,), gen.guidance_scale, np.float32)
+    span = pipeline.output_span(gen, cfg)
+  job = EditJob(id=spec.id, settings=settings, schedule=schedule, x_init=x_init, guidance=guidance)
+  return job, {"chosen": chosen, "span": span, "recording": recording, "inversion": inversion, "spec": spec,
+               "values": values}
+
+
+def write_job(out_dir: Path, model, job, extra: dict, latents, seconds: float, wav_subtype: str) -> None:
+  """Decodes one job and puts its folder in place atomically (staged beside it, then renamed)."""
+  from musickv_jax import pipeline
+  from musickv_jax.editing import injection
+  from musickv_jax.pipeline import common
+
+  cfg = model.config
+  gen = job.settings.generation
+  layout = injection.EditLayout.reference(job.n_prompts, job.settings.edit_all)
+  roles = ["source"] + ["edit" if p in layout.edits else "plain" for p in range(1, job.n_prompts)]
+  audio = common.decode(model, latents, *extra["span"])
+  result = pipeline.EditResult(audio=audio, latents=latents, prompts=list(gen.prompts), roles=roles,
+                               sample_rate=cfg.sample_rate, settings=job.settings, schedule=job.schedule,
+                               latent_frames=int(latents.shape[-1]), audio_end_in_s=gen.resolved_end(cfg))
+  real_audio = extra["recording"] is not None
+  record = provenance(model, seconds) | result.describe() | {
+      "job_id": job.id, "manifest_line": extra["spec"].line, "preset": extra["chosen"].preset.name,
+      "outputs": outputs_record(result, real_audio)}
+  record["editing"]["schedule"] = extra["chosen"].schedule_name
+  if real_audio:
+    record["real_audio"] = extra["inversion"].describe() | {
+        "input_audio": extra["values"].input_audio, "input_start_s": extra["values"].input_start_s,
+        "input_end_s": extra["values"].input_end_s, "source_sample_rate": extra["recording"].source_rate,
+        "source_guidance": pipeline.SOURCE_GUIDANCE}
+  final = out_dir / job.id
+  staging = files.temporary_path(final)
+  try:
+    with OutputSet(staging, announce=False) as outputs:
+      write_edit_outputs(outputs, result, record, recording=extra["recording"],
+                         input_label=str(extra["values"].input_audio or ""), wav_subtype=wav_subtype)
+      write_npy(outputs.path("latents.npy"), latents)
+      outputs.commit()
+    files.replace_directory(staging, final)
+  except BaseException:
+    files.remove_path(staging)
+    raise
+
+
+def write_summary(path: Path, statuses: list[JobStatus], devices: int, processes: int, started: float) -> None:
+  data = {"jobs": [s.to_json() for s in statuses], "devices": devices, "processes": processes,
+          "ok": sum(s.status == "ok" for s in statuses), "failed": sum(s.status == "failed" for s in statuses),
+          "seconds": round(time.time() - started, 2)}
+  files.write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def write_page(out_dir: Path, statuses: list[JobStatus]) -> None:
+  sections = []
+  for status in statuses:
+    record_path = out_dir / str(status.id) / "edit.json"
+    if status.status == "ok" and record_path.is_file():
+      sections.append(listening.sections_from_record(json.loads(record_path.read_text()), prefix=f"{status.id}/"))
+    else:
+      sections.append(listening.JobSection(title=str(status.id or f"manifest line {status.line}"), clips=[],
+                                           error=status.error or "failed"))
+  ok = sum(s.status == "ok" for s in statuses)
+  files.write_atomic(out_dir / "index.html", lambda tmp: listening.write_page(
+      tmp, "musickv-jax batch", sections, summary=f"{ok} of {len(statuses)} jobs succeeded"))
+
+
+def print_table(statuses: list[JobStatus], edits: dict[str, int]) -> None:
+  print(f"{'job':<28}{'status':<8}{'seconds':>9}{'s / edit':>10}  error")
+  for s in statuses:
+    per_edit = f"{s.seconds / edits[s.id]:10.1f}" if s.status == "ok" and edits.get(s.id) else " " * 10
+    print(f"{str(s.id or 'line ' + str(s.line))[:27]:<28}{s.status:<8}{s.seconds:9.1f}{per_edit}  {s.error or ''}")
+
+
+def body(fv: Flags) -> int:
+  import jax
+
+  from musickv_jax.cli.progress import progress_bar
+  from musickv_jax.jobs import batching
+  from musickv_jax.jobs.manifest import read_manifest
+  from musickv_jax.pipeline import common
+
+  started = time.time()
+  if not fv.manifest:
+    raise UsageError("--manifest is required: the jobs, one JSON object a line")
+  if not Path(fv.manifest).expanduser().is_file():
+    raise UsageError(f"--manifest {fv.manifest}: file not found")
+  if fv.rows_per_device < 1:
+    raise UsageError(f"--rows_per_device must be at least 1, got {fv.rows_per_device}")
+  if fv.wav_subtype not in options.WAV_SUBTYPES:
+    raise UsageError(f"--wav_subtype must be one of {options.WAV_SUBTYPES}, got {fv.wav_subtype!r}")
+  specs, problems = read_manifest(fv.manifest)
+  for problem in problems:
+    print(f"error: {problem}", file=sys.stderr)
+  out_dir = check_output_dir(fv.output_path)
+  process, processes = start_processes(fv)
+  mine = [spec for i, spec in enumerate(specs) if i % processes == process]
+  statuses = [JobStatus(p.id, p.line, "failed", str(p)) for p in problems] if process == 0 else []
+  out_dir.mkdir(parents=True, exist_ok=True)
+  for stale in files.remove_stale_temporaries(out_dir):
+    print(f"removed {stale}, left by an interrupted run", file=sys.stderr)
+  todo = []
+  for spec in mine:
+    if fv.resume and (out_dir / spec.id).is_dir():
+      previous = json.loads((out_dir / spec.id / "edit.json").read_text()).get("seconds", 0.0)
+      statuses.append(JobStatus(spec.id, spec.line, "ok", None, previous))
+    else:
+      todo.append(spec)
+  summary_path = out_dir / (SUMMARY if processes == 1 else f"summary.process-{process}.json")
+  devices = jax.local_device_count()
+  print(f"{len(mine)} job(s) for this process ({len(mine) - len(todo)} already done), {devices} device(s)"
+        + (f", process {process} of {processes}" if processes > 1 else ""), flush=True)
+
+  model = options.load_model(fv) if todo else None
+  jobs, extras = [], {}
+  for spec in todo:
+    try:
+      job, extra = resolve(fv, spec, model)
+    except (MusicKVError, UsageError) as e:
+      message = e.describe(lambda field: f"--{options.FLAG_OF_FIELD.get(field, field)}") \
+          if isinstance(e, MusicKVError) else str(e)
+      statuses.append(JobStatus(spec.id, spec.line, "failed", message))
+      print(f"error: job {spec.id} (manifest line {spec.line}): {message}", file=sys.stderr)
+      continue
+    jobs.append(job)
+    extras[job.id] = extra
+  write_summary(summary_path, statuses, devices, processes, started)
+
+  edits = {job.id: job.n_prompts - 1 if job.settings.edit_all else 1 for job in jobs}
+  if jobs:
+    mesh = batching.data_mesh()
+    dit_params = batching.replicate(model.params["dit"], mesh)
+    batches = batching.pack(jobs, fv.rows_per_device, devices)
+    total_steps = sum(b.bucket.steps for b in batches)
+    done_steps = 0
+    with progress_bar(total_steps, f"{len(jobs)} job(s)") as listener:
+      for batch in batches:
+        batch_start = time.perf_counter()
+        with common.progress(listener, done_steps, total_steps):
+          latents = batching.run_batch(model, dit_params, batch, mesh)
+        done_steps += batch.bucket.steps
+        shared = (time.perf_counter() - batch_start) / len(batch.jobs)
+        for job in batch.jobs:
+          job_start = time.perf_counter()
+          try:
+            write_job(out_dir, model, job, extras[job.id], latents[job.id], shared, fv.wav_subtype)
+            statuses.append(JobStatus(job.id, extras[job.id]["spec"].line, "ok", None,
+                                      shared + time.perf_counter() - job_start))
+          except (MusicKVError, OSError) as e:
+            statuses.append(JobStatus(job.id, extras[job.id]["spec"].line, "failed", str(e)))
+          write_summary(summary_path, statuses, devices, processes, started)
+
+  barrier("musickv-edit-batch-done", processes)
+  if process == 0:
+    statuses = merge_summaries(out_dir, statuses, processes)
+    write_summary(out_dir / SUMMARY, statuses, devices, processes, started)
+    write_page(out_dir, statuses)
+  print_table(statuses, edits)
+  failed = sum(s.status == "failed" for s in statuses)
+  if process == 0:
+    print(f"{len(statuses) - failed} job(s) ok, {failed} failed; summary in {out_dir / SUMMARY}, "
+          f"listening page {out_dir / 'index.html'}")
+  return EXIT_SOME_FAILED if failed else 0
+
+
+def merge_summaries(out_dir: Path, statuses: list[JobStatus], processes: int) -> list[JobStatus]:
+  """Process 0: every process's statuses, in manifest order."""
+  if processes > 1:
+    for other in range(1, processes):
+      path = out_dir / f"summary.process-{other}.json"
+      for entry in json.loads(path.read_text())["jobs"]:
+        statuses.append(JobStatus(entry["id"], entry["line"], entry["status"], entry["error"], entry["seconds"]))
+      path.unlink()
+    (out_dir / "summary.process-0.json").unlink(missing_ok=True)
+  return sorted(statuses, key=lambda s: s.line)
+
+
+COMMAND = Command(name="musickv-edit-batch", doc=__doc__, define=define, body=body,
+                  flag_of_field=options.FLAG_OF_FIELD)
+main = entry_point(COMMAND)
