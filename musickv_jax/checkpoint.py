@@ -78,10 +78,18 @@ def _tree_dtype(params) -> str:
   return dtypes.pop() if len(dtypes) == 1 else "mixed"
 
 
-def _checkpointer():
+def orbax_checkpointer():
+  """(orbax.checkpoint, a synchronous checkpointer that works on this process alone). Every
+  process of a multi-host job reads and writes its own files: Orbax must not wait for the others
+  (their work differs), so this process is its own primary host and the only active one."""
+  import jax
   import orbax.checkpoint as ocp  # heavy: only when a checkpoint is read or written
 
-  return ocp, ocp.Checkpointer(ocp.StandardCheckpointHandler())
+  me = jax.process_index()
+  options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                               barrier_sync_key_prefix=f"musickv-process-{me}")
+  handler = ocp.StandardCheckpointHandler(multiprocessing_options=options)
+  return ocp, ocp.Checkpointer(handler, multiprocessing_options=options)
 
 
 def save_checkpoint(directory: str | Path, config: ModelConfig, params: dict, *, tokenizer=None,
@@ -96,7 +104,7 @@ def save_checkpoint(directory: str | Path, config: ModelConfig, params: dict, *,
   staging = files.temporary_path(final)
   try:
     staging.mkdir()
-    ocp, checkpointer = _checkpointer()
+    ocp, checkpointer = orbax_checkpointer()
     checkpointer.save(staging / "params", args=ocp.args.StandardSave(params))
     (staging / "config.json").write_text(config.to_json())
     if tokenizer is not None:
@@ -167,7 +175,7 @@ def load_converted(directory: str | Path, *, dtype: str | None = None, load_toke
 
   dtype: 'float32' / 'bfloat16' / 'float16' casts the parameters and sets the DiT and VAE
   compute dtype (T5 keeps its configured dtype); None keeps what was stored.
-  device: where the parameters are placed (default: the first device).
+  device: where the parameters are placed (default: this process's first device).
   """
   directory = Path(directory).expanduser().absolute()
   if not directory.is_dir():
@@ -187,7 +195,7 @@ def load_converted(directory: str | Path, *, dtype: str | None = None, load_toke
   if isinstance(info.get("files"), dict):  # checkpoints converted before this record existed have none
     _check_file_sizes(directory, info["files"])
   _quiet_orbax()
-  ocp, checkpointer = _checkpointer()
+  ocp, checkpointer = orbax_checkpointer()
   expected = abstract_params(config)
   # Orbax reports damaged files (cut short, missing chunks, bad metadata) with exceptions of many
   # kinds from deep inside tensorstore; every one of them means the same thing to the user.
@@ -199,7 +207,7 @@ def load_converted(directory: str | Path, *, dtype: str | None = None, load_toke
       tuple(a.shape) != tuple(b.shape) for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(stored))):
     raise CheckpointError(f"{directory}: stored parameters do not match its config.json:\n  "
                           + _describe_mismatch(expected, stored))
-  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
   target = jax.tree.map(lambda e, s: jax.ShapeDtypeStruct(e.shape, s.dtype, sharding=sharding), expected, stored)
   try:
     params = checkpointer.restore(directory / "params", args=ocp.args.StandardRestore(target))

@@ -150,7 +150,7 @@ def test_damaged_checkpoint_is_one_line(tiny, tmp_path, capsys, damage):
 def test_interrupted_conversion_leaves_no_staging(tiny, tmp_path, monkeypatch, capsys):
   import musickv_jax.checkpoint as checkpoint
 
-  real = checkpoint._checkpointer
+  real = checkpoint.orbax_checkpointer
 
   class Interrupting:
     def __init__(self, inner):
@@ -164,7 +164,7 @@ def test_interrupted_conversion_leaves_no_staging(tiny, tmp_path, monkeypatch, c
     ocp, inner = real()
     return ocp, Interrupting(inner)
 
-  monkeypatch.setattr(checkpoint, "_checkpointer", interrupting)
+  monkeypatch.setattr(checkpoint, "orbax_checkpointer", interrupting)
   status, _, err = cli(capsys, convert_cli, "--source", tiny.ref.diffusers_dir, "--output", tmp_path / "out")
   assert status == 130 and err.strip() == "interrupted; nothing was written", err
   assert list(tmp_path.iterdir()) == []

@@ -43,6 +43,7 @@ from musickv_jax.errors import MusicKVError
 
 SUMMARY = "summary.json"
 EXIT_SOME_FAILED = 3
+MERGE_TIMEOUT_S = 7 * 24 * 3600  # how long the processes of a multi-host run wait for each other
 
 
 def define(fv: Flags) -> None:
@@ -76,7 +77,8 @@ class JobStatus:
 
 
 def start_processes(fv: Flags) -> tuple[int, int]:
-  """jax.distributed for several hosts: (process index, process count)."""
+  """jax.distributed for several hosts: (process index, process count). A process that finishes
+  early waits for the others when it shuts down (a long manifest: give it all the time it needs)."""
   import jax
 
   given = [fv.coordinator_address is not None, fv.num_processes is not None, fv.process_id is not None]
@@ -86,16 +88,27 @@ def start_processes(fv: Flags) -> tuple[int, int]:
     if not 0 <= fv.process_id < fv.num_processes:
       raise UsageError(f"--process_id must be between 0 and {fv.num_processes - 1}, got {fv.process_id}")
     jax.distributed.initialize(coordinator_address=fv.coordinator_address, num_processes=fv.num_processes,
-                               process_id=fv.process_id)
+                               process_id=fv.process_id, shutdown_timeout_seconds=MERGE_TIMEOUT_S)
   elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):  # a multi-host TPU slice: JAX finds its peers
-    jax.distributed.initialize()
+    jax.distributed.initialize(shutdown_timeout_seconds=MERGE_TIMEOUT_S)
   return jax.process_index(), jax.process_count()
 
 
-def barrier(name: str, processes: int) -> None:
-  if processes > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
+def wait_for_summaries(out_dir: Path, processes: int) -> None:
+  """Process 0 waits until every other process has written its final summary. Through the
+  (shared) output folder, not a collective: the processes finish at different times, hours apart
+  on a long manifest, far beyond a collective's timeout."""
+  deadline = time.time() + MERGE_TIMEOUT_S
+  pending = set(range(1, processes))
+  while pending and time.time() < deadline:
+    for other in sorted(pending):
+      path = out_dir / f"summary.process-{other}.json"
+      if path.is_file() and json.loads(path.read_text()).get("final"):
+        pending.discard(other)
+    if pending:
+      time.sleep(1.0)
+  if pending:
+    raise UsageError(f"processes {sorted(pending)} did not finish; their summaries are missing from {out_dir}")
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -179,10 +192,11 @@ def write_job(out_dir: Path, model, job, extra: dict, latents, seconds: float, w
     raise
 
 
-def write_summary(path: Path, statuses: list[JobStatus], devices: int, processes: int, started: float) -> None:
+def write_summary(path: Path, statuses: list[JobStatus], devices: int, processes: int, started: float,
+                  final: bool = False) -> None:
   data = {"jobs": [s.to_json() for s in statuses], "devices": devices, "processes": processes,
           "ok": sum(s.status == "ok" for s in statuses), "failed": sum(s.status == "failed" for s in statuses),
-          "seconds": round(time.time() - started, 2)}
+          "seconds": round(time.time() - started, 2), "final": final}
   files.write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
@@ -246,7 +260,17 @@ def body(fv: Flags) -> int:
   print(f"{len(mine)} job(s) for this process ({len(mine) - len(todo)} already done), {devices} device(s)"
         + (f", process {process} of {processes}" if processes > 1 else ""), flush=True)
 
-  model = options.load_model(fv) if todo else None
+  model = None
+  if todo:
+    try:
+      model = options.load_model(fv)
+    except MusicKVError as e:
+      if processes == 1:
+        raise
+      # one host cannot load the model: its jobs fail, and process 0 still gets their summary
+      message = e.describe(lambda field: f"--{options.FLAG_OF_FIELD.get(field, field)}")
+      statuses += [JobStatus(spec.id, spec.line, "failed", message) for spec in todo]
+      todo = []
   jobs, extras = [], {}
   for spec in todo:
     try:
@@ -254,6 +278,12 @@ def body(fv: Flags) -> int:
     except (MusicKVError, UsageError) as e:
       message = e.describe(lambda field: f"--{options.FLAG_OF_FIELD.get(field, field)}") \
           if isinstance(e, MusicKVError) else str(e)
+      statuses.append(JobStatus(spec.id, spec.line, "failed", message))
+      print(f"error: job {spec.id} (manifest line {spec.line}): {message}", file=sys.stderr)
+      continue
+    if job.n_prompts > fv.rows_per_device:
+      message = (f"{job.n_prompts} prompts do not fit the {fv.rows_per_device} rows of a device; raise "
+                 "--rows_per_device")
       statuses.append(JobStatus(spec.id, spec.line, "failed", message))
       print(f"error: job {spec.id} (manifest line {spec.line}): {message}", file=sys.stderr)
       continue
@@ -285,12 +315,16 @@ def body(fv: Flags) -> int:
             statuses.append(JobStatus(job.id, extras[job.id]["spec"].line, "failed", str(e)))
           write_summary(summary_path, statuses, devices, processes, started)
 
-  barrier("musickv-edit-batch-done", processes)
+  if processes > 1:
+    write_summary(summary_path, statuses, devices, processes, started, final=True)
   if process == 0:
+    wait_for_summaries(out_dir, processes)
     statuses = merge_summaries(out_dir, statuses, processes)
-    write_summary(out_dir / SUMMARY, statuses, devices, processes, started)
+    write_summary(out_dir / SUMMARY, statuses, devices, processes, started, final=True)
     write_page(out_dir, statuses)
   print_table(statuses, edits)
+  if processes > 1:
+    jax.distributed.shutdown()  # here, not at interpreter exit, so that a clean finish exits 0
   failed = sum(s.status == "failed" for s in statuses)
   if process == 0:
     print(f"{len(statuses) - failed} job(s) ok, {failed} failed; summary in {out_dir / SUMMARY}, "

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from musickv_jax import files
-from musickv_jax.checkpoint import LoadedModel
+from musickv_jax.checkpoint import LoadedModel, orbax_checkpointer
 from musickv_jax.config import DiTConfig, OobleckConfig, to_jnp_dtype
 from musickv_jax.editing import injection
 from musickv_jax.errors import CheckpointError, SettingsError
@@ -212,14 +212,13 @@ class ScheduleOptimizer:
 
 def save_state(directory: Path, state: TrainState, history: dict) -> None:
   """The optimiser's state (Orbax) and the loss history, replacing the previous save atomically."""
-  import orbax.checkpoint as ocp
-
   directory = Path(directory)
   directory.parent.mkdir(parents=True, exist_ok=True)
   staging = files.temporary_path(directory)
   try:
     staging.mkdir()
-    ocp.Checkpointer(ocp.StandardCheckpointHandler()).save(staging / "state", args=ocp.args.StandardSave(state))
+    ocp, checkpointer = orbax_checkpointer()
+    checkpointer.save(staging / "state", args=ocp.args.StandardSave(state))
     (staging / "history.json").write_text(json.dumps(history))
     files.replace_directory(staging, directory)
   except BaseException:
@@ -228,13 +227,11 @@ def save_state(directory: Path, state: TrainState, history: dict) -> None:
 
 
 def restore_state(directory: Path, template: TrainState) -> tuple[TrainState, dict]:
-  import orbax.checkpoint as ocp
-
   directory = Path(directory)
+  ocp, checkpointer = orbax_checkpointer()
   try:
     history = json.loads((directory / "history.json").read_text())
-    state = ocp.Checkpointer(ocp.StandardCheckpointHandler()).restore(
-        directory / "state", args=ocp.args.StandardRestore(template))
+    state = checkpointer.restore(directory / "state", args=ocp.args.StandardRestore(template))
   except FileNotFoundError:
     raise CheckpointError(f"{directory}: no optimiser checkpoint to resume from") from None
   except Exception as e:  # noqa: BLE001  Orbax reports a damaged or mismatched save in many ways
