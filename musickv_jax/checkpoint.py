@@ -169,12 +169,13 @@ def _quiet_orbax() -> None:
     logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def load_converted(directory: str | Path, *, dtype: str | None = None, load_tokenizer_files: bool = True,
-                   device: jax.Device | None = None) -> LoadedModel:
+def load_converted(directory: str | Path, *, dtype: str | None = None, attention: str | None = None,
+                   load_tokenizer_files: bool = True, device: jax.Device | None = None) -> LoadedModel:
   """A converted checkpoint directory -> LoadedModel(config, params, tokenizer).
 
   dtype: 'float32' / 'bfloat16' / 'float16' casts the parameters and sets the DiT and VAE
   compute dtype (T5 keeps its configured dtype); None keeps what was stored.
+  attention: how the DiT computes attention (see models/attention_kernels.py); None: the config's.
   device: where the parameters are placed (default: this process's first device).
   """
   directory = Path(directory).expanduser().absolute()
@@ -218,6 +219,8 @@ def load_converted(directory: str | Path, *, dtype: str | None = None, load_toke
     cast = to_jnp_dtype(dtype)
     params = {name: (tree if name == "t5" else jax.tree.map(lambda x: x.astype(cast), tree))
               for name, tree in params.items()}
+  if attention is not None:
+    config = config.with_attention(attention)
   tokenizer = load_tokenizer(directory / "tokenizer", config.t5.max_length) if load_tokenizer_files else None
   return LoadedModel(config=config, params=params, tokenizer=tokenizer, path=directory, info=info)
 

@@ -19,6 +19,8 @@ from musickv_jax import resources
 from musickv_jax.errors import ConfigError, SettingsError
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "blocked", "cudnn", "splash")  # see models/attention_kernels.py
+
 # float64 is for research only (finite-difference gradient checks; needs jax_enable_x64).
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float64": jnp.float64}
 
@@ -50,6 +52,7 @@ class DiTConfig:
   norm_eps: float = 1e-5
   sample_size: int = 1024  # latent frames of the model's full window
   dtype: str = "float32"  # matmul dtype; norms, softmax and time features stay float32
+  attention: str = "auto"  # how attention is computed (models/attention_kernels.py): a speed setting
 
   @property
   def head_dim(self) -> int:
@@ -68,6 +71,9 @@ class DiTConfig:
       raise ConfigError(f"dit.rotary_dim {self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]")
     if self.time_features_dim % 2:
       raise ConfigError(f"dit.time_features_dim {self.time_features_dim} must be even")
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise SettingsError(f"{{field}} must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}",
+                          field="attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +182,10 @@ class ModelConfig:
 
   def replace(self, **components) -> "ModelConfig":
     return dataclasses.replace(self, **components)
+
+  def with_attention(self, attention: str) -> "ModelConfig":
+    """The same model computing attention with another implementation (same function)."""
+    return self.replace(dit=dataclasses.replace(self.dit, attention=attention))
 
   def with_dtype(self, dtype: str) -> "ModelConfig":
     """The same model computing its matmuls in `dtype` (T5 keeps its own setting)."""

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from transformers import T5Config as HFT5Config
 from transformers import T5EncoderModel
 
+from musickv_jax.bench.torch_reference import KVBlendProcessor  # noqa: F401  (used by the parity tests)
 from musickv_jax.convert.export import build_tiny_tokenizer
 
 # DESIGN.md section 5: tiny configs that work together.
@@ -238,35 +239,6 @@ def write_sat_checkpoint(ref: TinyReference, root: Path, *, as_ckpt: bool = Fals
   ref.tokenizer.save_pretrained(t5_dir)
   return weights, t5_dir
 
-
-class KVBlendProcessor:
-  """A diffusers attention processor for the DiT's self-attention that blends keys and values
-  like MusicKV: for each (row, source_row, weight) in `blends`, after the K/V projections,
-  k[row] <- w * k[source_row] + (1 - w) * k[row] (same for v). Written from the formula, as the
-  PyTorch side of the injection parity tests; `blends` can be changed between calls."""
-
-  def __init__(self, blends=()):
-    self.blends = list(blends)
-
-  def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-    import torch.nn.functional as F
-    from diffusers.models.embeddings import apply_rotary_emb
-
-    batch, length, _ = hidden_states.shape
-    query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-    source_k, source_v = key.clone(), value.clone()
-    for row, source_row, weight in self.blends:
-      key[row] = weight * source_k[source_row] + (1 - weight) * source_k[row]
-      value[row] = weight * source_v[source_row] + (1 - weight) * source_v[row]
-    head_dim = query.shape[-1] // attn.heads
-    q, k, v = (t.view(batch, length, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
-    rot = rotary_emb[0].shape[-1]
-    q = torch.cat([apply_rotary_emb(q[..., :rot].float(), rotary_emb, use_real=True, use_real_unbind_dim=-2),
-                   q[..., rot:]], dim=-1)
-    k = torch.cat([apply_rotary_emb(k[..., :rot].float(), rotary_emb, use_real=True, use_real_unbind_dim=-2),
-                   k[..., rot:]], dim=-1)
-    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, -1)
-    return attn.to_out[0](out)
 
 
 def torch_invert(pipe: StableAudioPipeline, prompt: str, x0: np.ndarray, steps: int, seconds_total: float,

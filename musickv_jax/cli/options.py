@@ -40,6 +40,9 @@ def define_model_flags(fv: Flags) -> None:
   flags.DEFINE_string("t5", None, "T5 folder, when --model is an unconverted stable-audio-tools file.",
                       flag_values=fv)
   flags.DEFINE_string("dtype", "float32", "float32 or bfloat16 for the DiT and VAE.", flag_values=fv)
+  flags.DEFINE_string("attention", "auto", "How attention is computed: auto (the fastest for the backend), xla "
+                      "(the reference einsum path), blocked (CPU), cudnn (GPU, bfloat16), splash (TPU).",
+                      flag_values=fv)
 
 
 def load_model(fv: Flags):
@@ -48,7 +51,7 @@ def load_model(fv: Flags):
   if not fv.model:
     raise UsageError("--model is required: a converted checkpoint directory, a diffusers / stable-audio-tools "
                      "checkpoint, or a hub id")
-  return load(fv.model, hf_token=fv.hf_token, t5=fv.t5, dtype=fv.dtype)
+  return load(fv.model, hf_token=fv.hf_token, t5=fv.t5, dtype=fv.dtype, attention=fv.attention)
 
 
 # ----------------------------------------------------------------------------- generation

@@ -50,7 +50,7 @@ def build_tiny_tokenizer(model_max_length: int, vocab_size: int = 128):
                          unk_token="<unk>", model_max_length=model_max_length)
 
 
-def _component_configs(config: ModelConfig) -> dict[str, dict]:
+def component_configs(config: ModelConfig) -> dict[str, dict]:
   d, v, t, c = config.dit, config.vae, config.t5, config.conditioner
   if d.rotary_dim != d.head_dim // 2:
     raise ValueError("the diffusers layout fixes rotary_dim = head_dim // 2")
@@ -106,7 +106,7 @@ def to_torch_state_dicts(config: ModelConfig, params: dict, layout: str = tables
 def write_diffusers_checkpoint(directory: str | Path, config: ModelConfig, params: dict, tokenizer) -> Path:
   """A StableAudioPipeline folder (configs, safetensors, tokenizer) holding `params`."""
   root = Path(directory)
-  configs = _component_configs(config)
+  configs = component_configs(config)
   state = to_torch_state_dicts(config, params)
   files = {"transformer": ("dit", "diffusion_pytorch_model.safetensors"),
            "vae": ("vae", "diffusion_pytorch_model.safetensors"),

@@ -1,8 +1,11 @@
 """Attention for the Stable Audio DiT: self-attention with partial rotary and a KV hook,
 and grouped-query cross-attention.
 
-Layout: activations are (batch, length, heads, head_dim) = 'bthd'. There is one attention
-path (einsum, float32 softmax); numerics never depend on which kernels are installed.
+Layout: activations are (batch, length, heads, head_dim) = 'bthd'. The attention itself is
+computed by the implementation the config names (models/attention_kernels.py): the einsum
+reference path, a cache-friendly blocked form of the same arithmetic, or an accelerator's fused
+kernel, each chosen explicitly or by `auto` from the backend, never by what happens to be
+installed.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from musickv_jax.models.layers import Dense, matmul_precision, wide
+from musickv_jax.models import attention_kernels
+from musickv_jax.models.layers import Dense, wide
 
 Array = jax.Array
 
@@ -34,24 +38,6 @@ def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
   cos_b, sin_b = cos[None, :, None, :], sin[None, :, None, :]
   out = (x_rot * cos_b + rotated_half * sin_b).astype(x.dtype)
   return jnp.concatenate([out, x[..., rot:]], axis=-1)
-
-
-def dot_product_attention(q: Array, k: Array, v: Array) -> Array:
-  """softmax(q k^T / sqrt(D)) v with grouped kv heads.
-
-  q: (B, Sq, H, D); k, v: (B, Sk, G, D) with H a multiple of G. Query head h reads kv head
-  h // (H // G), PyTorch's repeat_interleave convention, without materialising the repeat.
-  """
-  batch, q_len, heads, head_dim = q.shape
-  groups = k.shape[2]
-  precision = matmul_precision(q.dtype)
-  q = q.reshape(batch, q_len, groups, heads // groups, head_dim)
-  logits = jnp.einsum("bqgrd,bkgd->bgrqk", q, k, precision=precision,
-                      preferred_element_type=wide(q.dtype))
-  logits = logits * (head_dim ** -0.5)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v, precision=precision)
-  return out.reshape(batch, q_len, heads, head_dim)
 
 
 def blend_kv(own: Array, reference: Array, weight: Array) -> Array:
@@ -77,6 +63,7 @@ class SelfAttention(nn.Module):
   width: int
   num_heads: int
   dtype: jnp.dtype = jnp.float32
+  implementation: str = "xla"  # see models/attention_kernels.py
 
   def setup(self):
     self.q = Dense(self.width, use_bias=False, dtype=self.dtype)
@@ -93,7 +80,7 @@ class SelfAttention(nn.Module):
   def attend(self, q: Array, k: Array, v: Array, rope: tuple[Array, Array]) -> Array:
     cos, sin = rope
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    out = dot_product_attention(q, k, v)  # (B, S, H, D)
+    out = attention_kernels.attention(q, k, v, self.implementation, self_attention=True)  # (B, S, H, D)
     return self.out(out.reshape(*out.shape[:2], -1))
 
 
@@ -104,6 +91,7 @@ class CrossAttention(nn.Module):
   num_heads: int
   kv_heads: int
   dtype: jnp.dtype = jnp.float32
+  implementation: str = "xla"
 
   @nn.compact
   def __call__(self, x: Array, context: Array) -> Array:
@@ -114,5 +102,5 @@ class CrossAttention(nn.Module):
     q = q.reshape(*q.shape[:-1], self.num_heads, head_dim)
     k = k.reshape(*k.shape[:-1], self.kv_heads, head_dim)
     v = v.reshape(*v.shape[:-1], self.kv_heads, head_dim)
-    out = dot_product_attention(q, k, v)
+    out = attention_kernels.attention(q, k, v, self.implementation, self_attention=False)
     return Dense(self.width, use_bias=False, dtype=self.dtype, name="out")(out.reshape(*out.shape[:2], -1))

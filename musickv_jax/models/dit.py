@@ -134,7 +134,7 @@ class DiTBlock(nn.Module):
     dtype = to_jnp_dtype(cfg.dtype)
     h, record_k, record_v = carry
 
-    attn = SelfAttention(cfg.embed_dim, cfg.num_heads, dtype=dtype, name="self_attn")
+    attn = SelfAttention(cfg.embed_dim, cfg.num_heads, dtype=dtype, implementation=cfg.attention, name="self_attn")
     q, k, v = attn.qkv(LayerNorm(cfg.norm_eps, name="self_norm")(h))
     own_k, own_v = k, v
 
@@ -160,7 +160,8 @@ class DiTBlock(nn.Module):
     attn_out = attn.attend(q, k, v, shared.rope)
     h = jnp.where(jnp.reshape(layer.bypass, (-1, 1, 1)), h, h + attn_out)
 
-    cross = CrossAttention(cfg.embed_dim, cfg.num_heads, cfg.cross_kv_heads, dtype=dtype, name="cross_attn")
+    cross = CrossAttention(cfg.embed_dim, cfg.num_heads, cfg.cross_kv_heads, dtype=dtype,
+                           implementation=cfg.attention, name="cross_attn")
     h = h + cross(LayerNorm(cfg.norm_eps, name="cross_norm")(h), shared.context)
 
     x = LayerNorm(cfg.norm_eps, name="ff_norm")(h)

@@ -1,0 +1,182 @@
+"""Our DiT call and our edit step against diffusers' StableAudioDiTModel, in one process, on the
+same weights (ours, exported through the converter's name tables), shapes and threads.
+
+  dit        one DiT call on `batch` rows (4 = a source and one edit, with CFG)
+  edit_step  one sampling step as musickv-edit runs it: the DiT with MusicKV injection in the
+             vital layers (20, 3, 4), CFG and the solver update (ours: guided.sample over one
+             step; diffusers: its DiT with KV-blending processors in those layers)
+For each: median time over the repeats after a warm-up call, compile time (ours), the FLOPs of
+the call (dense layers and attention), the FLOP/s achieved and their fraction of that framework's
+own matmul peak measured in the same run, memory, and ours / diffusers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musickv_jax.bench.measure import dit_flops, jax_matmul_peak, time_calls, torch_matmul_peak
+from musickv_jax.config import ModelConfig
+from musickv_jax.editing import injection
+from musickv_jax.editing import schedules as kv_schedules
+from musickv_jax.models.dit import StableAudioDiT
+from musickv_jax.sampling import guided, sampler, schedules
+
+VITAL_LAYERS = (20, 3, 4)
+CROSS_TOKENS = 130  # 128 T5 tokens + seconds_start + seconds_total
+
+
+@dataclasses.dataclass
+class Inputs:
+  x: np.ndarray  # (rows, C, T) model input
+  t: np.ndarray  # (rows,)
+  cross: np.ndarray  # (rows, 130, cond_input_dim)
+  glob: np.ndarray  # (rows, global_cond_dim)
+
+
+def make_inputs(config: ModelConfig, rows: int, frames: int) -> Inputs:
+  rng = np.random.default_rng(0)
+  d = config.dit
+  return Inputs(x=rng.normal(size=(rows, d.io_channels, frames)).astype(np.float32),
+                t=np.full((rows,), 0.5, np.float32),
+                cross=rng.normal(size=(rows, CROSS_TOKENS, d.cond_input_dim)).astype(np.float32),
+                glob=rng.normal(size=(rows, d.global_cond_dim)).astype(np.float32))
+
+
+def vital_layers(depth: int) -> tuple[int, ...]:
+  return tuple(layer for layer in VITAL_LAYERS if layer < depth) or (0,)
+
+
+def _result(timing, flops: float, peak: float, compile_s: float | None = None, xla_memory: dict | None = None) -> dict:
+  out = {"seconds": round(timing.median_s, 4), "runs_s": [round(r, 4) for r in timing.runs_s],
+         "tflop": round(flops / 1e12, 4), "gflop_per_s": round(flops / timing.median_s / 1e9, 1),
+         "fraction_of_matmul_peak": round(flops / timing.median_s / peak, 3),
+         "peak_rss_increase_mib": round(timing.peak_rss_mib, 1)}
+  if compile_s is not None:
+    out["compile_s"] = round(compile_s, 2)
+  if xla_memory is not None:
+    out["xla_memory_mib"] = xla_memory
+  return out
+
+
+def _xla_memory(compiled) -> dict:
+  stats = compiled.memory_analysis()
+  return {"temp": round(stats.temp_size_in_bytes / 2**20, 1), "arguments": round(stats.argument_size_in_bytes / 2**20, 1),
+          "outputs": round(stats.output_size_in_bytes / 2**20, 1)}
+
+
+def ours(config: ModelConfig, dit_params, inputs: Inputs, repeats: int, peak: float) -> dict:
+  """Our DiT call and edit step."""
+  cfg = config.dit
+  rows, _, frames = inputs.x.shape
+  flops = dit_flops(cfg, rows, frames)
+  dit = StableAudioDiT(cfg)
+  forward = jax.jit(lambda p, x, t, c, g: dit.apply({"params": p}, x, t, c, g)[0])
+  args = (dit_params, *map(jnp.asarray, (inputs.x, inputs.t, inputs.cross, inputs.glob)))
+  start = time.perf_counter()
+  compiled = forward.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  results = {"dit": _result(time_calls(lambda: compiled(*args).block_until_ready(), repeats), flops, peak, compile_s,
+                            _xla_memory(compiled))}
+
+  prompts = rows // 2  # CFG: [uncond; cond] rows of a source and its edits
+  layers = vital_layers(cfg.depth)
+  layout = injection.EditLayout.reference(prompts, edit_all=True)
+  kv = injection.joint_steps(kv_schedules.constant(1, len(layers), 0.5), layers, cfg, layout)
+  cond = guided.GuidedConditioning(jnp.asarray(inputs.cross), jnp.asarray(inputs.glob), jnp.full((prompts,), 7.0))
+  plan = sampler.make_plan(np.array([schedules.SIGMA_MAX, 100.0], np.float32))  # one step, not the last
+  x_init = jnp.asarray(inputs.x[:prompts] * schedules.SIGMA_MAX)
+  step = jax.jit(lambda p, x: guided.sample(p, cond, x, plan, jax.random.key(0), kv, dit_config=cfg)[0])
+  start = time.perf_counter()
+  compiled = step.lower(dit_params, x_init).compile()
+  compile_s = time.perf_counter() - start
+  results["edit_step"] = _result(time_calls(lambda: compiled(dit_params, x_init).block_until_ready(), repeats), flops,
+                                 peak, compile_s, _xla_memory(compiled))
+  return results
+
+
+def diffusers(config: ModelConfig, params: dict, inputs: Inputs, repeats: int, peak: float) -> dict:
+  """diffusers' DiT call, and the same with KV-blending processors in the vital layers."""
+  import torch
+  from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+  from musickv_jax.bench.torch_reference import KVBlendProcessor, diffusers_dit
+
+  cfg = config.dit
+  rows, _, frames = inputs.x.shape
+  flops = dit_flops(cfg, rows, frames)
+  model = diffusers_dit(config, params)
+  args = (torch.from_numpy(inputs.x), torch.from_numpy(inputs.t))
+  kwargs = dict(encoder_hidden_states=torch.from_numpy(inputs.cross),
+                global_hidden_states=torch.from_numpy(inputs.glob)[:, None],
+                rotary_embedding=get_1d_rotary_pos_embed(cfg.rotary_dim, frames + 1, use_real=True,
+                                                         repeat_interleave_real=False), return_dict=False)
+  prompts = rows // 2
+  blends = [(branch * prompts + p, branch * prompts, 0.5) for branch in range(2) for p in range(1, prompts)]
+  with torch.no_grad():
+    results = {"dit": _result(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)}
+    for layer in vital_layers(cfg.depth):
+      model.transformer_blocks[layer].attn1.set_processor(KVBlendProcessor(blends))
+    results["edit_step"] = _result(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)
+  del model
+  return results
+
+
+def run(config: ModelConfig, lengths, *, batch: int = 4, repeats: int = 3, compare_torch: bool = True,
+        log=print) -> dict:
+  """The whole comparison; returns a JSON-ready dict."""
+  from musickv_jax.bench.measure import cpu_name
+  from musickv_jax.models.sao import random_params
+
+  report = {"device": str(jax.devices()[0]), "cpu": cpu_name(), "config": config.name, "depth": config.dit.depth,
+            "dtype": config.dit.dtype, "attention": config.dit.attention, "batch": batch, "lengths": {}}
+  report["matmul_peak_gflop_per_s"] = {"jax": round(jax_matmul_peak() / 1e9, 1)}
+  if compare_torch:
+    import torch
+    report["torch_threads"] = torch.get_num_threads()
+    report["matmul_peak_gflop_per_s"]["torch"] = round(torch_matmul_peak() / 1e9, 1)
+  log(f"matmul peak (GFLOP/s): {report['matmul_peak_gflop_per_s']}")
+  params = random_params(config, 0)
+  dit_params = jax.tree.map(lambda a: a.astype(config.dit.dtype), params["dit"])
+  for frames in lengths:
+    inputs = make_inputs(config, batch, frames)
+    entry = {"ours": ours(config, dit_params, inputs, repeats, report["matmul_peak_gflop_per_s"]["jax"] * 1e9)}
+    if compare_torch:
+      entry["diffusers"] = diffusers(config, params, inputs, repeats,
+                                     report["matmul_peak_gflop_per_s"]["torch"] * 1e9)
+      entry["ours_over_diffusers"] = {case: round(entry["ours"][case]["seconds"] / entry["diffusers"][case]["seconds"], 3)
+                                      for case in ("dit", "edit_step")}
+    report["lengths"][str(frames)] = entry
+    log(f"T={frames}: " + table_row(entry))
+  return report
+
+
+def table_row(entry: dict) -> str:
+  parts = []
+  for case in ("dit", "edit_step"):
+    ours_s = entry["ours"][case]["seconds"]
+    text = f"{case} ours {ours_s:.2f} s"
+    if "diffusers" in entry:
+      text += f" vs diffusers {entry['diffusers'][case]['seconds']:.2f} s ({entry['ours_over_diffusers'][case]:.3f})"
+    parts.append(text)
+  return "; ".join(parts)
+
+
+def markdown_table(report: dict) -> str:
+  """The report as the table in docs/performance.md."""
+  lines = ["| T | case | framework | seconds | compile s | GFLOP/s | of matmul peak | peak RSS + MiB | ours / diffusers |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for frames, entry in report["lengths"].items():
+    for case in ("dit", "edit_step"):
+      for framework in ("ours", "diffusers"):
+        if framework not in entry:
+          continue
+        r = entry[framework][case]
+        ratio = entry.get("ours_over_diffusers", {}).get(case, "") if framework == "ours" else ""
+        lines.append(f"| {frames} | {case} | {framework} | {r['seconds']:.2f} | {r.get('compile_s', '')} | "
+                     f"{r['gflop_per_s']} | {r['fraction_of_matmul_peak']:.2f} | {r['peak_rss_increase_mib']:.0f} | {ratio} |")
+  return "\n".join(lines)
