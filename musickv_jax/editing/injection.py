@@ -85,6 +85,11 @@ def expand_weights(schedule: Array, layers: tuple[int, ...], depth: int, layout:
   return weights
 
 
+def layer_mask(layers: tuple[int, ...], depth: int) -> Array:
+  """(depth,) bool: True at `layers`."""
+  return jnp.zeros((depth,), bool).at[jnp.asarray(layers, jnp.int32)].set(True)
+
+
 def bypass_mask(skip_layers: tuple[int, ...], depth: int) -> Array | None:
   if not skip_layers:
     return None
@@ -96,7 +101,8 @@ def joint_steps(schedule, layers, dit_config: DiTConfig, layout: EditLayout,
   """KV controls for the joint mode (everything in one batch)."""
   return guided.KVSteps(inject_weight=expand_weights(schedule, tuple(layers), dit_config.depth, layout),
                         source_index=jnp.asarray(layout.source_index()),
-                        bypass=bypass_mask(tuple(skip_layers), dit_config.depth))
+                        bypass=bypass_mask(tuple(skip_layers), dit_config.depth),
+                        blend_layers=layer_mask(tuple(layers), dit_config.depth))
 
 
 def cached_steps(schedule, cache: KVCache, dit_config: DiTConfig, layout: EditLayout,
@@ -117,7 +123,8 @@ def cached_steps(schedule, cache: KVCache, dit_config: DiTConfig, layout: EditLa
       index[branch * layout.n_prompts:(branch + 1) * layout.n_prompts] = branch
   weights = expand_weights(schedule, cache.layers, dit_config.depth, layout)
   return guided.KVSteps(inject_weight=weights, source_index=jnp.asarray(index), injected=cache,
-                        bypass=bypass_mask(tuple(skip_layers), dit_config.depth))
+                        bypass=bypass_mask(tuple(skip_layers), dit_config.depth),
+                        blend_layers=layer_mask(tuple(cache.layers), dit_config.depth))
 
 
 def take_prompts(cond: guided.GuidedConditioning, prompts: list[int], n_prompts: int,

@@ -211,7 +211,7 @@ def sample_on_mesh(dit_params, cond: guided.GuidedConditioning, x_init, plan: sa
   rows = P(DATA_AXIS)
   specs = (P(), guided.GuidedConditioning(rows, rows, rows), rows, P(), rows,
            guided.KVSteps(inject_weight=P(None, None, DATA_AXIS), source_index=rows, injected=None,
-                          bypass=P(None, DATA_AXIS)), rows)
+                          bypass=P(None, DATA_AXIS), blend_layers=P()), rows)
   return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=rows)(dit_params, cond, x_init, plan, key_data,
                                                                         kv, sample_ids)
 
@@ -227,8 +227,10 @@ def run_batch(model: LoadedModel, dit_params, batch: Batch, mesh: jax.sharding.M
   cat = lambda name, axis=0: np.concatenate([getattr(b, name) for b in blocks], axis=axis)  # noqa: E731
   cond = guided.GuidedConditioning(jnp.asarray(cat("cross_tokens")), jnp.asarray(cat("global_cond")),
                                    jnp.asarray(cat("guidance")))
+  blending = sorted({layer for job in batch.jobs for layer in job.settings.vital_layers})
   kv = guided.KVSteps(inject_weight=jnp.asarray(cat("weights", 2)), source_index=jnp.asarray(cat("source_index")),
-                      bypass=jnp.asarray(cat("bypass", 1)))
+                      bypass=jnp.asarray(cat("bypass", 1)),
+                      blend_layers=injection.layer_mask(tuple(blending), cfg.dit.depth))
   gen = template.settings.generation
   latents = sample_on_mesh(dit_params, cond, jnp.asarray(cat("x_init")), common.step_plan(gen),
                            jnp.asarray(cat("keys")), kv, jnp.asarray(cat("sample_ids")), mesh=mesh,

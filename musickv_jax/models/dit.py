@@ -50,6 +50,9 @@ class KVControls:
     (other layers are never blended); without source_index its rows align with the batch.
   bypass: (L,) or (L, B) bool or None; True skips that layer's self-attention (for every sample,
     or per sample: the layer probe runs each bypassed layer as a row of one batch).
+  blend_layers: (L,) bool or None: the layers where blending runs at all (the vital layers; None:
+    every layer). Elsewhere the K/V pass through untouched without the blend's work; a weight
+    there must be 0, and no gradient reaches it.
   record_layers: static; the call returns these layers' own K/V.
   """
 
@@ -57,6 +60,7 @@ class KVControls:
   source_index: Array | None = None
   injected: KVCache | None = None
   bypass: Array | None = None
+  blend_layers: Array | None = None
   record_layers: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
 
 
@@ -70,6 +74,8 @@ def _validate_controls(controls: KVControls, depth: int, batch: int) -> None:
     chex.assert_shape(controls.inject_weight, (depth, batch))
   if controls.source_index is not None:
     chex.assert_shape(controls.source_index, (batch,))
+  if controls.blend_layers is not None:
+    chex.assert_shape(controls.blend_layers, (depth,))
   if controls.bypass is not None and tuple(controls.bypass.shape) not in ((depth,), (depth, batch)):
     raise ValueError(f"KVControls: bypass has shape {tuple(controls.bypass.shape)}; expected ({depth},) or "
                      f"({depth}, {batch})")
@@ -90,12 +96,14 @@ class LayerInputs:
 
   bypass: () or (B,) bool, skip this layer's self-attention (for every row, or per row).
   weight: (B,) blend weight toward the reference K/V (0 where the layer has no reference), or None.
+  blends: () bool, whether this layer blends at all (see KVControls.blend_layers), or None.
   read_slot: () int32, the slot of an external cache holding this layer (cached mode), or None.
   record_slot: () int32 and recorded: () bool, where this layer's own K/V go when recording, or None.
   """
 
   bypass: Array
   weight: Array | None = None
+  blends: Array | None = None
   read_slot: Array | None = None
   record_slot: Array | None = None
   recorded: Array | None = None
@@ -139,16 +147,20 @@ class DiTBlock(nn.Module):
     own_k, own_v = k, v
 
     if shared.has_reference:  # blend toward the reference; weight 0 (no reference here) is exact
-      if shared.injected_k is None:  # joint: the reference rows are this batch
-        ref_k, ref_v = k, v
-      else:  # cached: the reference comes from outside
-        ref_k = jax.lax.dynamic_index_in_dim(shared.injected_k, layer.read_slot, keepdims=False)
-        ref_v = jax.lax.dynamic_index_in_dim(shared.injected_v, layer.read_slot, keepdims=False)
-      if shared.source_index is not None:
-        ref_k = jnp.take(ref_k, shared.source_index, axis=0)
-        ref_v = jnp.take(ref_v, shared.source_index, axis=0)
-      k = blend_kv(k, ref_k, layer.weight)
-      v = blend_kv(v, ref_v, layer.weight)
+      def blended(k, v):
+        if shared.injected_k is None:  # joint: the reference rows are this batch
+          ref_k, ref_v = k, v
+        else:  # cached: the reference comes from outside
+          ref_k = jax.lax.dynamic_index_in_dim(shared.injected_k, layer.read_slot, keepdims=False)
+          ref_v = jax.lax.dynamic_index_in_dim(shared.injected_v, layer.read_slot, keepdims=False)
+        if shared.source_index is not None:
+          ref_k = jnp.take(ref_k, shared.source_index, axis=0)
+          ref_v = jnp.take(ref_v, shared.source_index, axis=0)
+        return blend_kv(k, ref_k, layer.weight), blend_kv(v, ref_v, layer.weight)
+
+      # only the layers that inject pay for the blend (a select here would read and write both
+      # whole K/V tensors in every layer)
+      k, v = jax.lax.cond(layer.blends, blended, lambda k, v: (k, v), k, v)
 
     if record_k is not None:  # write this layer's own K/V into its slot if it is recorded
       slot = layer.record_slot
@@ -248,13 +260,16 @@ class StableAudioDiT(nn.Module):
     cfg = self.config
     depth = cfg.depth
     bypass = controls.bypass if controls.bypass is not None else jnp.zeros((depth,), bool)
-    weight = read_slot = record_slot = recorded = None
+    weight = blends = read_slot = record_slot = recorded = None
     if controls.inject_weight is not None:
       weight = controls.inject_weight  # (depth, B)
+      blends = (jnp.asarray(controls.blend_layers, bool) if controls.blend_layers is not None
+                else jnp.ones((depth,), bool))
       if controls.injected is not None:  # only the layers the cache holds can blend
         held = controls.injected.layers
         read_slot = jnp.asarray([held.index(i) if i in held else 0 for i in range(depth)], jnp.int32)
         weight = weight * jnp.asarray([i in held for i in range(depth)], weight.dtype)[:, None]
+        blends = blends & jnp.asarray([i in held for i in range(depth)])
 
     records = (None, None)
     if controls.record_layers:
@@ -263,6 +278,6 @@ class StableAudioDiT(nn.Module):
       recorded = jnp.asarray([i in rec for i in range(depth)])
       shape = (len(rec), batch, seq, cfg.num_heads, cfg.head_dim)
       records = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-    layer = LayerInputs(bypass=jnp.asarray(bypass, bool), weight=weight, read_slot=read_slot,
+    layer = LayerInputs(bypass=jnp.asarray(bypass, bool), weight=weight, blends=blends, read_slot=read_slot,
                         record_slot=record_slot, recorded=recorded)
     return layer, records

@@ -43,19 +43,22 @@ class KVSteps:
   injected: KVCache with k, v (steps, n_layers, R, S, H, D), cached mode, or None.
   bypass: (depth,) bool, layers whose self-attention is skipped for every row, or (depth, R) per row,
     or None.
+  blend_layers: (depth,) bool, the layers that blend (the vital layers), or None for every layer.
   """
 
   inject_weight: Array | None = None
   source_index: Array | None = None
   injected: KVCache | None = None
   bypass: Array | None = None
+  blend_layers: Array | None = None
 
 
 def _controls(kv: KVSteps | None, step: dict, record_layers: tuple[int, ...]) -> KVControls:
   if kv is None:
     return KVControls(record_layers=record_layers)
   return KVControls(inject_weight=step.get("inject_weight"), source_index=kv.source_index,
-                    injected=step.get("injected"), bypass=kv.bypass, record_layers=record_layers)
+                    injected=step.get("injected"), bypass=kv.bypass, blend_layers=kv.blend_layers,
+                    record_layers=record_layers)
 
 
 def _per_step(kv: KVSteps | None) -> dict:
