@@ -99,3 +99,18 @@ def test_generate_bad_flags_fail_in_one_line_without_output(tiny, tmp_path, flag
 def test_generate_requires_a_model(tmp_path):
   res = run_script("generate.py", "--prompts", "piano", "--output_path", tmp_path / "out")
   assert res.returncode == 2 and "--model is required" in res.stderr
+
+
+def test_a_second_run_compiles_nothing(tiny, tmp_path):
+  """The sampler runs in host-driven chunks without host callbacks, so JAX's persistent
+  compilation cache keeps its program: a second run with the same shapes adds nothing to it."""
+  env = {"MUSICKV_COMPILATION_CACHE": str(tmp_path / "xla"), "MUSICKV_COMPILATION_CACHE_MIN_S": "0"}
+  args = ["--model", tiny.path, "--prompts", "piano", "--audio_end_in_s", "2", "--num_inference_steps", "4",
+          "--output_path", tmp_path / "out"]
+  first = run_script("generate.py", *args, env_extra=env)
+  assert first.returncode == 0, first.stderr
+  cached = sorted(p.name for p in (tmp_path / "xla").iterdir())
+  assert any(name.startswith("jit_sample_chunk") for name in cached), cached
+  second = run_script("generate.py", *args, env_extra=env)
+  assert second.returncode == 0, second.stderr
+  assert sorted(p.name for p in (tmp_path / "xla").iterdir()) == cached

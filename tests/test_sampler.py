@@ -223,7 +223,7 @@ def test_sde_and_ode_agree_on_moments_for_a_tiny_dit(tiny64):
 
 
 def test_new_prompts_seeds_guidance_and_schedules_do_not_recompile(tiny):
-  jitted = [guided.sample, conditioning._encode_text, conditioning._condition, vae_ops._decode]
+  jitted = [guided.sample_chunk, conditioning._encode_text, conditioning._condition, vae_ops._decode]
   run = lambda **kw: pipeline.generate(tiny.model, GenerationSettings(  # noqa: E731
       num_inference_steps=4, audio_end_in_s=2.0, **kw))
   run(prompts=("piano solo", "drums"), seed=0, guidance_scale=7.0)
@@ -234,11 +234,33 @@ def test_new_prompts_seeds_guidance_and_schedules_do_not_recompile(tiny):
   assert [f._cache_size() for f in jitted] == sizes
 
 
-def test_progress_listener_sees_every_step(tiny):
+def test_progress_is_reported_after_every_chunk_of_steps(tiny):
   seen = []
-  pipeline.generate(tiny.model, GenerationSettings(prompts=("piano",), num_inference_steps=5, audio_end_in_s=1.0),
+  pipeline.generate(tiny.model, GenerationSettings(prompts=("piano",), num_inference_steps=12, audio_end_in_s=1.0),
                     on_step=lambda step, total: seen.append((step, total)))
-  assert sorted(seen) == [(i, 5) for i in range(1, 6)]
+  assert seen == [(6, 12), (12, 12)]  # equal chunks: the largest divisor of 12 up to 10
+  assert [sampler.chunk_length(n) for n in (100, 50, 7, 13, 1)] == [10, 10, 7, 1, 1]
+
+
+@pytest.mark.parametrize("solver", ["dpmpp-2m", "dpmpp-2m-sde"])
+def test_chunks_compute_exactly_what_one_scan_computes(tiny, solver):
+  """The host-driven chunks (progress, cacheable programs) against the single scan, bitwise, with
+  injection and with recording."""
+  from musickv_jax.editing import injection
+  from musickv_jax.editing import schedules as kv_schedules
+
+  cfg = tiny.model.config
+  cond = pipeline.guided_conditioning(tiny.model, ["piano", "guitar"], negative_prompt=None, seconds_start=0.0,
+                                      seconds_total=2.0, guidance=np.full(2, 7.0), use_cfg=True)
+  plan = sampler.make_plan(schedules.exponential_sigmas(12), solver)
+  x = jax.random.normal(jax.random.key(0), (2, cfg.dit.io_channels, 16)) * 500
+  kv = injection.joint_steps(kv_schedules.linear_ramp(12, 1), (1,), cfg.dit, injection.EditLayout.reference(2))
+  args = (tiny.model.params["dit"], cond, x, plan, jax.random.key(3), kv)
+  kwargs = dict(dit_config=cfg.dit, solver=solver, record_layers=(0,))
+  whole, whole_kv = guided.sample(*args, **kwargs)
+  chunked, chunked_kv = guided.sample_in_chunks(*args, **kwargs)
+  np.testing.assert_array_equal(np.asarray(chunked), np.asarray(whole))
+  np.testing.assert_array_equal(np.asarray(chunked_kv.k), np.asarray(whole_kv.k))
 
 
 def test_fit_latent_length_is_shorter_and_trims_right(tiny):

@@ -183,7 +183,9 @@ def compilation_cache(directory: str | None) -> None:
     return
   import jax
   jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  # programs that compile faster than this are not worth a file (MUSICKV_COMPILATION_CACHE_MIN_S)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    float(os.environ.get("MUSICKV_COMPILATION_CACHE_MIN_S", "0.2")))
 
 
 def default_compilation_cache() -> str:

@@ -144,5 +144,5 @@ def record_source(dit_params, cond: guided.GuidedConditioning, x_init: Array, pl
 
   cond / x_init hold the source alone (1 prompt). Returns (source latents, KVCache)."""
   kv = guided.KVSteps(bypass=bypass_mask(tuple(skip_layers), dit_config.depth)) if skip_layers else None
-  return guided.sample(dit_params, cond, x_init, plan, key, kv, jnp.zeros((1,), jnp.int32), dit_config=dit_config,
-                       solver=solver, use_cfg=use_cfg, record_layers=tuple(layers))
+  return guided.sample_in_chunks(dit_params, cond, x_init, plan, key, kv, jnp.zeros((1,), jnp.int32),
+                                 dit_config=dit_config, solver=solver, use_cfg=use_cfg, record_layers=tuple(layers))

@@ -116,9 +116,9 @@ def variant_audio(model: LoadedModel, settings: ProbeSettings, prompt_index: int
                                    global_cond=jnp.repeat(one.global_cond, rows, axis=0),
                                    guidance=jnp.repeat(one.guidance, rows, axis=0))
   kv = guided.KVSteps(bypass=bypass_rows(layers, cfg.dit.depth, gen.uses_cfg))
-  latents, _ = guided.sample(model.params["dit"], cond, x_init, common.step_plan(gen), common.sde_key(seed), kv,
-                             jnp.zeros((rows,), jnp.int32), dit_config=cfg.dit, solver=gen.sampler,
-                             use_cfg=gen.uses_cfg)
+  latents, _ = guided.sample_in_chunks(model.params["dit"], cond, x_init, common.step_plan(gen), common.sde_key(seed),
+                                       kv, jnp.zeros((rows,), jnp.int32), dit_config=cfg.dit, solver=gen.sampler,
+                                       use_cfg=gen.uses_cfg)
   return common.decode(model, common.to_host(latents), *common.output_span(gen, cfg)).mean(axis=1)
 
 

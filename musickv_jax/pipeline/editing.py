@@ -87,8 +87,8 @@ def edit_latents(model: LoadedModel, settings: EditSettings, schedule: np.ndarra
   if settings.injection_mode == "joint":
     kv = injection.joint_steps(schedule, layers, cfg.dit, layout, skips)
     with common.progress(on_step):
-      latents, _ = guided.sample(model.params["dit"], cond, x_init, plan, key, kv, dit_config=cfg.dit,
-                                 solver=gen.sampler, use_cfg=use_cfg)
+      latents, _ = guided.sample_in_chunks(model.params["dit"], cond, x_init, plan, key, kv, dit_config=cfg.dit,
+                                           solver=gen.sampler, use_cfg=use_cfg)
     return common.to_host(latents), roles
   with common.progress(on_step, 0, 2 * steps):  # the cached mode's progress runs over both passes
     source, cache = injection.record_source(model.params["dit"], injection.take_prompts(cond, [0], n, use_cfg),
@@ -114,9 +114,9 @@ def edit_from_cache(model: LoadedModel, settings: EditSettings, schedule: np.nda
   layout = injection.EditLayout(m, edits, use_cfg)
   kv = injection.cached_steps(schedule, cache, cfg.dit, layout, tuple(settings.skip_layers))
   with common.progress(on_step, progress_offset, progress_total):
-    latents, _ = guided.sample(model.params["dit"], cond, jnp.asarray(x_init), common.step_plan(gen),
-                               common.sde_key(gen.seed), kv, jnp.arange(1, m + 1), dit_config=cfg.dit,
-                               solver=gen.sampler, use_cfg=use_cfg)
+    latents, _ = guided.sample_in_chunks(model.params["dit"], cond, jnp.asarray(x_init), common.step_plan(gen),
+                                         common.sde_key(gen.seed), kv, jnp.arange(1, m + 1), dit_config=cfg.dit,
+                                         solver=gen.sampler, use_cfg=use_cfg)
   return common.to_host(latents)
 
 

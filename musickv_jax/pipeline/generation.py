@@ -50,9 +50,9 @@ def generate(model: LoadedModel, settings: GenerationSettings, *, init_latents: 
                              seconds_start=settings.audio_start_in_s, seconds_total=settings.resolved_end(cfg),
                              guidance=np.full((n,), settings.guidance_scale, np.float32), use_cfg=settings.uses_cfg)
   with common.progress(on_step):
-    latents, _ = guided.sample(model.params["dit"], cond, x_init, common.step_plan(settings),
-                               common.sde_key(settings.seed), dit_config=cfg.dit, solver=settings.sampler,
-                               use_cfg=settings.uses_cfg)
+    latents, _ = guided.sample_in_chunks(model.params["dit"], cond, x_init, common.step_plan(settings),
+                                         common.sde_key(settings.seed), dit_config=cfg.dit, solver=settings.sampler,
+                                         use_cfg=settings.uses_cfg)
   latents = common.to_host(latents)
   audio = common.decode(model, latents, *common.output_span(settings, cfg), decode_chunk_frames)
   return Generation(audio=audio, latents=latents, sample_rate=cfg.sample_rate, settings=settings,

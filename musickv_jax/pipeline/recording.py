@@ -78,8 +78,8 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, *, 
                                            sigma_max=settings.sigma_max, schedule=settings.sigma_schedule)
   guided_cond = guided.GuidedConditioning(cond.cross_tokens, cond.global_cond, jnp.ones((1,), jnp.float32))
   with common.progress(on_step):
-    inverted, kv = inversion_lib.invert(model.params["dit"], guided_cond, jnp.asarray(latents, jnp.float32), plan,
-                                        dit_config=cfg.dit, record_layers=tuple(record_layers))
+    inverted, kv = inversion_lib.invert_in_chunks(model.params["dit"], guided_cond, jnp.asarray(latents, jnp.float32),
+                                                  plan, dit_config=cfg.dit, record_layers=tuple(record_layers))
   return common.to_host(inverted), kv
 
 

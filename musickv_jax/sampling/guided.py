@@ -11,6 +11,7 @@ the shapes, the solver, whether CFG runs, and which layers are recorded are stat
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import chex
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 from musickv_jax.config import DiTConfig
 from musickv_jax.models.dit import KVCache, KVControls, StableAudioDiT
 from musickv_jax.sampling import sampler as sampler_lib
+from musickv_jax.sampling import solvers
 
 Array = jax.Array
 
@@ -62,6 +64,7 @@ def _controls(kv: KVSteps | None, step: dict, record_layers: tuple[int, ...]) ->
 
 
 def _per_step(kv: KVSteps | None) -> dict:
+  """The per-step inputs the scan hands to each step (leading axis: steps)."""
   if kv is None:
     return {}
   out = {}
@@ -108,3 +111,40 @@ def sample(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_li
   denoise = guided_denoiser(dit_params, dit_config, cond, use_cfg=use_cfg, kv=kv, record_layers=record_layers)
   return sampler_lib.run(denoise, x_init, plan, _per_step(kv), solver=solver, key=key, sample_ids=sample_ids,
                          remat=remat)
+
+
+@functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers"))
+def sample_chunk(dit_params, cond: GuidedConditioning, state: solvers.SolverState, plan: sampler_lib.StepPlan,
+                 key: Array, kv: KVSteps | None, per_step: dict, sample_ids: Array | None, step_index: Array, *,
+                 dit_config: DiTConfig, solver: str = "dpmpp-2m", use_cfg: bool = True,
+                 record_layers: tuple[int, ...] = ()) -> tuple[solvers.SolverState, KVCache | None]:
+  """Some consecutive steps of `sample` from a carried state (plan, per_step and step_index hold
+  just those steps)."""
+  denoise = guided_denoiser(dit_params, dit_config, cond, use_cfg=use_cfg, kv=kv, record_layers=record_layers)
+  return sampler_lib.run_steps(denoise, state, plan, per_step, step_index, solver=solver, key=key,
+                               sample_ids=sample_ids)
+
+
+def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_lib.StepPlan, key: Array,
+                     kv: KVSteps | None = None, sample_ids: Array | None = None, *, dit_config: DiTConfig,
+                     solver: str = "dpmpp-2m", use_cfg: bool = True,
+                     record_layers: tuple[int, ...] = ()) -> tuple[Array, KVCache | None]:
+  """`sample`, run a chunk of steps at a time from the host, reporting progress to the listeners of
+  sampler.on_step between chunks. Computes what `sample` computes; the chunk program has no host
+  callbacks, so JAX's persistent compilation cache keeps it between runs."""
+  batch = x_init.shape[0]
+  rows = 2 * batch if use_cfg else batch
+  chex.assert_shape(cond.cross_tokens, (rows, None, dit_config.cond_input_dim))
+  chex.assert_shape(cond.guidance, (batch,))
+  per_step = _per_step(kv)
+  fixed = None if kv is None else dataclasses.replace(kv, inject_weight=None, injected=None)
+  state, recorded = solvers.init_state(x_init), []
+  for steps in sampler_lib.chunks(plan.steps):
+    state, aux = sample_chunk(dit_params, cond, state, sampler_lib.take_steps(plan, steps), key, fixed,
+                              sampler_lib.take_steps(per_step, steps), sample_ids,
+                              jnp.arange(steps.start, steps.stop), dit_config=dit_config, solver=solver,
+                              use_cfg=use_cfg, record_layers=record_layers)
+    recorded.append(aux)
+    sampler_lib.report_progress(steps.stop, plan.steps)
+  aux = None if not record_layers else jax.tree.map(lambda *parts: jnp.concatenate(parts), *recorded)
+  return state.x, aux

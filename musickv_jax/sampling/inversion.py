@@ -71,17 +71,18 @@ def make_inversion_plan(steps: int, *, variant: str = "reference", order: int = 
                        second_order=jnp.asarray(second))
 
 
-def run_inversion(denoise, x0: Array, plan: InversionPlan) -> tuple[Array, object]:
-  """x0 (B, C, T), the clean latent, -> (x at sigma_max, aux stacked over steps)."""
-  total = plan.steps
-
-  def step(state: solvers.SolverState, xs):
-    p, index = xs
+def run_inversion_steps(denoise, state: solvers.SolverState, plan: InversionPlan) -> tuple[solvers.SolverState, object]:
+  """Runs the steps of `plan` (a whole plan or a chunk of one) from `state`."""
+  def step(state: solvers.SolverState, p):
     denoised, aux = denoise(state.x, p.model_sigma, p.timestep, None)
-    jax.debug.callback(sampler_lib.report_progress, index + 1, total)
     return solvers.dpmpp_step(state, denoised, p.sigma, p.sigma_next, p.second_order), aux
 
-  final, aux = jax.lax.scan(step, solvers.init_state(x0), (plan, jnp.arange(total)))
+  return jax.lax.scan(step, state, plan)
+
+
+def run_inversion(denoise, x0: Array, plan: InversionPlan) -> tuple[Array, object]:
+  """x0 (B, C, T), the clean latent, -> (x at sigma_max, aux stacked over steps)."""
+  final, aux = run_inversion_steps(denoise, solvers.init_state(x0), plan)
   return final.x, aux
 
 
@@ -94,3 +95,24 @@ def invert(dit_params, cond: guided.GuidedConditioning, x0: Array, plan: Inversi
   those layers at every inversion step (steps, n_layers, B, S, H, D)."""
   denoise = guided.guided_denoiser(dit_params, dit_config, cond, use_cfg=False, record_layers=record_layers)
   return run_inversion(denoise, x0, plan)
+
+
+@functools.partial(jax.jit, static_argnames=("dit_config", "record_layers"))
+def invert_chunk(dit_params, cond: guided.GuidedConditioning, state: solvers.SolverState, plan: InversionPlan, *,
+                 dit_config: DiTConfig, record_layers: tuple[int, ...] = ()):
+  denoise = guided.guided_denoiser(dit_params, dit_config, cond, use_cfg=False, record_layers=record_layers)
+  return run_inversion_steps(denoise, state, plan)
+
+
+def invert_in_chunks(dit_params, cond: guided.GuidedConditioning, x0: Array, plan: InversionPlan, *,
+                     dit_config: DiTConfig, record_layers: tuple[int, ...] = ()) -> tuple[Array, KVCache | None]:
+  """`invert`, a chunk of steps at a time, reporting progress between chunks (see
+  guided.sample_in_chunks)."""
+  state, recorded = solvers.init_state(x0), []
+  for steps in sampler_lib.chunks(plan.steps):
+    state, aux = invert_chunk(dit_params, cond, state, sampler_lib.take_steps(plan, steps), dit_config=dit_config,
+                              record_layers=record_layers)
+    recorded.append(aux)
+    sampler_lib.report_progress(steps.stop, plan.steps)
+  aux = None if not record_layers else jax.tree.map(lambda *parts: jnp.concatenate(parts), *recorded)
+  return state.x, aux

@@ -5,9 +5,10 @@ timestep, solver order) plus any pytree of per-step arrays a caller adds (inject
 ...). A `denoise(x, sigma, t, step_extra) -> (denoised, aux)` function is all the loop knows
 of the model; `aux` is stacked over steps (e.g. recorded K/V).
 
-Progress under jit: each step calls `jax.debug.callback`, which forwards to the listeners
-registered with `on_step` on the host; listeners are not part of the program, so adding one
-never recompiles.
+Progress: the program has no host callbacks (they would keep it out of JAX's persistent
+compilation cache). Drivers that want progress run the loop in chunks of steps (`run_steps` from
+a carried state, `chunk_length` steps at a time) and report between chunks to the listeners
+registered with `on_step`; the chunks compute exactly what one scan computes.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ _listeners: list[Callable[[int, int], None]] = []
 
 
 def report_progress(step, total) -> None:
-  """Host side of the per-step jax.debug.callback: forwards to the registered listeners."""
+  """Tells the registered listeners that `step` of `total` steps are done."""
   for listener in list(_listeners):
     listener(int(step), int(total))
 
@@ -86,36 +87,62 @@ def sde_noise(key: Array, step: Array, sample_ids: Array, shape: tuple[int, ...]
       keys, sample_ids)
 
 
-def run(denoise: Denoiser, x_init: Array, plan: StepPlan, step_inputs: Any = None, *, solver: str = "dpmpp-2m",
-        key: Array | None = None, sample_ids: Array | None = None, remat: bool = False) -> tuple[Array, Any]:
-  """Runs the sampler from x_init (already at noise level plan.sigma[0]) to the end of the plan.
+def run_steps(denoise: Denoiser, state: solvers.SolverState, plan: StepPlan, step_inputs: Any, step_index: Array,
+              *, solver: str = "dpmpp-2m", key: Array | None = None, sample_ids: Array | None = None,
+              remat: bool = False) -> tuple[solvers.SolverState, Any]:
+  """Runs the steps of `plan` (a whole plan or a chunk of one) from `state`.
 
-  step_inputs: pytree of arrays with a leading `steps` axis, handed to `denoise` step by step.
+  step_inputs: pytree of arrays with a leading axis of the plan's steps, handed to `denoise`.
+  step_index (steps,): each step's index in the whole loop (the SDE noise of a step depends on it).
   key: PRNG key for the SDE sampler, or (B,) keys, one per row; sample_ids (B,) name each row's noise
     stream (default 0..B-1).
   remat: recompute each step in the backward pass (memory for gradients w.r.t. schedules).
-  Returns (x_0, aux stacked over steps).
+  Returns (state after the steps, aux stacked over steps).
   """
   solvers.check_solver(solver)
   sde = solver == "dpmpp-2m-sde"
   if sde and key is None:
     raise ValueError("the dpmpp-2m-sde sampler needs a PRNG key")
-  total = plan.steps
   if sample_ids is None:
-    sample_ids = jnp.arange(x_init.shape[0])
+    sample_ids = jnp.arange(state.x.shape[0])
 
   def step(state: solvers.SolverState, xs):
     p, extra, index = xs
     denoised, aux = denoise(state.x, p.sigma, p.timestep, extra)
     noise = sde_noise(key, index, sample_ids, state.x.shape[1:], state.x.dtype) if sde else None
     state = solvers.dpmpp_step(state, denoised, p.sigma, p.sigma_next, p.second_order, sde=sde, noise=noise)
-    jax.debug.callback(report_progress, index + 1, total)
     return state, aux
 
   if remat:
     step = jax.checkpoint(step)
-  final, aux = jax.lax.scan(step, solvers.init_state(x_init), (plan, step_inputs, jnp.arange(total)))
+  return jax.lax.scan(step, state, (plan, step_inputs, step_index))
+
+
+def run(denoise: Denoiser, x_init: Array, plan: StepPlan, step_inputs: Any = None, *, solver: str = "dpmpp-2m",
+        key: Array | None = None, sample_ids: Array | None = None, remat: bool = False) -> tuple[Array, Any]:
+  """Runs the sampler from x_init (already at noise level plan.sigma[0]) to the end of the plan, as
+  one scan (see run_steps for the arguments). Returns (x_0, aux stacked over steps)."""
+  final, aux = run_steps(denoise, solvers.init_state(x_init), plan, step_inputs, jnp.arange(plan.steps),
+                         solver=solver, key=key, sample_ids=sample_ids, remat=remat)
   return final.x, aux
+
+
+CHUNK_TARGET = 10  # steps per chunk when a driver reports progress
+
+
+def chunk_length(steps: int, target: int = CHUNK_TARGET) -> int:
+  """The largest divisor of `steps` that is at most `target`: equal chunks, one compiled program."""
+  return max(d for d in range(1, min(steps, target) + 1) if steps % d == 0)
+
+
+def chunks(steps: int, target: int = CHUNK_TARGET) -> list[slice]:
+  size = chunk_length(steps, target)
+  return [slice(start, start + size) for start in range(0, steps, size)]
+
+
+def take_steps(tree, steps: slice):
+  """The entries of `steps` of every per-step array of a pytree (leading axis: steps)."""
+  return jax.tree.map(lambda a: a[steps], tree)
 
 
 def run_with_noise(denoise: Denoiser, x_init: Array, plan: StepPlan, noises: Array) -> Array:
