@@ -31,19 +31,27 @@ def _encode(params, audio, *, config: OobleckConfig):
   return dist.mean, dist.std
 
 
-def decode(params, latents, config: OobleckConfig, chunk_frames: int | None = DECODE_CHUNK_FRAMES) -> np.ndarray:
-  """latents (B, latent_dim, frames) -> audio (B, channels, frames * hop) float32 NumPy.
-
-  chunk_frames=None decodes in one pass."""
+def decode(params, latents, config: OobleckConfig, chunk_frames: int | None = DECODE_CHUNK_FRAMES,
+           frames: tuple[int, int] | None = None) -> np.ndarray:
+  """latents (B, latent_dim, T) -> audio (B, channels, (stop - start) * hop) float32 NumPy for the
+  latent frames [start, stop) = `frames` (default: all), each decoded with its receptive field of
+  context from the frames around it, so a part decodes to exactly what the whole decodes to there
+  (up to float32 rounding where the windows fall differently). chunk_frames=None decodes in one
+  pass (of the part and its context)."""
   latents = jnp.asarray(latents, jnp.float32)
-  frames = latents.shape[-1]
-  if chunk_frames is None or frames <= chunk_frames:
-    return np.asarray(_decode(params, latents, config=config))
-  hop = config.hop_length
-  out = np.empty((latents.shape[0], config.audio_channels, frames * hop), np.float32)
-  for a, b, w0, width in windows(frames, chunk_frames, decoder_receptive_radius(config)):
+  length = latents.shape[-1]
+  start, stop = (0, length) if frames is None else frames
+  if not 0 <= start < stop <= length:
+    raise ValueError(f"frames {frames} are not inside the {length} latent frames")
+  hop, radius = config.hop_length, decoder_receptive_radius(config)
+  if chunk_frames is None or stop - start <= chunk_frames:
+    w0, w1 = (0, length) if chunk_frames is None else (max(0, start - radius), min(length, stop + radius))
+    audio = np.asarray(_decode(params, latents[..., w0:w1], config=config))
+    return audio[..., (start - w0) * hop:(stop - w0) * hop]
+  out = np.empty((latents.shape[0], config.audio_channels, (stop - start) * hop), np.float32)
+  for a, b, w0, width in windows(length, chunk_frames, radius, start, stop):
     audio = np.asarray(_decode(params, latents[..., w0:w0 + width], config=config))
-    out[..., a * hop:b * hop] = audio[..., (a - w0) * hop:(b - w0) * hop]
+    out[..., (a - start) * hop:(b - start) * hop] = audio[..., (a - w0) * hop:(b - w0) * hop]
   return out
 
 

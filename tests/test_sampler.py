@@ -311,6 +311,20 @@ def test_decode_windows_need_their_context(tiny, monkeypatch):
   assert max_error_ratio(short, full) > 1e-3
 
 
+@pytest.mark.parametrize("chunk", [None, 20, 200])
+@pytest.mark.parametrize("frames", [(0, 150), (37, 61), (100, 150), (0, 9), (140, 150)])
+def test_decoding_a_part_equals_that_part_of_the_whole(tiny, chunk, frames):
+  """Decode only the frames that are kept (plus their context): the same audio as decoding all of
+  them and cutting, up to float32 rounding where the windows fall differently."""
+  cfg = tiny.model.config.vae
+  latents = np.random.default_rng(7).normal(size=(1, cfg.latent_dim, 150)).astype(np.float32)
+  whole = vae_ops.decode(tiny.model.params["vae"], latents, cfg, chunk_frames=None)
+  part = vae_ops.decode(tiny.model.params["vae"], latents, cfg, chunk_frames=chunk, frames=frames)
+  hop = cfg.hop_length
+  assert part.shape[-1] == (frames[1] - frames[0]) * hop
+  assert max_error_ratio(part, whole[..., frames[0] * hop:frames[1] * hop]) < 1e-5
+
+
 def test_windowed_encode_matches_one_shot(tiny):
   cfg = tiny.model.config.vae
   audio = np.random.default_rng(6).uniform(-1, 1, size=(1, 2, cfg.hop_length * 300)).astype(np.float32)

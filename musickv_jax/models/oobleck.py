@@ -235,14 +235,15 @@ def encoder_receptive_radius(config: OobleckConfig) -> int:
   return int(math.ceil(radius / config.hop_length)) + 1
 
 
-def windows(length: int, chunk: int, overlap: int) -> list[tuple[int, int, int, int]]:
-  """Splits [0, length) into chunks [a, b) each computed from one window [w0, w0 + width) of a
-  single width, with `overlap` frames of context on each side (or the true sequence edge).
-  Returns (a, b, w0, width) tuples."""
+def windows(length: int, chunk: int, overlap: int, start: int = 0, stop: int | None = None) -> list[tuple[int, int, int, int]]:
+  """Splits [start, stop) (default: all of [0, length)) into chunks [a, b), each computed from one
+  window [w0, w0 + width) of a single width inside [0, length), with `overlap` frames of context on
+  each side (or the true sequence edge). Returns (a, b, w0, width) tuples."""
+  stop = length if stop is None else stop
   width = min(length, chunk + 2 * overlap)
   out = []
-  for a in range(0, length, chunk):
-    b = min(a + chunk, length)
+  for a in range(start, stop, chunk):
+    b = min(a + chunk, stop)
     w0 = max(0, min(a - overlap, length - width))
     out.append((a, b, w0, width))
   return out
