@@ -27,7 +27,7 @@ from musickv_jax.cli import edit as edit_cli
 from musickv_jax.cli import generate as generate_cli
 from musickv_jax.cli import invert as invert_cli
 from musickv_jax.cli.runner import run
-from musickv_jax.errors import CheckpointError, ConversionError, SettingsError
+from musickv_jax.errors import CheckpointError, SettingsError
 from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings
 from tests.test_files import dead_pid, stale_name
 

@@ -4,7 +4,6 @@ the SDE variant, and that varying data never recompiles."""
 from __future__ import annotations
 
 import math
-import types
 
 import jax
 import jax.numpy as jnp
@@ -18,23 +17,15 @@ from musickv_jax.errors import SettingsError
 from musickv_jax.pipeline import conditioning
 from musickv_jax.pipeline.common import FIT_BUCKET_FRAMES
 from musickv_jax.sampling import guided, sampler, schedules, solvers
+from musickv_jax.bench.scheduler import reference_scheduler
 from tests.parity import max_error_ratio
 
 
 def edm_scheduler(steps: int):
   """diffusers' deterministic DPM-Solver++(2M) with SAO's settings, fed atan timesteps."""
-  from diffusers import EDMDPMSolverMultistepScheduler
-
-  sched = EDMDPMSolverMultistepScheduler(sigma_min=0.3, sigma_max=500.0, sigma_data=1.0,
-                                         sigma_schedule="exponential", prediction_type="v_prediction",
-                                         algorithm_type="dpmsolver++")
-  sched.precondition_noise = types.MethodType(lambda self, sigma: torch.atan(torch.as_tensor(sigma)) / math.pi * 2,
-                                              sched)
-  sched.set_timesteps(steps)
-  return sched
+  return reference_scheduler(steps)
 
 
-@pytest.mark.fast
 def test_exponential_schedule_matches_diffusers():
   sched = edm_scheduler(12)
   np.testing.assert_allclose(schedules.exponential_sigmas(12), sched.sigmas.numpy(), rtol=2e-6)

@@ -122,7 +122,6 @@ def diffusers(config: ModelConfig, params: dict, inputs: Inputs, repeats: int, p
     for layer in vital_layers(cfg.depth):
       model.transformer_blocks[layer].attn1.set_processor(KVBlendProcessor(blends))
     results["edit_step"] = _result(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)
-  del model
   return results
 
 

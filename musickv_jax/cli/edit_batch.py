@@ -36,7 +36,7 @@ from absl import flags
 from musickv_jax import files
 from musickv_jax.cli import listening, options
 from musickv_jax.cli.edit_outputs import outputs_record, write_edit_outputs
-from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json, write_npy
+from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_npy
 from musickv_jax.cli.record import provenance
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 from musickv_jax.errors import MusicKVError
