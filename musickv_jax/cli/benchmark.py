@@ -30,6 +30,10 @@ def define(fv: Flags) -> None:
   flags.DEFINE_integer("depth", None, "Use only this many DiT layers (quick, relative comparisons).",
                        flag_values=fv)
   flags.DEFINE_bool("torch", False, "Also time diffusers in the same run.", flag_values=fv)
+  flags.DEFINE_bool("breakdown", False, "Time the parts of one DiT layer, ours and torch's, at each length.",
+                    flag_values=fv)
+  flags.DEFINE_bool("precision", False, "bfloat16 against float32: deviation of a DiT call and of a short edit, "
+                    "and the speed of each.", flag_values=fv)
   flags.DEFINE_bool("job", False, "Benchmark a whole edit job (see docs/performance.md) instead of one step.",
                     flag_values=fv)
   flags.DEFINE_integer("job_steps", 100, "--job: sampling steps actually run (per-step times are extrapolated "
@@ -52,7 +56,18 @@ def body(fv: Flags) -> None:
     if not 1 <= fv.depth <= config.dit.depth:
       raise UsageError(f"--depth must be between 1 and {config.dit.depth}")
     config = config.replace(dit=dataclasses.replace(config.dit, depth=fv.depth))
-  if fv.job:
+  if fv.breakdown:
+    from musickv_jax.bench import breakdown
+
+    report = {"layers": [breakdown.run(config.dit, frames, batch=fv.batch, repeats=fv.repeats, compare_torch=fv.torch)
+                         for frames in lengths]}
+    print(breakdown.markdown(report["layers"]))
+  elif fv.precision:
+    from musickv_jax.bench import precision
+
+    report = precision.run(config.with_dtype("float32"), frames=lengths[-1], repeats=fv.repeats)
+    print(report)
+  elif fv.job:
     from musickv_jax.bench import job
 
     report = job.run(config, steps=fv.job_steps, edits=fv.job_edits, seconds=fv.job_seconds,
