@@ -17,7 +17,8 @@ def diffusers_dit(config: ModelConfig, params: dict, dtype: str = "float32") -> 
   """diffusers' StableAudioDiTModel holding exactly our DiT parameters (every tensor accounted for)."""
   spec = {k: v for k, v in component_configs(config)["transformer"].items() if not k.startswith("_")}
   model = StableAudioDiTModel(**spec).eval()
-  state = {k: torch.from_numpy(np.asarray(v)) for k, v in to_torch_state_dicts(config, params)["dit"].items()}
+  # np.array: a writable copy that torch may own.
+  state = {k: torch.from_numpy(np.array(v)) for k, v in to_torch_state_dicts(config, params)["dit"].items()}
   missing, unexpected = model.load_state_dict(state, strict=False)
   buffers = {name for name, _ in model.named_buffers()}
   missing = [k for k in missing if k not in buffers]
