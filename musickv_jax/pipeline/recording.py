@@ -23,6 +23,8 @@ from musickv_jax.config import ModelConfig
 from musickv_jax.errors import SettingsError
 from musickv_jax.models.dit import KVCache
 from musickv_jax.pipeline import common
+from musickv_jax.pipeline import long_recording
+from musickv_jax.pipeline.long_recording import WindowSettings
 from musickv_jax.pipeline.conditioning import guided_conditioning, text_conditioning
 from musickv_jax.pipeline.editing import EditResult, cache_from_inversion, edit_from_cache, edit_latents
 from musickv_jax.pipeline.settings import EditSettings, InversionSettings
@@ -39,10 +41,14 @@ class Inversion:
   n_samples: int  # the recording's length at the model's sample rate
   settings: InversionSettings
   kv: KVCache | None = None  # vital-layer K/V over the inversion steps (conditional row), or None
+  windows: WindowSettings | None = None  # a recording longer than one window: how it was covered
 
   def describe(self) -> dict:
-    return {"n_samples": self.n_samples, "latent_shape": list(self.inverted.shape),
-            "settings": self.settings.to_json_dict()}
+    record = {"n_samples": self.n_samples, "latent_shape": list(self.inverted.shape),
+              "settings": self.settings.to_json_dict()}
+    if self.windows is not None:
+      record["windows"] = self.windows.to_json_dict()
+    return record
 
   def notes_for(self, settings: EditSettings) -> list[str]:
     """Differences between how the recording was inverted and how it is about to be edited that
@@ -84,9 +90,26 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, *, 
 
 
 def invert_audio(model: LoadedModel, audio: np.ndarray, settings: InversionSettings, *,
-                 record_layers: tuple[int, ...] = (), on_step: common.Listener | None = None) -> Inversion:
-  """A recording (channels, samples) at the model's rate -> its inverted latent."""
-  settings.validate(model.config, -(-int(np.shape(audio)[-1]) // model.config.vae.hop_length))
+                 record_layers: tuple[int, ...] = (), windows: WindowSettings | None = None,
+                 on_step: common.Listener | None = None) -> Inversion:
+  """A recording (channels, samples) at the model's rate -> its inverted latent. A recording longer
+  than one window (`windows`, default: the model's window) is inverted over overlapping windows
+  (pipeline.long_recording)."""
+  cfg = model.config
+  n_samples = int(np.shape(audio)[-1])
+  frames = -(-n_samples // cfg.vae.hop_length)
+  windows = windows or WindowSettings()
+  if windows.needs_windows(cfg, frames):
+    long_recording.check_recording(cfg, n_samples, windows)
+    settings.validate(cfg)
+    if record_layers:
+      raise SettingsError("K/V cannot be recorded while inverting a recording longer than one window; edit it "
+                          "without {field}", field="kv_from_inversion")
+    encoded = encode_audio(model, audio, sample=settings.sample_latent, seed=settings.seed)
+    inverted = long_recording.invert_latents(model, encoded, settings, windows, n_samples, on_step=on_step)
+    return Inversion(inverted=inverted, encoded=np.asarray(encoded), n_samples=n_samples, settings=settings,
+                     windows=windows)
+  settings.validate(cfg, frames)
   encoded = encode_audio(model, audio, sample=settings.sample_latent, seed=settings.seed)
   inverted, kv = invert_latents(model, encoded, settings, record_layers=record_layers, on_step=on_step)
   return Inversion(inverted=inverted, encoded=np.asarray(encoded), n_samples=int(np.shape(audio)[-1]),
@@ -107,7 +130,16 @@ def edit_recording(model: LoadedModel, inversion: Inversion, settings: EditSetti
   schedule = settings.validate(cfg)
   n = len(gen.prompts)
   x_init = np.repeat(inversion.inverted, n, axis=0)
-  if not kv_from_inversion:
+  if inversion.windows is not None:
+    if kv_from_inversion:
+      raise SettingsError("a recording longer than one window is edited by regenerating its source (the K/V of "
+                          "every window and step would not fit); leave out {field}", field="kv_from_inversion")
+    guidance = np.full((n,), gen.guidance_scale, np.float32)
+    guidance[0] = SOURCE_GUIDANCE
+    latents, roles = long_recording.edit_latents(model, settings, schedule, x_init, guidance, inversion.windows,
+                                                 inversion.n_samples, on_step=on_step)
+    prompts = list(gen.prompts)
+  elif not kv_from_inversion:
     guidance = np.full((n,), gen.guidance_scale, np.float32)
     guidance[0] = SOURCE_GUIDANCE
     latents, roles = edit_latents(model, settings, schedule, x_init, guidance, on_step=on_step)
@@ -159,9 +191,9 @@ def load_inversion(path: str | Path, config: ModelConfig, *, n_samples: int | No
   except (ValueError, OSError) as e:
     raise SettingsError(f"{{field}} {path}: not a readable .npy file ({e})", field="inverted_latent") from None
   channels, window = config.dit.io_channels, config.dit.sample_size
-  if latent.ndim != 3 or latent.shape[0] != 1 or latent.shape[1] != channels or not 0 < latent.shape[2] <= window:
-    raise SettingsError(f"{{field}} has shape {latent.shape}; this model needs (1, {channels}, T) with "
-                        f"T <= {window}: invert with this model", field="inverted_latent")
+  if latent.ndim != 3 or latent.shape[0] != 1 or latent.shape[1] != channels or latent.shape[2] < 1:
+    raise SettingsError(f"{{field}} has shape {latent.shape}; this model needs (1, {channels}, T): invert with "
+                        "this model", field="inverted_latent")
   if not np.issubdtype(latent.dtype, np.floating) or not np.all(np.isfinite(latent)):
     raise SettingsError("{field} is not finite floating-point data (NaN, infinite or integer values)",
                         field="inverted_latent")
@@ -170,11 +202,13 @@ def load_inversion(path: str | Path, config: ModelConfig, *, n_samples: int | No
   sidecar = sidecar_path(path)
   settings = InversionSettings(prompt="(unknown)")
   stored_samples = frames * hop
+  windows = None
   if sidecar.is_file():
     try:
       record = json.loads(sidecar.read_text())
       stored_samples = int(record.get("n_samples", stored_samples))
       settings = InversionSettings(**record.get("settings", {"prompt": "(unknown)"}))
+      windows = WindowSettings(**record["windows"]) if "windows" in record else None
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, AttributeError) as e:
       raise SettingsError(f"{{field}}: its sidecar {sidecar} is damaged ({e}); invert the recording again",
                           field="inverted_latent") from None
@@ -187,4 +221,9 @@ def load_inversion(path: str | Path, config: ModelConfig, *, n_samples: int | No
       raise SettingsError(f"{{field}} has {frames} frames but the recording (this segment) needs {needed}; invert "
                           "this recording / segment again", field="inverted_latent")
     stored_samples = n_samples
-  return Inversion(inverted=latent.astype(np.float32), encoded=None, n_samples=stored_samples, settings=settings)
+  if frames > window and windows is None:
+    raise SettingsError(f"{{field}} has {frames} frames, more than the model's window of {window}, and no sidecar "
+                        f"{sidecar.name} saying how its windows were laid out; invert the recording again",
+                        field="inverted_latent")
+  return Inversion(inverted=latent.astype(np.float32), encoded=None, n_samples=stored_samples, settings=settings,
+                   windows=windows)

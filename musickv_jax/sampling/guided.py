@@ -23,6 +23,7 @@ from musickv_jax.config import DiTConfig
 from musickv_jax.models.dit import KVCache, KVControls, StableAudioDiT
 from musickv_jax.sampling import sampler as sampler_lib
 from musickv_jax.sampling import solvers
+from musickv_jax.sampling import windows as windows_lib
 
 Array = jax.Array
 
@@ -93,6 +94,41 @@ def guided_denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditioning,
   return sampler_lib.v_denoiser(v_fn)
 
 
+def windowed_denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditioning, windows: windows_lib.Windows, *,
+                      use_cfg: bool, kv: KVSteps | None = None):
+  """A sampler.Denoiser over a latent longer than the model's window (sampling.windows): every
+  group of windows is one batch of DiT rows, the groups run one after another, and the windows'
+  predictions are fused into one prediction of the whole latent.
+
+  cond: per group, cross_tokens (groups, R, N, D) and global_cond (groups, R, Dg), the rows of a
+  group laid out [branch][window][prompt]; guidance (G * B,). kv: controls for a group's rows."""
+  def denoise(x, sigma, t, step):
+    def one_group(args):
+      x_group, cross_tokens, global_cond = args
+      group_cond = GuidedConditioning(cross_tokens, global_cond, cond.guidance)
+      denoised, _ = guided_denoiser(dit_params, dit_config, group_cond, use_cfg=use_cfg, kv=kv)(x_group, sigma, t,
+                                                                                             step)
+      return denoised
+
+    rows = windows_lib.gather(x, windows)
+    if windows.groups == 1:  # no loop: a latent that fits one window runs exactly the plain program's DiT call
+      denoised = one_group((rows[0], cond.cross_tokens[0], cond.global_cond[0]))[None]
+    else:
+      denoised = jax.lax.map(one_group, (rows, cond.cross_tokens, cond.global_cond))
+    return windows_lib.fuse(denoised, windows, x.shape[-1]), None
+
+  return denoise
+
+
+def _denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditioning, windows: windows_lib.Windows | None, *,
+              use_cfg: bool, kv: KVSteps | None, record_layers: tuple[int, ...]):
+  if windows is None:
+    return guided_denoiser(dit_params, dit_config, cond, use_cfg=use_cfg, kv=kv, record_layers=record_layers)
+  if record_layers:
+    raise ValueError("recording K/V is not supported over windows")
+  return windowed_denoiser(dit_params, dit_config, cond, windows, use_cfg=use_cfg, kv=kv)
+
+
 @functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers", "remat"))
 def sample(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_lib.StepPlan, key: Array,
            kv: KVSteps | None = None, sample_ids: Array | None = None, *, dit_config: DiTConfig,
@@ -115,34 +151,42 @@ def sample(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_li
 
 @functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers"))
 def sample_chunk(dit_params, cond: GuidedConditioning, state: solvers.SolverState, plan: sampler_lib.StepPlan,
-                 key: Array, kv: KVSteps | None, per_step: dict, sample_ids: Array | None, step_index: Array, *,
-                 dit_config: DiTConfig, solver: str = "dpmpp-2m", use_cfg: bool = True,
-                 record_layers: tuple[int, ...] = ()) -> tuple[solvers.SolverState, KVCache | None]:
+                 key: Array, kv: KVSteps | None, per_step: dict, sample_ids: Array | None, step_index: Array,
+                 windows: windows_lib.Windows | None = None, *, dit_config: DiTConfig, solver: str = "dpmpp-2m",
+                 use_cfg: bool = True, record_layers: tuple[int, ...] = ()) -> tuple[solvers.SolverState, KVCache | None]:
   """Some consecutive steps of `sample` from a carried state (plan, per_step and step_index hold
-  just those steps)."""
-  denoise = guided_denoiser(dit_params, dit_config, cond, use_cfg=use_cfg, kv=kv, record_layers=record_layers)
+  just those steps). windows: sample a latent longer than the model's window (windowed_denoiser)."""
+  denoise = _denoiser(dit_params, dit_config, cond, windows, use_cfg=use_cfg, kv=kv, record_layers=record_layers)
   return sampler_lib.run_steps(denoise, state, plan, per_step, step_index, solver=solver, key=key,
                                sample_ids=sample_ids)
 
 
 def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_lib.StepPlan, key: Array,
-                     kv: KVSteps | None = None, sample_ids: Array | None = None, *, dit_config: DiTConfig,
-                     solver: str = "dpmpp-2m", use_cfg: bool = True,
-                     record_layers: tuple[int, ...] = ()) -> tuple[Array, KVCache | None]:
+                     kv: KVSteps | None = None, sample_ids: Array | None = None,
+                     windows: windows_lib.Windows | None = None, *, dit_config: DiTConfig, solver: str = "dpmpp-2m",
+                     use_cfg: bool = True, record_layers: tuple[int, ...] = ()) -> tuple[Array, KVCache | None]:
   """`sample`, run a chunk of steps at a time from the host, reporting progress to the listeners of
   sampler.on_step between chunks. Computes what `sample` computes; the chunk program has no host
-  callbacks, so JAX's persistent compilation cache keeps it between runs."""
+  callbacks, so JAX's persistent compilation cache keeps it between runs.
+
+  windows: x_init (B, C, L) is longer than the model's window; cond and kv hold a group's rows
+  (see windowed_denoiser)."""
   batch = x_init.shape[0]
-  rows = 2 * batch if use_cfg else batch
-  chex.assert_shape(cond.cross_tokens, (rows, None, dit_config.cond_input_dim))
-  chex.assert_shape(cond.guidance, (batch,))
+  if windows is None:
+    rows = 2 * batch if use_cfg else batch
+    chex.assert_shape(cond.cross_tokens, (rows, None, dit_config.cond_input_dim))
+    chex.assert_shape(cond.guidance, (batch,))
+  else:
+    rows = (2 if use_cfg else 1) * windows.per_group * batch
+    chex.assert_shape(cond.cross_tokens, (windows.groups, rows, None, dit_config.cond_input_dim))
+    chex.assert_shape(cond.guidance, (windows.per_group * batch,))
   per_step = _per_step(kv)
   fixed = None if kv is None else dataclasses.replace(kv, inject_weight=None, injected=None)
   state, recorded = solvers.init_state(x_init), []
   for steps in sampler_lib.chunks(plan.steps):
     state, aux = sample_chunk(dit_params, cond, state, sampler_lib.take_steps(plan, steps), key, fixed,
                               sampler_lib.take_steps(per_step, steps), sample_ids,
-                              jnp.arange(steps.start, steps.stop), dit_config=dit_config, solver=solver,
+                              jnp.arange(steps.start, steps.stop), windows, dit_config=dit_config, solver=solver,
                               use_cfg=use_cfg, record_layers=record_layers)
     recorded.append(aux)
     sampler_lib.report_progress(steps.stop, plan.steps)

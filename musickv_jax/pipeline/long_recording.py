@@ -1,0 +1,277 @@
+"""Recordings longer than the model's window: one inversion and one edit over the whole latent.
+
+The recording is encoded whole (the windowed VAE is exact), and its latent is covered by
+overlapping windows of at most the model's length (sampling.windows). At every step of the
+inversion and of the edit the DiT runs on every window (the windows are rows of the batch, in
+groups sized to the memory budget) and the windows' predictions are fused with smooth weights
+that sum to one; the solver steps the whole latent. In the edit, the source's window i injects
+its K/V into every edit's window i (the joint mode, with windows as rows).
+
+Conditioning per window, as SAO was trained (random crops of longer files, conditioned on the
+crop's start in the file and the file's length): seconds_start = the window's start in the
+recording, seconds_total = the recording's length. The prompts are the same for every window.
+A recording that fits one window keeps today's single-window path (seconds_start 0,
+seconds_total the model's maximum, as the reference).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musickv_jax.checkpoint import LoadedModel
+from musickv_jax.config import ModelConfig
+from musickv_jax.editing import injection
+from musickv_jax.errors import SettingsError
+from musickv_jax.pipeline import common
+from musickv_jax.pipeline.conditioning import guided_conditioning
+from musickv_jax.pipeline.settings import EditSettings, InversionSettings
+from musickv_jax.sampling import guided
+from musickv_jax.sampling import inversion as inversion_lib
+from musickv_jax.sampling import windows as windows_lib
+
+# A few bars at common tempos (2 bars of 4/4 at 120 bpm), 8 % of the 47.55 s window: long enough
+# for the raised-cosine crossfade to hide the seam between windows' predictions, short enough that
+# the overlap costs little (a 4-minute song takes 6 windows instead of 5.05).
+DEFAULT_OVERLAP_S = 4.0
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSettings:
+  """How a recording longer than one window is covered: windows of `window_s` seconds (None: the
+  model's maximum) overlapping by at least `overlap_s` (None: DEFAULT_OVERLAP_S or a quarter of
+  the window, whichever is shorter); `windows_per_batch` windows evaluated as
+  rows of one batch (None: as many as `memory_budget_gib` allows; None budget: the device's memory)."""
+
+  window_s: float | None = None
+  overlap_s: float | None = None  # None: DEFAULT_OVERLAP_S, at most a quarter of the window
+  windows_per_batch: int | None = None
+  memory_budget_gib: float | None = None
+
+  def frames(self, config: ModelConfig) -> tuple[int, int]:
+    """(window, overlap) in latent frames."""
+    rate = config.sample_rate / config.vae.hop_length
+    window = config.dit.sample_size if self.window_s is None else int(math.floor(self.window_s * rate + 1e-6))
+    if self.overlap_s is None:
+      return window, min(int(math.ceil(DEFAULT_OVERLAP_S * rate - 1e-6)), window // 4)
+    return window, int(math.ceil(self.overlap_s * rate - 1e-6))
+
+  def validate(self, config: ModelConfig) -> None:
+    maximum = config.max_audio_seconds
+    if self.window_s is not None and (not math.isfinite(self.window_s) or not 0 < self.window_s <= maximum + 1e-6):
+      raise SettingsError(f"{{field}} {self.window_s:g} s does not fit the model: give more than 0 and at most "
+                          f"{maximum:.2f} s (the default)", field="window_s")
+    window, overlap = self.frames(config)
+    if window < 1:
+      raise SettingsError(f"{{field}} {self.window_s:g} s is shorter than one latent frame; give a longer window",
+                          field="window_s")
+    if self.overlap_s is not None and (not math.isfinite(self.overlap_s) or self.overlap_s < 0):
+      raise SettingsError(f"{{field}} must be 0 or more seconds, got {self.overlap_s:g}", field="overlap_s")
+    if overlap >= window:
+      raise SettingsError(f"{{field}} ({self.overlap_s:g} s) must be shorter than the window "
+                          f"({window * config.vae.hop_length / config.sample_rate:.2f} s, {{window_s}})",
+                          field="overlap_s", mentions=("window_s",))
+    if self.windows_per_batch is not None and (isinstance(self.windows_per_batch, bool)
+                                               or not isinstance(self.windows_per_batch, (int, np.integer))
+                                               or self.windows_per_batch < 1):
+      raise SettingsError(f"{{field}} must be a whole number of at least 1, got {self.windows_per_batch!r}",
+                          field="windows_per_batch")
+    if self.memory_budget_gib is not None and (not math.isfinite(self.memory_budget_gib)
+                                               or self.memory_budget_gib <= 0):
+      raise SettingsError(f"{{field}} must be a positive number of GiB, got {self.memory_budget_gib:g}",
+                          field="memory_budget_gib")
+
+  def layout(self, config: ModelConfig, frames: int) -> windows_lib.WindowLayout:
+    window, overlap = self.frames(config)
+    return windows_lib.layout(frames, window, overlap)
+
+  def needs_windows(self, config: ModelConfig, frames: int) -> bool:
+    """Whether a latent of `frames` frames is longer than one window."""
+    return frames > self.frames(config)[0]
+
+  def to_json_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def device_memory_bytes() -> int:
+  """The memory of the first device: its allocator's limit on GPU/TPU, the host's RAM on CPU."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def dit_row_bytes(config: ModelConfig, frames: int) -> int:
+  """An upper estimate of the working memory of one DiT row of `frames` frames: a layer's
+  activations (about 24 tensors of (S, width)) and its attention logits (a few (heads, S, S)
+  tensors), float32. At T = 384 it is twice what XLA reports for the compiled CPU program."""
+  dit = config.dit
+  tokens = frames + 1  # the global token in front
+  return 4 * tokens * (24 * dit.embed_dim + 3 * dit.num_heads * tokens)
+
+
+def params_bytes(model: LoadedModel) -> int:
+  return sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree.leaves(model.params))
+
+
+def song_bytes(config: ModelConfig, n_samples: int, n_outputs: int) -> int:
+  """Whole-recording buffers: the input and every output's audio (float32, twice: decoded and
+  written), the latents of every output (and the solver's history of them)."""
+  audio = 2 * 4 * config.vae.audio_channels * n_samples * (n_outputs + 1)
+  latents = 4 * 4 * config.dit.io_channels * (-(-n_samples // config.vae.hop_length)) * (n_outputs + 1)
+  return audio + latents
+
+
+def windows_per_batch(model: LoadedModel, settings: WindowSettings, layout: windows_lib.WindowLayout,
+                      rows_per_window: int, n_samples: int, n_outputs: int) -> int:
+  """How many windows run as rows of one batch: the settings' number, else as many as the memory
+  budget holds (at most all). Raises SettingsError when the recording does not fit the budget."""
+  config = model.config
+  budget = (settings.memory_budget_gib * GIB if settings.memory_budget_gib is not None
+            else device_memory_bytes())
+  fixed = params_bytes(model) + song_bytes(config, n_samples, n_outputs)
+  per_window = rows_per_window * dit_row_bytes(config, layout.width)
+  available = budget - fixed
+  seconds = n_samples / config.sample_rate
+  if available < per_window:
+    raise SettingsError(f"a {seconds:.1f} s recording needs about {(fixed + per_window) / GIB:.1f} GiB (model, "
+                        f"whole-recording audio and latents, one window's rows) but the memory budget is "
+                        f"{budget / GIB:.1f} GiB; raise {{field}} or edit a shorter segment ({{start_s}} / "
+                        f"{{end_s}})", field="memory_budget_gib", mentions=("start_s", "end_s"))
+  fitting = int(available // per_window)
+  if settings.windows_per_batch is not None:
+    if settings.windows_per_batch > fitting:
+      raise SettingsError(f"{{field}} {settings.windows_per_batch} needs about "
+                          f"{(fixed + settings.windows_per_batch * per_window) / GIB:.1f} GiB but the memory budget "
+                          f"is {budget / GIB:.1f} GiB; use at most {fitting} or raise {{memory_budget_gib}}",
+                          field="windows_per_batch", mentions=("memory_budget_gib",))
+    return min(settings.windows_per_batch, layout.n_windows)
+  return max(1, min(fitting, layout.n_windows))
+
+
+def check_recording(config: ModelConfig, n_samples: int, settings: WindowSettings) -> None:
+  """A recording longer than one window must fit the seconds conditioning (its length is each
+  window's seconds_total)."""
+  settings.validate(config)
+  seconds = n_samples / config.sample_rate
+  top = config.conditioner.seconds_max
+  if seconds > top + 1e-6:
+    raise SettingsError(f"the recording is {seconds:.1f} s long; the model's seconds conditioning reaches "
+                        f"{top:g} s: edit a segment of at most {top:g} s ({{field}} / {{end_s}})", field="start_s",
+                        mentions=("end_s",))
+
+
+# ----------------------------------------------------------------------------- conditioning
+
+
+def window_conditioning(model: LoadedModel, prompts, layout: windows_lib.WindowLayout, windows: windows_lib.Windows,
+                        seconds_total: float, *, negative_prompt: str | None, guidance: np.ndarray,
+                        use_cfg: bool) -> guided.GuidedConditioning:
+  """Each window's conditioning (its start, the recording's length), as the rows of every group:
+  cross_tokens (groups, R, N, D) and global_cond (groups, R, Dg), rows [branch][window][prompt];
+  guidance (G * n,). Padding windows copy window 0."""
+  cfg = model.config
+  n = len(prompts)
+  branches = 2 if use_cfg else 1
+  starts = layout.seconds_start(cfg.vae.hop_length, cfg.sample_rate)
+  per_window = [guided_conditioning(model, prompts, negative_prompt=negative_prompt, seconds_start=start,
+                                    seconds_total=seconds_total, guidance=guidance, use_cfg=use_cfg)
+                for start in starts]
+  groups, g = windows.groups, windows.per_group
+
+  def grouped(name: str) -> jax.Array:
+    stacked = jnp.stack([getattr(c, name) for c in per_window])  # (n_windows, branches * n, ...)
+    padding = groups * g - stacked.shape[0]
+    if padding:
+      stacked = jnp.concatenate([stacked, jnp.repeat(stacked[:1], padding, axis=0)])
+    tail = stacked.shape[2:]
+    stacked = stacked.reshape((groups, g, branches, n) + tail)
+    return jnp.swapaxes(stacked, 1, 2).reshape((groups, branches * g * n) + tail)
+
+  return guided.GuidedConditioning(grouped("cross_tokens"), grouped("global_cond"),
+                                   windows_lib.group_rows(jnp.asarray(guidance, jnp.float32), 0, g, n))
+
+
+def grouped_steps(kv: guided.KVSteps, windows_per_group: int, n_prompts: int) -> guided.KVSteps:
+  """KV controls of one run's rows -> the same for a group's rows (each window's edits blend from
+  the same window's source)."""
+  bypass = kv.bypass
+  if bypass is not None and bypass.ndim == 2:
+    bypass = windows_lib.group_rows(bypass, 1, windows_per_group, n_prompts)
+  return dataclasses.replace(
+      kv, inject_weight=windows_lib.group_rows(kv.inject_weight, 2, windows_per_group, n_prompts),
+      source_index=windows_lib.group_source_index(kv.source_index, windows_per_group, n_prompts), bypass=bypass)
+
+
+# ----------------------------------------------------------------------------- inversion and edit
+
+
+def seconds_total(config: ModelConfig, n_samples: int) -> float:
+  return n_samples / config.sample_rate
+
+
+def invert_latents(model: LoadedModel, latents, settings: InversionSettings, window_settings: WindowSettings,
+                   n_samples: int, *, on_step: common.Listener | None = None,
+                   layout: windows_lib.WindowLayout | None = None) -> np.ndarray:
+  """Clean latents (1, C, L) of a long recording -> the latent at sigma_max, one inversion over
+  windows. `layout` overrides the settings' windows (tests: a one-window layout)."""
+  cfg = model.config
+  frames = int(np.shape(latents)[-1])
+  if settings.seconds_total is not None and layout is None:
+    raise SettingsError("{field} is set per window for a recording longer than one window (its start, the "
+                        "recording's length); leave it out", field="seconds_total")
+  layout = layout or window_settings.layout(cfg, frames)
+  per_batch = windows_per_batch(model, window_settings, layout, 1, n_samples, 1)
+  windows = layout.arrays(per_batch)
+  total = settings.resolved_total(cfg) if layout.n_windows == 1 else seconds_total(cfg, n_samples)
+  cond = window_conditioning(model, [settings.prompt], layout, windows, total, negative_prompt=None,
+                             guidance=np.ones((1,), np.float32), use_cfg=False)
+  plan = inversion_lib.make_inversion_plan(settings.num_inference_steps, variant=settings.variant,
+                                           order=settings.order, sigma_min=settings.sigma_min,
+                                           sigma_max=settings.sigma_max, schedule=settings.sigma_schedule)
+  with common.progress(on_step):
+    inverted, _ = inversion_lib.invert_in_chunks(model.params["dit"], cond, jnp.asarray(latents, jnp.float32), plan,
+                                                 windows, dit_config=cfg.dit)
+  return common.to_host(inverted)
+
+
+def edit_latents(model: LoadedModel, settings: EditSettings, schedule: np.ndarray, x_init, guidance: np.ndarray,
+                 window_settings: WindowSettings, n_samples: int, *, on_step: common.Listener | None = None,
+                 layout: windows_lib.WindowLayout | None = None) -> tuple[np.ndarray, list[str]]:
+  """The sampling part of a long edit (joint mode, windows as rows): x_init (n, C, L) -> final
+  latents (n, C, L) and each prompt's role."""
+  cfg = model.config
+  gen = settings.generation
+  n = len(gen.prompts)
+  if settings.injection_mode != "joint":
+    raise SettingsError("a recording longer than one window is edited in the joint {field} (the cached mode "
+                        "would hold every step's K/V of every window)", field="injection_mode")
+  if gen.audio_end_in_s is not None and layout is None:
+    raise SettingsError("{field} is set per window for a recording longer than one window (its start, the "
+                        "recording's length); leave it out", field="audio_end_in_s")
+  frames = int(np.shape(x_init)[-1])
+  layout = layout or window_settings.layout(cfg, frames)
+  use_cfg = bool(np.any(guidance != 1.0)) or gen.negative_prompt is not None
+  edit_layout = injection.EditLayout.reference(n, settings.edit_all, use_cfg)
+  per_batch = windows_per_batch(model, window_settings, layout, edit_layout.rows, n_samples, n)
+  windows = layout.arrays(per_batch)
+  total = gen.resolved_end(cfg) if layout.n_windows == 1 else seconds_total(cfg, n_samples)
+  cond = window_conditioning(model, gen.prompts, layout, windows, total, negative_prompt=gen.negative_prompt,
+                             guidance=guidance, use_cfg=use_cfg)
+  kv = grouped_steps(injection.joint_steps(schedule, tuple(settings.vital_layers), cfg.dit, edit_layout,
+                                           tuple(settings.skip_layers)), windows.per_group, n)
+  with common.progress(on_step):
+    latents, _ = guided.sample_in_chunks(model.params["dit"], cond, jnp.asarray(x_init), common.step_plan(gen),
+                                         common.sde_key(gen.seed), kv, None, windows, dit_config=cfg.dit,
+                                         solver=gen.sampler, use_cfg=use_cfg)
+  roles = ["source"] + ["edit" if p in edit_layout.edits else "plain" for p in range(1, n)]
+  return common.to_host(latents), roles

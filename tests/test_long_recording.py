@@ -1,0 +1,192 @@
+"""Recordings longer than the model's window: the window layout and its fusion weights, the
+single-window equality with today's path, the identity property across windows, groupings,
+the long round trip, and bad input.
+
+The `tiny` model has a 16-frame window at 4 latent frames per second (a 4 s window); its
+"songs" are 10 s (40 frames, 3 windows of 4 s overlapping by at least 1 s)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from musickv_jax import pipeline
+from musickv_jax.editing import schedules as kv
+from musickv_jax.errors import SettingsError
+from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings, WindowSettings
+from musickv_jax.pipeline import long_recording
+from musickv_jax.sampling import guided, sampler, schedules
+from musickv_jax.sampling import windows as windows_lib
+
+WINDOWS = WindowSettings(window_s=4.0, overlap_s=1.0)  # tiny: 16 frames, 4 frames of overlap
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("frames,window,overlap", [(40, 16, 4), (1000, 352, 87), (353, 352, 0), (5000, 1024, 86),
+                                                   (100, 16, 15), (16, 16, 4), (9, 16, 4)])
+def test_windows_cover_the_latent_with_weights_that_sum_to_one(frames, window, overlap):
+  layout = windows_lib.layout(frames, window, overlap)
+  np.testing.assert_allclose(layout.coverage(), 1.0, atol=1e-6)  # at every frame
+  starts = np.asarray(layout.starts)
+  assert starts[0] == 0 and starts[-1] + layout.width == frames and layout.width == min(window, frames)
+  if layout.n_windows > 1:
+    assert np.all(starts[:-1] + layout.width - starts[1:] >= overlap)  # every neighbour overlaps enough
+    assert layout.n_windows == int(np.ceil((frames - overlap) / (window - overlap)))  # and no window is spare
+  weights = layout.weights()
+  assert np.all(weights > 0) and np.all(weights <= 1)
+  if 1 < overlap <= window // 2 and layout.n_windows > 1:  # smooth: raised cosines, no step beyond their slope
+    assert np.max(np.abs(np.diff(weights, axis=1))) <= np.pi / (2 * overlap) + 1e-6
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("per_group", [1, 2, 3, 5])
+def test_fusing_the_windows_of_a_latent_gives_the_latent_back(per_group):
+  layout = windows_lib.layout(40, 16, 4)
+  x = jax.random.normal(jax.random.key(0), (2, 3, 40))
+  windows = layout.arrays(per_group)
+  rows = windows_lib.gather(x, windows)
+  assert rows.shape == (windows.groups, windows.per_group * 2, 3, 16)
+  np.testing.assert_allclose(windows_lib.fuse(rows, windows, 40), x, rtol=1e-6, atol=1e-6)
+  # row g * B + b of a group is window g of sample b
+  np.testing.assert_array_equal(rows[0, 1], x[1, :, 0:16])
+
+
+@pytest.mark.fast
+def test_group_rows_follow_the_windows():
+  # rows [branch][prompt] of 2 prompts with CFG -> [branch][window][prompt] for 3 windows
+  values = jnp.asarray([10, 11, 20, 21])
+  np.testing.assert_array_equal(windows_lib.group_rows(values, 0, 3, 2), [10, 11, 10, 11, 10, 11, 20, 21, 20, 21, 20, 21])
+  # prompt 1 blends from prompt 0 of its own branch; in window g, from window g's prompt 0
+  source = np.asarray([0, 0, 2, 2])
+  np.testing.assert_array_equal(windows_lib.group_source_index(source, 3, 2), [0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10])
+
+
+def _song(model, seconds: float = 10.0, seed: int = 0) -> np.ndarray:
+  cfg = model.config
+  n = int(seconds * cfg.sample_rate)
+  t = np.arange(n) / cfg.sample_rate
+  rng = np.random.default_rng(seed)
+  return (0.3 * np.sin(2 * np.pi * 3.0 * t)[None] + 0.1 * rng.normal(size=(2, n))).astype(np.float32)
+
+
+def _edit_settings(prompts, steps, guidance=7.0, **kwargs):
+  return EditSettings(GenerationSettings(prompts=tuple(prompts), num_inference_steps=steps, guidance_scale=guidance),
+                      vital_layers=(1,), schedule=kv.linear_ramp(steps, 1), **kwargs)
+
+
+def test_a_recording_that_fits_one_window_is_edited_bitwise_alike_through_the_windowed_path(tiny):
+  """The windowed code, given one window covering the latent, runs exactly today's computation:
+  the inversion and the edit latents are bitwise equal (same batch, weight 1)."""
+  model, cfg = tiny.model, tiny.model.config
+  audio = _song(model, 3.0)
+  inv_settings = InversionSettings("piano solo", 6)
+  inversion = pipeline.invert_audio(model, audio, inv_settings)
+  assert inversion.windows is None  # fits the window: today's path
+  frames = inversion.inverted.shape[-1]
+  one = windows_lib.layout(frames, frames, 0)
+  windowed = long_recording.invert_latents(model, inversion.encoded, inv_settings, WindowSettings(), audio.shape[-1],
+                                           layout=one)
+  np.testing.assert_array_equal(windowed, inversion.inverted)
+
+  settings = _edit_settings(("piano solo", "acoustic guitar"), 6)
+  today = pipeline.edit_recording(model, inversion, settings)
+  schedule = settings.validate(cfg)
+  guidance = np.asarray([1.0, 7.0], np.float32)
+  latents, roles = long_recording.edit_latents(model, settings, schedule, np.repeat(inversion.inverted, 2, axis=0),
+                                               guidance, WindowSettings(), audio.shape[-1], layout=one)
+  assert roles == today.roles
+  np.testing.assert_array_equal(latents, today.latents)
+
+
+def test_a_long_recording_is_edited_whole_and_the_identity_holds_across_windows(tiny):
+  """Edit prompt = source prompt with the source's guidance 1: every edit equals the source
+  reconstruction, window after window (joint mode, windows as rows)."""
+  model = tiny.model
+  audio = _song(model)
+  inversion = pipeline.invert_audio(model, audio, InversionSettings("piano solo", 6), windows=WINDOWS)
+  layout = WINDOWS.layout(model.config, inversion.inverted.shape[-1])
+  assert layout.n_windows == 3 and inversion.inverted.shape[-1] == 40
+  settings = _edit_settings(("piano solo", "piano solo", "piano solo"), 6, guidance=1.0, edit_all=True)
+  result = pipeline.edit_recording(model, inversion, settings)
+  assert result.audio.shape == (3, 2, audio.shape[-1])  # the recording's exact length
+  assert result.roles == ["source", "edit", "edit"]
+  identity = max(float(np.max(np.abs(result.latents[p] - result.latents[0]))) for p in (1, 2))
+  print(f"identity across 3 windows: max |edit - source reconstruction| = {identity:.2e}")
+  assert identity <= 1e-6 * float(np.max(np.abs(result.latents[0])))
+  # a real edit moves away from the source
+  edited = pipeline.edit_recording(model, inversion, _edit_settings(("piano solo", "acoustic guitar"), 6))
+  assert not np.allclose(edited.latents[1], edited.latents[0], atol=1e-3)
+  np.testing.assert_allclose(edited.latents[0], result.latents[0], rtol=1e-5, atol=1e-5)  # the source is the same
+
+
+def test_windows_in_different_groupings_give_the_same_result(tiny):
+  model = tiny.model
+  audio = _song(model, seed=1)
+  results = []
+  for per_batch in (1, 2, None):  # 3 groups of 1; 2 groups of 2 (one padding window); all 3 in one batch
+    windows = WindowSettings(window_s=4.0, overlap_s=1.0, windows_per_batch=per_batch)
+    inversion = pipeline.invert_audio(model, audio, InversionSettings("piano solo", 5), windows=windows)
+    results.append(pipeline.edit_recording(model, inversion, _edit_settings(("piano solo", "jazz"), 5)).latents)
+  for other in results[1:]:
+    np.testing.assert_allclose(other, results[0], rtol=1e-5, atol=1e-5 * np.abs(results[0]).max())
+
+
+def _round_trip_error(model, x0, steps, n_samples, windows):
+  """Invert, then regenerate with the same prompt and guidance 1; relative L2 error of the latent."""
+  settings = InversionSettings("piano solo", steps)
+  gen = GenerationSettings(prompts=("piano solo",), num_inference_steps=steps, guidance_scale=1.0)
+  cfg = model.config
+  if windows is None:
+    inverted, _ = pipeline.invert_latents(model, x0, settings)
+    cond = pipeline.text_conditioning(model, ["piano solo"], 0.0, cfg.max_audio_seconds)
+    out, _ = guided.sample(model.params["dit"], guided.GuidedConditioning(cond.cross_tokens, cond.global_cond,
+                                                                          jnp.ones((1,))),
+                           jnp.asarray(inverted), pipeline.step_plan(gen), jax.random.key(0), dit_config=cfg.dit,
+                           use_cfg=False)
+  else:
+    inverted = long_recording.invert_latents(model, x0, settings, windows, n_samples)
+    layout = windows.layout(cfg, x0.shape[-1])
+    arrays = layout.arrays(layout.n_windows)
+    cond = long_recording.window_conditioning(model, ["piano solo"], layout, arrays,
+                                              long_recording.seconds_total(cfg, n_samples), negative_prompt=None,
+                                              guidance=np.ones((1,), np.float32), use_cfg=False)
+    out, _ = guided.sample_in_chunks(model.params["dit"], cond, jnp.asarray(inverted), pipeline.step_plan(gen),
+                                     jax.random.key(0), None, None, arrays, dit_config=cfg.dit, use_cfg=False)
+  return float(np.linalg.norm(np.asarray(out) - x0) / np.linalg.norm(x0))
+
+
+def test_the_long_round_trip_converges_like_the_single_window_one(tiny):
+  model, cfg = tiny.model, tiny.model.config
+  rng = np.random.default_rng(0)
+  single = rng.normal(size=(1, cfg.dit.io_channels, 16)).astype(np.float32)
+  long = rng.normal(size=(1, cfg.dit.io_channels, 40)).astype(np.float32)
+  hop = cfg.vae.hop_length
+  one = [_round_trip_error(model, single, steps, 16 * hop, None) for steps in (10, 25, 100)]
+  many = [_round_trip_error(model, long, steps, 40 * hop, WINDOWS) for steps in (10, 25, 100)]
+  print(f"round trip 10/25/100 steps: one window {one}, 3 windows {many}")
+  assert many[0] > many[1] > many[2]
+  assert many[2] < 1.5 * one[2]
+
+
+def test_bad_window_settings_and_too_long_recordings_get_one_clear_line(tiny):
+  model, cfg = tiny.model, tiny.model.config
+  audio = _song(model)
+  settings = InversionSettings("piano solo", 4)
+  with pytest.raises(SettingsError, match=r"window_s 9 s does not fit the model: give more than 0 and at most 4\.00 s"):
+    pipeline.invert_audio(model, audio, settings, windows=WindowSettings(window_s=9.0))
+  with pytest.raises(SettingsError, match=r"overlap_s \(4 s\) must be shorter than the window \(4\.00 s, window_s\)"):
+    pipeline.invert_audio(model, audio, settings, windows=WindowSettings(window_s=4.0, overlap_s=4.0))
+  with pytest.raises(SettingsError, match="memory budget is 0.0 GiB; raise memory_budget_gib or edit a shorter"):
+    pipeline.invert_audio(model, audio, settings, windows=WindowSettings(window_s=4.0, overlap_s=1.0, memory_budget_gib=1e-6))
+  top = cfg.conditioner.seconds_max  # each window's seconds_total is the recording's length
+  with pytest.raises(SettingsError, match=f"seconds conditioning reaches {top:g} s: edit a segment"):
+    long_recording.check_recording(cfg, int((top + 1) * cfg.sample_rate), WindowSettings())
+  with pytest.raises(SettingsError, match="seconds_total is set per window"):
+    pipeline.invert_audio(model, audio, InversionSettings("piano solo", 4, seconds_total=10.0), windows=WINDOWS)
+  inversion = pipeline.invert_audio(model, audio, settings, windows=WINDOWS)
+  with pytest.raises(SettingsError, match="leave out kv_from_inversion"):
+    pipeline.edit_recording(model, inversion, _edit_settings(("a", "b"), 4), kv_from_inversion=True)
+  with pytest.raises(SettingsError, match="joint injection_mode"):
+    pipeline.edit_recording(model, inversion, _edit_settings(("a", "b"), 4, injection_mode="cached"))
