@@ -39,6 +39,8 @@ def workspace(tmp_path_factory):
   t = np.arange(int(2.0 * 22050)) / 22050
   sf.write(root / "tone.wav", 0.3 * np.sin(2 * np.pi * 330 * t), 22050)
   np.save(root / "half.npy", np.full((3, 1), 0.5, np.float32))
+  t = np.arange(int(4.0 * 22050)) / 22050
+  sf.write(root / "song.wav", 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 0.5 * t)) / 2, 22050)
   jobs = [
       {"id": "piano", "prompts": ["piano solo", "acoustic guitar, country"], "seed": 1},
       {"id": "drums", "prompts": ["drums", "jazz trio", "rock band"], "seed": 2, "edit_all": True,
@@ -46,6 +48,9 @@ def workspace(tmp_path_factory):
       {"id": "violin", "prompts": ["violin", "cello"], "num_inference_steps": 2, "seed": 3},
       {"id": "ramp-file", "prompts": ["synth pad", "choir"], "schedule": "half.npy", "vital_layers": "20", "seed": 4},
       {"id": "recording", "prompts": ["a tone", "a piano"], "input_audio": "tone.wav"},
+      # longer than its 1.5 s windows: a job of its own, over 3 windows
+      {"id": "song", "prompts": ["a tone", "a choir"], "input_audio": "song.wav", "window_s": 1.5, "overlap_s": 0.5,
+       "audio_end_in_s": None},
       {"id": "bad-layer", "prompts": ["x", "y"], "vital_layers": [99]},
   ]
   return root, write_manifest(root / "jobs.jsonl", jobs), jobs
@@ -103,7 +108,8 @@ def test_a_batch_runs_the_good_jobs_and_reports_the_bad(batch_run):
   summary = json.loads((out / "summary.json").read_text())
   by_id = {job["id"]: job for job in summary["jobs"]}
   assert {k: v["status"] for k, v in by_id.items()} == {"piano": "ok", "drums": "ok", "violin": "ok",
-                                                        "ramp-file": "ok", "recording": "ok", "bad-layer": "failed"}
+                                                        "ramp-file": "ok", "recording": "ok", "song": "ok",
+                                                        "bad-layer": "failed"}
   assert "--vital_layers: layer 99 is out of range" in by_id["bad-layer"]["error"]
   assert summary["devices"] == 1 and all(job["seconds"] >= 0 for job in summary["jobs"])
   assert sorted(p.name for p in (out / "piano").iterdir()) == ["edit.json", "edit_1.wav", "index.html", "latents.npy",
@@ -114,6 +120,8 @@ def test_a_batch_runs_the_good_jobs_and_reports_the_bad(batch_run):
   assert not (out / "bad-layer").exists()
   assert not [p for p in out.iterdir() if p.name.startswith(".")]
   assert np.load(out / "drums" / "latents.npy").shape[0] == 3
+  song, rate = sf.read(out / "song" / "edit_1.wav")
+  assert song.shape[0] == 4 * rate  # the recording's length
 
 
 def test_one_compilation_per_bucket(batch_run):
@@ -123,7 +131,7 @@ def test_one_compilation_per_bucket(batch_run):
   assert compilations == 3
 
 
-@pytest.mark.parametrize("job_id", ["piano", "drums", "violin", "ramp-file", "recording"])
+@pytest.mark.parametrize("job_id", ["piano", "drums", "violin", "ramp-file", "recording", "song"])
 def test_each_job_equals_a_standalone_edit(tiny44k, workspace, batch_run, tmp_path, capsys, job_id):
   root, _, jobs = workspace
   out, _, _ = batch_run
@@ -132,6 +140,10 @@ def test_each_job_equals_a_standalone_edit(tiny44k, workspace, batch_run, tmp_pa
           tmp_path / "alone.npy", "--prompts", *job["prompts"]]
   for key, value in job.items():
     if key in ("id", "prompts"):
+      continue
+    if value is None:  # audio_end_in_s: null, the model's default instead of COMMON's
+      at = args.index(f"--{key}")
+      del args[at:at + 2]
       continue
     if key in ("input_audio",) or (key == "schedule" and value.endswith(".npy")):
       value = root / value

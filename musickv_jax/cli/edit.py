@@ -10,6 +10,10 @@ prompt describes the recording; it is inverted with that description, then regen
 (source_reconstruction.wav: what inversion kept) and edited; input.wav is the recording as the
 model heard it (segment, stereo, the model's sample rate).
 
+A recording longer than the model's window (47.55 s) is edited whole: overlapping windows
+(--window_s, --overlap_s) run as one diffusion process, the source's window i injecting into the
+edit's window i; the outputs have the recording's length.
+
 Writes source.wav (or source_reconstruction.wav), edit_1.wav, ... (prompt_N.wav for plain
 generations), edit.json with every setting, spectrograms.png comparing source and edits, and
 index.html, a listening page (players, spectrograms, how much melody, form and rhythm each edit kept).
@@ -58,21 +62,35 @@ def _edit_recording(fv: Flags, model, settings):
   from musickv_jax import pipeline
 
   gen = settings.generation
+  cfg = model.config
   recording = options.load_recording(fv, model) if fv.input_audio else None
   inv_settings = options.inversion_settings(fv, gen.prompts[0], gen.num_inference_steps, gen.audio_end_in_s)
+  windows = options.window_settings(fv)
+  windows.validate(cfg)
+  if recording is not None and windows.needs_windows(cfg, -(-recording.audio.shape[-1] // cfg.vae.hop_length)):
+    # checked before the inversion, which takes long: what the long path refuses
+    if fv["audio_end_in_s"].present:
+      raise UsageError(f"--audio_end_in_s does not apply to a recording longer than one window ({recording.duration_s:.2f} "
+                       "s): each window is conditioned on its start and the recording's length; leave it out")
+    if fv.kv_from_inversion or settings.injection_mode != "joint":
+      raise UsageError("a recording longer than one window is edited in the joint --injection_mode, regenerating "
+                       "its source: leave out --kv_from_inversion / --injection_mode=cached")
+    layout = windows.layout(cfg, -(-recording.audio.shape[-1] // cfg.vae.hop_length))
+    print(f"{recording.duration_s:.2f} s is longer than one window: {layout.n_windows} windows of "
+          f"{layout.width * cfg.vae.hop_length / cfg.sample_rate:.2f} s, one diffusion process over the whole latent")
   if fv.inverted_latent:
     inversion = pipeline.load_inversion(fv.inverted_latent, model.config,
                                         n_samples=recording.audio.shape[-1] if recording else None)
     for note in inversion.notes_for(settings):
       print(f"warning: {note}", file=sys.stderr)
   else:
-    inv_settings.validate(model.config, -(-recording.audio.shape[-1] // model.config.vae.hop_length))
+    inv_settings.validate(cfg)
     print(f"inverting {recording.duration_s:.2f} s of {fv.input_audio} ({inv_settings.variant} inversion, "
           f"{inv_settings.num_inference_steps} steps)")
     record_layers = tuple(settings.vital_layers) if fv.kv_from_inversion else ()
     with progress_bar(inv_settings.num_inference_steps, "inverting") as listener:
       inversion = pipeline.invert_audio(model, recording.audio, inv_settings, record_layers=record_layers,
-                                        on_step=listener)
+                                        windows=windows, on_step=listener)
   with progress_bar(gen.num_inference_steps, "editing") as listener:
     result = pipeline.edit_recording(model, inversion, settings, kv_from_inversion=fv.kv_from_inversion,
                                      on_step=listener)

@@ -135,11 +135,18 @@ def resolve(fv: Flags, spec, model):
     schedule = settings.validate(cfg)
     from musickv_jax.audio import load_audio
 
-    recording = load_audio(values.input_audio, sample_rate=cfg.sample_rate, max_seconds=cfg.max_audio_seconds,
+    recording = load_audio(values.input_audio, sample_rate=cfg.sample_rate, max_seconds=cfg.conditioner.seconds_max,
                            start_s=values.input_start_s, end_s=values.input_end_s, downmix=values.downmix,
                            channels=cfg.vae.audio_channels)
     inv_settings = options.inversion_settings(values, gen.prompts[0], gen.num_inference_steps, gen.audio_end_in_s)
-    inversion = pipeline.invert_audio(model, recording.audio, inv_settings)
+    windows = options.window_settings(values)
+    frames = -(-recording.audio.shape[-1] // cfg.vae.hop_length)
+    if windows.needs_windows(cfg, frames):  # what the long path refuses, before the inversion
+      windows.validate(cfg)
+      if gen.audio_end_in_s is not None:
+        raise UsageError("audio_end_in_s does not apply to a recording longer than one window (each window is "
+                         "conditioned on its start and the recording's length); leave it out")
+    inversion = pipeline.invert_audio(model, recording.audio, inv_settings, windows=windows)
     x_init = np.repeat(inversion.inverted, n, axis=0)
     guidance = np.full((n,), gen.guidance_scale, np.float32)
     guidance[0] = pipeline.SOURCE_GUIDANCE
@@ -149,7 +156,8 @@ def resolve(fv: Flags, spec, model):
     x_init = np.asarray(pipeline.shared_initial_latents(gen, cfg, n, pipeline.latent_frames(gen, cfg)))
     guidance = np.full((n,), gen.guidance_scale, np.float32)
     span = pipeline.output_span(gen, cfg)
-  job = EditJob(id=spec.id, settings=settings, schedule=schedule, x_init=x_init, guidance=guidance)
+  job = EditJob(id=spec.id, settings=settings, schedule=schedule, x_init=x_init, guidance=guidance,
+                long_recording=inversion if inversion is not None and inversion.windows is not None else None)
   return job, {"chosen": chosen, "span": span, "recording": recording, "inversion": inversion, "spec": spec,
                "values": values}
 
@@ -281,7 +289,7 @@ def body(fv: Flags) -> int:
       statuses.append(JobStatus(spec.id, spec.line, "failed", message))
       print(f"error: job {spec.id} (manifest line {spec.line}): {message}", file=sys.stderr)
       continue
-    if job.n_prompts > fv.rows_per_device:
+    if job.n_prompts > fv.rows_per_device and not job.is_long:
       message = (f"{job.n_prompts} prompts do not fit the {fv.rows_per_device} rows of a device; raise "
                  "--rows_per_device")
       statuses.append(JobStatus(spec.id, spec.line, "failed", message))
@@ -295,17 +303,29 @@ def body(fv: Flags) -> int:
   if jobs:
     mesh = batching.data_mesh()
     dit_params = batching.replicate(model.params["dit"], mesh)
-    batches = batching.pack(jobs, fv.rows_per_device, devices)
-    total_steps = sum(b.bucket.steps for b in batches)
+    batches = batching.pack([job for job in jobs if not job.is_long], fv.rows_per_device, devices)
+    alone = [job for job in jobs if job.is_long]
+    total_steps = sum(b.bucket.steps for b in batches) + sum(j.settings.generation.num_inference_steps for j in alone)
     done_steps = 0
     with progress_bar(total_steps, f"{len(jobs)} job(s)") as listener:
-      for batch in batches:
+      for group in [*batches, *alone]:
         batch_start = time.perf_counter()
-        with common.progress(listener, done_steps, total_steps):
-          latents = batching.run_batch(model, dit_params, batch, mesh)
-        done_steps += batch.bucket.steps
-        shared = (time.perf_counter() - batch_start) / len(batch.jobs)
-        for job in batch.jobs:
+        steps = group.settings.generation.num_inference_steps if isinstance(group, batching.EditJob) \
+            else group.bucket.steps
+        group_jobs = [group] if isinstance(group, batching.EditJob) else group.jobs
+        try:
+          with common.progress(listener, done_steps, total_steps):
+            latents = ({group.id: batching.run_long(model, group)} if isinstance(group, batching.EditJob)
+                       else batching.run_batch(model, dit_params, group, mesh))
+        except MusicKVError as e:  # a long job the memory budget cannot hold fails alone
+          message = e.describe(lambda field: f"--{options.FLAG_OF_FIELD.get(field, field)}")
+          statuses += [JobStatus(job.id, extras[job.id]["spec"].line, "failed", message) for job in group_jobs]
+          write_summary(summary_path, statuses, devices, processes, started)
+          continue
+        finally:
+          done_steps += steps
+        shared = (time.perf_counter() - batch_start) / len(group_jobs)
+        for job in group_jobs:
           job_start = time.perf_counter()
           try:
             write_job(out_dir, model, job, extras[job.id], latents[job.id], shared, fv.wav_subtype)

@@ -4,7 +4,8 @@
       --output_path outputs/inverted/
 
 Writes inverted_latent.npy (1, C, T) and inverted_latent.json (the settings, the recording's
-length); pass the .npy to `musickv-edit --inverted_latent`.
+length; for a recording longer than the model's window, how its windows were laid out); pass the
+.npy to `musickv-edit --inverted_latent`.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ def body(fv: Flags) -> None:
   model = options.load_model(fv)
   settings.validate(model.config)
   recording = options.load_recording(fv, model)
+  windows = options.window_settings(fv)
   start = time.perf_counter()
   with progress_bar(settings.num_inference_steps, "inverting") as listener:
-    inversion = pipeline.invert_audio(model, recording.audio, settings, on_step=listener)
+    inversion = pipeline.invert_audio(model, recording.audio, settings, windows=windows, on_step=listener)
   elapsed = time.perf_counter() - start
   record = provenance(model, elapsed) | inversion.describe() | {
       "input_audio": str(options.absolute(fv.input_audio)), "input_start_s": fv.input_start_s,

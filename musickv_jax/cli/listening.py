@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 
 PAGE_METRICS = (("cqt1_pcc", "melody (CQT1-PCC)"), ("chroma_cosine", "harmony (chroma)"),
                 ("form_ssm_correlation", "form"), ("onset_correlation", "rhythm"))
+ANALYSIS_SEGMENT_S = 60.0  # longer clips are compared a minute at a time (see structure_kept)
 MIN_ANALYSIS_RATE = 16000  # the metrics' constant-Q analysis reaches 4 kHz; below this the page shows none
 
 _STYLE = """
@@ -45,7 +47,8 @@ class JobSection:
 
 def structure_kept(source: np.ndarray, edits: Sequence[np.ndarray], sample_rate: int) -> list[dict[str, float]] | None:
   """The page's metrics of each edit (channels, samples) against the source, or None below
-  MIN_ANALYSIS_RATE."""
+  MIN_ANALYSIS_RATE. A clip longer than ANALYSIS_SEGMENT_S (a whole song) is compared in equal
+  segments no longer than that, and the segments' values averaged: memory stays bounded."""
   if sample_rate < MIN_ANALYSIS_RATE or not len(edits):
     return None
   import jax.numpy as jnp
@@ -53,11 +56,15 @@ def structure_kept(source: np.ndarray, edits: Sequence[np.ndarray], sample_rate:
   from musickv_jax.metrics import Analysis, compare_jit
 
   analysis = Analysis(sample_rate=sample_rate)
-  mono = jnp.asarray(np.mean(source, axis=0))
+  mono = np.mean(source, axis=0)
+  segments = max(1, math.ceil(len(mono) / (ANALYSIS_SEGMENT_S * sample_rate)))
+  length = len(mono) // segments  # equal segments: one compiled comparison
   out = []
   for edit in edits:
-    values = compare_jit(mono, jnp.asarray(np.mean(edit, axis=0)), analysis)
-    out.append({name: float(values[name]) for name, _ in PAGE_METRICS})
+    edit_mono = np.mean(edit, axis=0)
+    values = [compare_jit(jnp.asarray(mono[i * length:(i + 1) * length]),
+                          jnp.asarray(edit_mono[i * length:(i + 1) * length]), analysis) for i in range(segments)]
+    out.append({name: float(np.mean([float(v[name]) for v in values])) for name, _ in PAGE_METRICS})
   return out
 
 

@@ -252,14 +252,24 @@ def define_recording_flags(fv: Flags) -> None:
                        flag_values=fv)
   flags.DEFINE_bool("sample_latent", False, "Encode with a sample of the VAE posterior instead of its mean.",
                     flag_values=fv)
+  flags.DEFINE_float("window_s", None, "A recording longer than this is edited over overlapping windows of this "
+                     "length, as one diffusion process (default: the model's maximum, 47.55 s for SAO).",
+                     flag_values=fv)
+  flags.DEFINE_float("overlap_s", None, "Least overlap of neighbouring windows, seconds; their predictions are "
+                     "crossfaded over it (default: 4 s, at most a quarter of the window).", flag_values=fv)
+  flags.DEFINE_integer("windows_per_batch", None, "Windows evaluated as rows of one batch (default: as many as "
+                       "--memory_budget_gib holds).", flag_values=fv)
+  flags.DEFINE_float("memory_budget_gib", None, "Memory a long recording may use, GiB (default: the device's "
+                     "memory; the host's RAM on CPU).", flag_values=fv)
 
 
 def load_recording(fv: Flags, model):
   """--input_audio -> LoadedAudio at the model's rate (warnings printed)."""
   from musickv_jax.audio import load_audio
 
+  # longer than one window: edited over windows (pipeline.long_recording), up to the seconds conditioning's reach
   loaded = load_audio(fv.input_audio, sample_rate=model.config.sample_rate,
-                      max_seconds=model.config.max_audio_seconds, start_s=fv.input_start_s, end_s=fv.input_end_s,
+                      max_seconds=model.config.conditioner.seconds_max, start_s=fv.input_start_s, end_s=fv.input_end_s,
                       downmix=fv.downmix, channels=model.config.vae.audio_channels)
   for warning in loaded.warnings:
     print(f"warning: {warning}", file=sys.stderr)
@@ -271,6 +281,14 @@ def inversion_settings(fv: Flags, prompt: str, steps: int, seconds_total: float 
 
   return InversionSettings(prompt=prompt, num_inference_steps=steps, variant=fv.inversion, order=fv.inversion_order,
                            seconds_total=seconds_total, sample_latent=fv.sample_latent, seed=fv.seed)
+
+
+def window_settings(values: Flags | Values):
+  """--window_s / --overlap_s / --windows_per_batch / --memory_budget_gib -> WindowSettings."""
+  from musickv_jax.pipeline import WindowSettings
+
+  return WindowSettings(window_s=values.window_s, overlap_s=values.overlap_s,
+                        windows_per_batch=values.windows_per_batch, memory_budget_gib=values.memory_budget_gib)
 
 
 def absolute(path: str) -> Path:

@@ -1,7 +1,8 @@
 """Many edits as rows of one jitted sampler call, over every device of a host.
 
 A job is one MusicKV edit (a source and its edits, generated or from an inverted recording).
-Jobs that share a bucket (steps, latent frames, CFG on/off, sampler and sigma schedule: the
+A recording longer than the model's window makes a job of its own (`run_long`: its windows are
+its rows, pipeline.long_recording). Jobs that share a bucket (steps, latent frames, CFG on/off, sampler and sigma schedule: the
 static shape of the program) are packed into batches of rows_per_device x devices prompt rows:
 
   * each device gets whole jobs (a job's rows never straddle devices): in manifest order, each job
@@ -35,7 +36,9 @@ from musickv_jax.config import DiTConfig
 from musickv_jax.editing import injection
 from musickv_jax.errors import SettingsError
 from musickv_jax.pipeline import common
+from musickv_jax.pipeline import long_recording
 from musickv_jax.pipeline.conditioning import guided_conditioning
+from musickv_jax.pipeline.recording import Inversion
 from musickv_jax.pipeline.settings import EditSettings
 from musickv_jax.sampling import guided, sampler
 
@@ -51,6 +54,11 @@ class EditJob:
   schedule: np.ndarray  # validated weights, (steps, n_vital) or (steps, n_vital, n_edits)
   x_init: np.ndarray  # (n, C, T)
   guidance: np.ndarray  # (n,) per prompt (a recording's source runs at 1)
+  long_recording: Inversion | None = None  # a recording longer than one window: run alone, over windows
+
+  @property
+  def is_long(self) -> bool:
+    return self.long_recording is not None
 
   @property
   def n_prompts(self) -> int:
@@ -216,6 +224,15 @@ def sample_on_mesh(dit_params, cond: guided.GuidedConditioning, x_init, plan: sa
   # mixes replicated (which layers blend) and per-device (the weights) values
   return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=rows, check_vma=False)(
       dit_params, cond, x_init, plan, key_data, kv, sample_ids)
+
+
+def run_long(model: LoadedModel, job: EditJob) -> np.ndarray:
+  """A job whose recording is longer than one window: its windows are the rows (in groups sized to
+  the memory budget), on the default device. Returns its final latents (n_prompts, C, L)."""
+  inversion = job.long_recording
+  latents, _ = long_recording.edit_latents(model, job.settings, job.schedule, job.x_init, job.guidance,
+                                           inversion.windows, inversion.n_samples)
+  return latents
 
 
 def run_batch(model: LoadedModel, dit_params, batch: Batch, mesh: jax.sharding.Mesh) -> dict[str, np.ndarray]:

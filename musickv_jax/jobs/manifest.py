@@ -7,7 +7,8 @@
 folder) and `prompts` (required: the source description, then at least one edit); optional, with
 musickv-edit's flag names: input_audio, input_start_s, input_end_s, seed, num_inference_steps,
 guidance_scale, audio_end_in_s, vital_layers, schedule (a name or a .npy path), edit_all,
-preset, negative_prompt, latent_length. Relative paths are taken from the manifest's folder.
+preset, negative_prompt, latent_length, window_s, overlap_s (a recording longer than the model's
+window is edited over overlapping windows, as musickv-edit does). Relative paths are taken from the manifest's folder.
 Every line is checked before any work starts; a bad line is reported with its number and skipped,
 and never stops the good ones.
 """
@@ -23,7 +24,7 @@ from typing import Any
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 OPTIONAL_KEYS = ("input_audio", "input_start_s", "input_end_s", "seed", "num_inference_steps", "guidance_scale",
                  "audio_end_in_s", "vital_layers", "schedule", "edit_all", "preset", "negative_prompt",
-                 "latent_length")
+                 "latent_length", "window_s", "overlap_s")
 _PATH_KEYS = ("input_audio",)
 
 
@@ -57,7 +58,7 @@ def _check_value(key: str, value) -> str | None:
     return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
   if key in ("guidance_scale", "input_start_s"):
     return None if _is_number(value) else "must be a number"
-  if key in ("audio_end_in_s", "input_end_s"):
+  if key in ("audio_end_in_s", "input_end_s", "window_s", "overlap_s"):
     return None if value is None or _is_number(value) else "must be a number or null"
   if key == "edit_all":
     return None if isinstance(value, bool) else "must be true or false"
