@@ -127,3 +127,13 @@ def test_the_job_benchmark_reports_every_field(tmp_path, capsys):
   assert report["reference"]["runs"] == 2 and np.isfinite(report["reference_over_ours"])
   assert len(report["fit_vs_full_audio"]["relative_l2_per_prompt"]) == 3
   assert "reference / ours" in out
+
+
+def test_the_long_recording_benchmark_reports_cost_per_second_of_audio(tmp_path, capsys):
+  status, out, err = cli(capsys, benchmark_cli, "--config", "tiny", "--long_seconds", "40", "--long_steps", "2",
+                         "--json_out", tmp_path / "l.json")
+  assert status == 0, err
+  report = json.loads((tmp_path / "l.json").read_text())
+  assert report["windows"] == 3 and report["latent_frames"] == 862  # 40 s in 16.35 s windows
+  assert report["compute_s_per_audio_s"] > 0 and report["edit_per_step_s"] > 0
+  assert "s of compute per second of audio" in out

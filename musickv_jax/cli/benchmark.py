@@ -3,6 +3,7 @@ weights, shapes and threads; or a whole edit job done our way and the reference'
 
   musickv-benchmark --config sao-1.0 --lengths 1024,384 --batch 4 --torch --json_out bench.json
   musickv-benchmark --job --torch --job_steps 5 --json_out job.json
+  musickv-benchmark --long_seconds 120 --json_out long.json   # a recording longer than the window
 
 Without --torch only our side runs. Random weights of the named config (the weights do not change
 the work). torch and diffusers come with the test requirements. See docs/performance.md.
@@ -40,6 +41,11 @@ def define(fv: Flags) -> None:
                        "to 100).", flag_values=fv)
   flags.DEFINE_integer("job_edits", 4, "--job: edit prompts of the one source.", flag_values=fv)
   flags.DEFINE_float("job_seconds", 15.0, "--job: seconds of audio.", flag_values=fv)
+  flags.DEFINE_float("long_seconds", None, "Benchmark editing a recording of this many seconds (longer than the "
+                     "model's window: over windows) and report seconds of compute per second of audio.",
+                     flag_values=fv)
+  flags.DEFINE_integer("long_steps", 2, "--long_seconds: sampling steps actually run (extrapolated to 100).",
+                       flag_values=fv)
   flags.DEFINE_string("json_out", None, "Also write the results as JSON here.", flag_values=fv)
 
 
@@ -67,6 +73,13 @@ def body(fv: Flags) -> None:
 
     report = precision.run(config.with_dtype("float32"), frames=lengths[-1], repeats=fv.repeats)
     print(report)
+  elif fv.long_seconds is not None:
+    from musickv_jax.bench import long_song
+
+    if fv.long_seconds <= 0 or fv.long_steps < 2:
+      raise UsageError("--long_seconds must be positive and --long_steps at least 2")
+    report = long_song.run(config, seconds=fv.long_seconds, steps=fv.long_steps)
+    print(long_song.summary(report))
   elif fv.job:
     from musickv_jax.bench import job
 
