@@ -190,3 +190,36 @@ def test_bad_window_settings_and_too_long_recordings_get_one_clear_line(tiny):
     pipeline.edit_recording(model, inversion, _edit_settings(("a", "b"), 4), kv_from_inversion=True)
   with pytest.raises(SettingsError, match="joint injection_mode"):
     pipeline.edit_recording(model, inversion, _edit_settings(("a", "b"), 4, injection_mode="cached"))
+
+
+def test_four_devices_spread_the_windows_and_agree_with_one(tiny, tmp_path):
+  """On 4 (simulated) devices the 3 windows' groups are spread over a data mesh (one padding
+  group); the inversion and the edit agree with one device to float32 rounding."""
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+
+  script = f"""
+import jax, numpy as np
+from musickv_jax import pipeline
+from musickv_jax.checkpoint import load_converted
+from tests.test_long_recording import WINDOWS, _edit_settings, _song
+assert jax.local_device_count() == 4
+model = load_converted({str(tiny.path)!r})
+inversion = pipeline.invert_audio(model, _song(model, seed=2), pipeline.InversionSettings("piano solo", 4),
+                                  windows=WINDOWS)
+result = pipeline.edit_recording(model, inversion, _edit_settings(("piano solo", "jazz"), 4))
+np.save({str(tmp_path / "four.npy")!r}, result.latents)
+"""
+  env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parent.parent, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  model = tiny.model
+  inversion = pipeline.invert_audio(model, _song(model, seed=2), InversionSettings("piano solo", 4), windows=WINDOWS)
+  one = pipeline.edit_recording(model, inversion, _edit_settings(("piano solo", "jazz"), 4)).latents
+  four = np.load(tmp_path / "four.npy")
+  error = float(np.abs(four - one).max() / np.abs(one).max())
+  print(f"4 devices vs 1: {error:.1e}")
+  assert error <= 1e-5

@@ -141,8 +141,8 @@ def resolve(fv: Flags, spec, model):
     inv_settings = options.inversion_settings(values, gen.prompts[0], gen.num_inference_steps, gen.audio_end_in_s)
     windows = options.window_settings(values)
     frames = -(-recording.audio.shape[-1] // cfg.vae.hop_length)
+    windows.validate(cfg)
     if windows.needs_windows(cfg, frames):  # what the long path refuses, before the inversion
-      windows.validate(cfg)
       if gen.audio_end_in_s is not None:
         raise UsageError("audio_end_in_s does not apply to a recording longer than one window (each window is "
                          "conditioned on its start and the recording's length); leave it out")
@@ -315,7 +315,7 @@ def body(fv: Flags) -> int:
         group_jobs = [group] if isinstance(group, batching.EditJob) else group.jobs
         try:
           with common.progress(listener, done_steps, total_steps):
-            latents = ({group.id: batching.run_long(model, group)} if isinstance(group, batching.EditJob)
+            latents = ({group.id: batching.run_long(model, group, mesh)} if isinstance(group, batching.EditJob)
                        else batching.run_batch(model, dit_params, group, mesh))
         except MusicKVError as e:  # a long job the memory budget cannot hold fails alone
           message = e.describe(lambda field: f"--{options.FLAG_OF_FIELD.get(field, field)}")

@@ -226,12 +226,12 @@ def sample_on_mesh(dit_params, cond: guided.GuidedConditioning, x_init, plan: sa
       dit_params, cond, x_init, plan, key_data, kv, sample_ids)
 
 
-def run_long(model: LoadedModel, job: EditJob) -> np.ndarray:
+def run_long(model: LoadedModel, job: EditJob, mesh: jax.sharding.Mesh) -> np.ndarray:
   """A job whose recording is longer than one window: its windows are the rows (in groups sized to
-  the memory budget), on the default device. Returns its final latents (n_prompts, C, L)."""
+  the memory budget), spread over the mesh's devices. Returns its final latents (n_prompts, C, L)."""
   inversion = job.long_recording
   latents, _ = long_recording.edit_latents(model, job.settings, job.schedule, job.x_init, job.guidance,
-                                           inversion.windows, inversion.n_samples)
+                                           inversion.windows, inversion.n_samples, mesh=mesh)
   return latents
 
 

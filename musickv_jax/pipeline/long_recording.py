@@ -12,6 +12,9 @@ crop's start in the file and the file's length): seconds_start = the window's st
 recording, seconds_total = the recording's length. The prompts are the same for every window.
 A recording that fits one window keeps today's single-window path (seconds_start 0,
 seconds_total the model's maximum, as the reference).
+
+On several local devices the groups of windows are spread over them (a 1-D `data` mesh, the
+parameters replicated), each device running its groups one after another.
 """
 
 from __future__ import annotations
@@ -132,9 +135,10 @@ def song_bytes(config: ModelConfig, n_samples: int, n_outputs: int) -> int:
 
 
 def windows_per_batch(model: LoadedModel, settings: WindowSettings, layout: windows_lib.WindowLayout,
-                      rows_per_window: int, n_samples: int, n_outputs: int) -> int:
-  """How many windows run as rows of one batch: the settings' number, else as many as the memory
-  budget holds (at most all). Raises SettingsError when the recording does not fit the budget."""
+                      rows_per_window: int, n_samples: int, n_outputs: int, devices: int = 1) -> int:
+  """How many windows a device runs as rows of one batch: the settings' number, else as many as
+  the memory budget holds, at most its share of the windows. Raises SettingsError when the
+  recording does not fit the budget."""
   config = model.config
   budget = (settings.memory_budget_gib * GIB if settings.memory_budget_gib is not None
             else device_memory_bytes())
@@ -155,7 +159,25 @@ def windows_per_batch(model: LoadedModel, settings: WindowSettings, layout: wind
                           f"is {budget / GIB:.1f} GiB; use at most {fitting} or raise {{memory_budget_gib}}",
                           field="windows_per_batch", mentions=("memory_budget_gib",))
     return min(settings.windows_per_batch, layout.n_windows)
-  return max(1, min(fitting, layout.n_windows))
+  return max(1, min(fitting, math.ceil(layout.n_windows / devices)))
+
+
+def default_mesh(mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh | None:
+  """The mesh the windows are spread over: the given one, else every local device (None for one)."""
+  if mesh is not None or jax.local_device_count() == 1:
+    return mesh
+  from musickv_jax.jobs.batching import data_mesh
+
+  return data_mesh()
+
+
+def _placed(model: LoadedModel, mesh: jax.sharding.Mesh | None):
+  """The DiT parameters, replicated on the mesh's devices when there are several."""
+  if mesh is None or mesh.size == 1:
+    return model.params["dit"]
+  from musickv_jax.jobs.batching import replicate
+
+  return replicate(model.params["dit"], mesh)
 
 
 def check_recording(config: ModelConfig, n_samples: int, settings: WindowSettings) -> None:
@@ -221,17 +243,19 @@ def seconds_total(config: ModelConfig, n_samples: int) -> float:
 
 def invert_latents(model: LoadedModel, latents, settings: InversionSettings, window_settings: WindowSettings,
                    n_samples: int, *, on_step: common.Listener | None = None,
-                   layout: windows_lib.WindowLayout | None = None) -> np.ndarray:
+                   layout: windows_lib.WindowLayout | None = None, mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
   """Clean latents (1, C, L) of a long recording -> the latent at sigma_max, one inversion over
-  windows. `layout` overrides the settings' windows (tests: a one-window layout)."""
+  windows, spread over the devices of `mesh` (default: every local device). `layout` overrides
+  the settings' windows (tests: a one-window layout)."""
   cfg = model.config
   frames = int(np.shape(latents)[-1])
   if settings.seconds_total is not None and layout is None:
     raise SettingsError("{field} is set per window for a recording longer than one window (its start, the "
                         "recording's length); leave it out", field="seconds_total")
   layout = layout or window_settings.layout(cfg, frames)
-  per_batch = windows_per_batch(model, window_settings, layout, 1, n_samples, 1)
-  windows = layout.arrays(per_batch)
+  mesh = default_mesh(mesh)
+  devices = 1 if mesh is None else mesh.size
+  windows = layout.arrays(windows_per_batch(model, window_settings, layout, 1, n_samples, 1, devices), devices)
   total = settings.resolved_total(cfg) if layout.n_windows == 1 else seconds_total(cfg, n_samples)
   cond = window_conditioning(model, [settings.prompt], layout, windows, total, negative_prompt=None,
                              guidance=np.ones((1,), np.float32), use_cfg=False)
@@ -239,16 +263,18 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, win
                                            order=settings.order, sigma_min=settings.sigma_min,
                                            sigma_max=settings.sigma_max, schedule=settings.sigma_schedule)
   with common.progress(on_step):
-    inverted, _ = inversion_lib.invert_in_chunks(model.params["dit"], cond, jnp.asarray(latents, jnp.float32), plan,
-                                                 windows, dit_config=cfg.dit)
+    inverted, _ = inversion_lib.invert_in_chunks(_placed(model, mesh), cond, jnp.asarray(latents, jnp.float32), plan,
+                                                 windows, dit_config=cfg.dit, mesh=mesh)
   return common.to_host(inverted)
 
 
 def edit_latents(model: LoadedModel, settings: EditSettings, schedule: np.ndarray, x_init, guidance: np.ndarray,
                  window_settings: WindowSettings, n_samples: int, *, on_step: common.Listener | None = None,
-                 layout: windows_lib.WindowLayout | None = None) -> tuple[np.ndarray, list[str]]:
-  """The sampling part of a long edit (joint mode, windows as rows): x_init (n, C, L) -> final
-  latents (n, C, L) and each prompt's role."""
+                 layout: windows_lib.WindowLayout | None = None,
+                 mesh: jax.sharding.Mesh | None = None) -> tuple[np.ndarray, list[str]]:
+  """The sampling part of a long edit (joint mode, windows as rows, spread over the devices of
+  `mesh`, default every local device): x_init (n, C, L) -> final latents (n, C, L) and each
+  prompt's role."""
   cfg = model.config
   gen = settings.generation
   n = len(gen.prompts)
@@ -262,16 +288,18 @@ def edit_latents(model: LoadedModel, settings: EditSettings, schedule: np.ndarra
   layout = layout or window_settings.layout(cfg, frames)
   use_cfg = bool(np.any(guidance != 1.0)) or gen.negative_prompt is not None
   edit_layout = injection.EditLayout.reference(n, settings.edit_all, use_cfg)
-  per_batch = windows_per_batch(model, window_settings, layout, edit_layout.rows, n_samples, n)
-  windows = layout.arrays(per_batch)
+  mesh = default_mesh(mesh)
+  devices = 1 if mesh is None else mesh.size
+  windows = layout.arrays(windows_per_batch(model, window_settings, layout, edit_layout.rows, n_samples, n, devices),
+                          devices)
   total = gen.resolved_end(cfg) if layout.n_windows == 1 else seconds_total(cfg, n_samples)
   cond = window_conditioning(model, gen.prompts, layout, windows, total, negative_prompt=gen.negative_prompt,
                              guidance=guidance, use_cfg=use_cfg)
   kv = grouped_steps(injection.joint_steps(schedule, tuple(settings.vital_layers), cfg.dit, edit_layout,
                                            tuple(settings.skip_layers)), windows.per_group, n)
   with common.progress(on_step):
-    latents, _ = guided.sample_in_chunks(model.params["dit"], cond, jnp.asarray(x_init), common.step_plan(gen),
+    latents, _ = guided.sample_in_chunks(_placed(model, mesh), cond, jnp.asarray(x_init), common.step_plan(gen),
                                          common.sde_key(gen.seed), kv, None, windows, dit_config=cfg.dit,
-                                         solver=gen.sampler, use_cfg=use_cfg)
+                                         solver=gen.sampler, use_cfg=use_cfg, mesh=mesh)
   roles = ["source"] + ["edit" if p in edit_layout.edits else "plain" for p in range(1, n)]
   return common.to_host(latents), roles

@@ -95,13 +95,16 @@ def guided_denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditioning,
 
 
 def windowed_denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditioning, windows: windows_lib.Windows, *,
-                      use_cfg: bool, kv: KVSteps | None = None):
+                      use_cfg: bool, kv: KVSteps | None = None, mesh: jax.sharding.Mesh | None = None):
   """A sampler.Denoiser over a latent longer than the model's window (sampling.windows): every
   group of windows is one batch of DiT rows, the groups run one after another, and the windows'
   predictions are fused into one prediction of the whole latent.
 
   cond: per group, cross_tokens (groups, R, N, D) and global_cond (groups, R, Dg), the rows of a
-  group laid out [branch][window][prompt]; guidance (G * B,). kv: controls for a group's rows."""
+  group laid out [branch][window][prompt]; guidance (G * B,). kv: controls for a group's rows.
+  mesh: a 1-D mesh of several devices: the groups are spread over them (their number a multiple of
+  the mesh's size), each device running its own groups one after another; the fusion then sees
+  every window's prediction."""
   def denoise(x, sigma, t, step):
     def one_group(args):
       x_group, cross_tokens, global_cond = args
@@ -111,7 +114,12 @@ def windowed_denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditionin
       return denoised
 
     rows = windows_lib.gather(x, windows)
-    if windows.groups == 1:  # no loop: a latent that fits one window runs exactly the plain program's DiT call
+    if mesh is not None and mesh.size > 1:
+      spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
+      # check_vma off: the groups are independent, and the closed-over parameters and controls are replicated
+      denoised = jax.shard_map(lambda *groups: jax.lax.map(one_group, groups), mesh=mesh, in_specs=(spec,) * 3,
+                               out_specs=spec, check_vma=False)(rows, cond.cross_tokens, cond.global_cond)
+    elif windows.groups == 1:  # no loop: a latent that fits one window runs exactly the plain program's DiT call
       denoised = one_group((rows[0], cond.cross_tokens[0], cond.global_cond[0]))[None]
     else:
       denoised = jax.lax.map(one_group, (rows, cond.cross_tokens, cond.global_cond))
@@ -121,12 +129,12 @@ def windowed_denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditionin
 
 
 def _denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditioning, windows: windows_lib.Windows | None, *,
-              use_cfg: bool, kv: KVSteps | None, record_layers: tuple[int, ...]):
+              use_cfg: bool, kv: KVSteps | None, record_layers: tuple[int, ...], mesh=None):
   if windows is None:
     return guided_denoiser(dit_params, dit_config, cond, use_cfg=use_cfg, kv=kv, record_layers=record_layers)
   if record_layers:
     raise ValueError("recording K/V is not supported over windows")
-  return windowed_denoiser(dit_params, dit_config, cond, windows, use_cfg=use_cfg, kv=kv)
+  return windowed_denoiser(dit_params, dit_config, cond, windows, use_cfg=use_cfg, kv=kv, mesh=mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers", "remat"))
@@ -149,14 +157,17 @@ def sample(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_li
                          remat=remat)
 
 
-@functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers"))
+@functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers", "mesh"))
 def sample_chunk(dit_params, cond: GuidedConditioning, state: solvers.SolverState, plan: sampler_lib.StepPlan,
                  key: Array, kv: KVSteps | None, per_step: dict, sample_ids: Array | None, step_index: Array,
                  windows: windows_lib.Windows | None = None, *, dit_config: DiTConfig, solver: str = "dpmpp-2m",
-                 use_cfg: bool = True, record_layers: tuple[int, ...] = ()) -> tuple[solvers.SolverState, KVCache | None]:
+                 use_cfg: bool = True, record_layers: tuple[int, ...] = (),
+                 mesh: jax.sharding.Mesh | None = None) -> tuple[solvers.SolverState, KVCache | None]:
   """Some consecutive steps of `sample` from a carried state (plan, per_step and step_index hold
-  just those steps). windows: sample a latent longer than the model's window (windowed_denoiser)."""
-  denoise = _denoiser(dit_params, dit_config, cond, windows, use_cfg=use_cfg, kv=kv, record_layers=record_layers)
+  just those steps). windows: sample a latent longer than the model's window (windowed_denoiser,
+  with its groups spread over `mesh`)."""
+  denoise = _denoiser(dit_params, dit_config, cond, windows, use_cfg=use_cfg, kv=kv, record_layers=record_layers,
+                      mesh=mesh)
   return sampler_lib.run_steps(denoise, state, plan, per_step, step_index, solver=solver, key=key,
                                sample_ids=sample_ids)
 
@@ -164,7 +175,8 @@ def sample_chunk(dit_params, cond: GuidedConditioning, state: solvers.SolverStat
 def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_lib.StepPlan, key: Array,
                      kv: KVSteps | None = None, sample_ids: Array | None = None,
                      windows: windows_lib.Windows | None = None, *, dit_config: DiTConfig, solver: str = "dpmpp-2m",
-                     use_cfg: bool = True, record_layers: tuple[int, ...] = ()) -> tuple[Array, KVCache | None]:
+                     use_cfg: bool = True, record_layers: tuple[int, ...] = (),
+                     mesh: jax.sharding.Mesh | None = None) -> tuple[Array, KVCache | None]:
   """`sample`, run a chunk of steps at a time from the host, reporting progress to the listeners of
   sampler.on_step between chunks. Computes what `sample` computes; the chunk program has no host
   callbacks, so JAX's persistent compilation cache keeps it between runs.
@@ -187,7 +199,7 @@ def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: 
     state, aux = sample_chunk(dit_params, cond, state, sampler_lib.take_steps(plan, steps), key, fixed,
                               sampler_lib.take_steps(per_step, steps), sample_ids,
                               jnp.arange(steps.start, steps.stop), windows, dit_config=dit_config, solver=solver,
-                              use_cfg=use_cfg, record_layers=record_layers)
+                              use_cfg=use_cfg, record_layers=record_layers, mesh=mesh)
     recorded.append(aux)
     sampler_lib.report_progress(steps.stop, plan.steps)
   aux = None if not record_layers else jax.tree.map(lambda *parts: jnp.concatenate(parts), *recorded)

@@ -98,28 +98,30 @@ def invert(dit_params, cond: guided.GuidedConditioning, x0: Array, plan: Inversi
   return run_inversion(denoise, x0, plan)
 
 
-@functools.partial(jax.jit, static_argnames=("dit_config", "record_layers"))
+@functools.partial(jax.jit, static_argnames=("dit_config", "record_layers", "mesh"))
 def invert_chunk(dit_params, cond: guided.GuidedConditioning, state: solvers.SolverState, plan: InversionPlan,
-                 windows: Windows | None = None, *, dit_config: DiTConfig, record_layers: tuple[int, ...] = ()):
+                 windows: Windows | None = None, *, dit_config: DiTConfig, record_layers: tuple[int, ...] = (),
+                 mesh: jax.sharding.Mesh | None = None):
   if windows is None:
     denoise = guided.guided_denoiser(dit_params, dit_config, cond, use_cfg=False, record_layers=record_layers)
   else:
-    denoise = guided.windowed_denoiser(dit_params, dit_config, cond, windows, use_cfg=False)
+    denoise = guided.windowed_denoiser(dit_params, dit_config, cond, windows, use_cfg=False, mesh=mesh)
   return run_inversion_steps(denoise, state, plan)
 
 
 def invert_in_chunks(dit_params, cond: guided.GuidedConditioning, x0: Array, plan: InversionPlan,
-                     windows: Windows | None = None, *, dit_config: DiTConfig,
-                     record_layers: tuple[int, ...] = ()) -> tuple[Array, KVCache | None]:
+                     windows: Windows | None = None, *, dit_config: DiTConfig, record_layers: tuple[int, ...] = (),
+                     mesh: jax.sharding.Mesh | None = None) -> tuple[Array, KVCache | None]:
   """`invert`, a chunk of steps at a time, reporting progress between chunks (see
   guided.sample_in_chunks). windows: x0 is longer than the model's window (one inversion of the
-  whole latent, the windows' predictions fused at every step; guided.windowed_denoiser)."""
+  whole latent, the windows' predictions fused at every step; guided.windowed_denoiser, its
+  groups spread over `mesh`)."""
   if windows is not None and record_layers:
     raise ValueError("recording K/V is not supported over windows")
   state, recorded = solvers.init_state(x0), []
   for steps in sampler_lib.chunks(plan.steps):
     state, aux = invert_chunk(dit_params, cond, state, sampler_lib.take_steps(plan, steps), windows,
-                              dit_config=dit_config, record_layers=record_layers)
+                              dit_config=dit_config, record_layers=record_layers, mesh=mesh)
     recorded.append(aux)
     sampler_lib.report_progress(steps.stop, plan.steps)
   aux = None if not record_layers else jax.tree.map(lambda *parts: jnp.concatenate(parts), *recorded)
