@@ -178,8 +178,11 @@ def test_bad_window_settings_and_too_long_recordings_get_one_clear_line(tiny):
     pipeline.invert_audio(model, audio, settings, windows=WindowSettings(window_s=9.0))
   with pytest.raises(SettingsError, match=r"overlap_s \(4 s\) must be shorter than the window \(4\.00 s, window_s\)"):
     pipeline.invert_audio(model, audio, settings, windows=WindowSettings(window_s=4.0, overlap_s=4.0))
-  with pytest.raises(SettingsError, match="memory budget is 0.0 GiB; raise memory_budget_gib or edit a shorter"):
+  with pytest.raises(SettingsError, match=r"but the memory budget \(memory_budget_gib\) is 0.0 GiB; use a shorter "
+                                         "window_s or fewer prompts"):
     pipeline.invert_audio(model, audio, settings, windows=WindowSettings(window_s=4.0, overlap_s=1.0, memory_budget_gib=1e-6))
+  with pytest.raises(SettingsError, match="overlap_s must be 0 or more seconds, got nan"):
+    pipeline.invert_audio(model, audio, settings, windows=WindowSettings(overlap_s=float("nan")))
   top = cfg.conditioner.seconds_max  # each window's seconds_total is the recording's length
   with pytest.raises(SettingsError, match=f"seconds conditioning reaches {top:g} s: edit a segment"):
     long_recording.check_recording(cfg, int((top + 1) * cfg.sample_rate), WindowSettings())
@@ -190,6 +193,10 @@ def test_bad_window_settings_and_too_long_recordings_get_one_clear_line(tiny):
     pipeline.edit_recording(model, inversion, _edit_settings(("a", "b"), 4), kv_from_inversion=True)
   with pytest.raises(SettingsError, match="joint injection_mode"):
     pipeline.edit_recording(model, inversion, _edit_settings(("a", "b"), 4, injection_mode="cached"))
+  shifted = EditSettings(GenerationSettings(prompts=("a", "b"), num_inference_steps=4, audio_start_in_s=1.0),
+                         vital_layers=(1,))
+  with pytest.raises(SettingsError, match="audio_start_in_s does not apply to a recording longer than one window"):
+    pipeline.edit_recording(model, inversion, shifted)
 
 
 def test_four_devices_spread_the_windows_and_agree_with_one(tiny, tmp_path):

@@ -127,6 +127,7 @@ def test_the_job_benchmark_reports_every_field(tmp_path, capsys):
   assert report["reference"]["runs"] == 2 and np.isfinite(report["reference_over_ours"])
   assert len(report["fit_vs_full_audio"]["relative_l2_per_prompt"]) == 3
   assert "reference / ours" in out
+  assert report["decode"]["kept_frames_s"] > 0 and "kept frames only" in out
 
 
 def test_the_long_recording_benchmark_reports_cost_per_second_of_audio(tmp_path, capsys):

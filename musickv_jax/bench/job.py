@@ -126,6 +126,27 @@ def fit_difference(seconds: float, edits: int) -> dict:
           "roles": fit.roles}
 
 
+def decode_cost(model: LoadedModel, seconds: float) -> dict:
+  """The fixed cost that decoding only the kept frames removes: decoding a `seconds` request in the
+  full window the old way (all 1024 frames, then trim, as the references do) and the new way
+  (the kept frames with their context), timed after a warm-up of each."""
+  from musickv_jax import vae_ops
+  from musickv_jax.pipeline import common
+
+  cfg = model.config
+  latents = np.random.default_rng(0).normal(size=(1, cfg.dit.io_channels, cfg.dit.sample_size)).astype(np.float32)
+  end = int(seconds * cfg.sample_rate)
+  whole = lambda: vae_ops.decode(model.params["vae"], latents, cfg.vae)[..., :end]  # noqa: E731
+  kept = lambda: common.decode(model, latents, 0, end)  # noqa: E731
+  out = {}
+  for name, fn in (("whole_window_then_trim_s", whole), ("kept_frames_s", kept)):
+    fn()
+    start = time.perf_counter()
+    fn()
+    out[name] = round(time.perf_counter() - start, 2)
+  return out
+
+
 def run(config: ModelConfig, *, steps: int = 5, edits: int = 4, seconds: float = 15.0, compare_torch: bool = True,
         log=print) -> dict:
   if steps < 2:
@@ -161,6 +182,8 @@ def run(config: ModelConfig, *, steps: int = 5, edits: int = 4, seconds: float =
                                           / report["ours"][f"job_{JOB_STEPS}_steps_s"], 2)
     log(f"reference: {report['reference']}")
   report["fit_vs_full_audio"] = fit_difference(seconds, edits)
+  report["decode"] = decode_cost(model, seconds)
+  log(f"decode of {seconds:g} s in the full window: {report['decode']}")
   return report
 
 
@@ -177,5 +200,7 @@ def summary(report: dict) -> str:
   fit = report["fit_vs_full_audio"]
   lines.append(f"  fit vs full window ({fit['model']}, {fit['seconds']:g} s): relative L2 of the audio "
                f"{fit['relative_l2_per_prompt']} for {fit['roles']}")
+  lines.append(f"  decoding {report['seconds']:g} s from the full window: whole window then trim "
+               f"{report['decode']['whole_window_then_trim_s']} s, kept frames only {report['decode']['kept_frames_s']} s")
   return "\n".join(lines)
 

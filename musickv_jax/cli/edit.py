@@ -60,6 +60,7 @@ def _check_combinations(fv: Flags, real_audio: bool) -> None:
 def _edit_recording(fv: Flags, model, settings):
   """Inverts --input_audio (or reads --inverted_latent) and edits it: (result, recording or None, inversion)."""
   from musickv_jax import pipeline
+  from musickv_jax.pipeline import long_recording
 
   gen = settings.generation
   cfg = model.config
@@ -67,23 +68,30 @@ def _edit_recording(fv: Flags, model, settings):
   inv_settings = options.inversion_settings(fv, gen.prompts[0], gen.num_inference_steps, gen.audio_end_in_s)
   windows = options.window_settings(fv)
   windows.validate(cfg)
-  if recording is not None and windows.needs_windows(cfg, -(-recording.audio.shape[-1] // cfg.vae.hop_length)):
-    # checked before the inversion, which takes long: what the long path refuses
-    if fv["audio_end_in_s"].present:
-      raise UsageError(f"--audio_end_in_s does not apply to a recording longer than one window ({recording.duration_s:.2f} "
-                       "s): each window is conditioned on its start and the recording's length; leave it out")
-    if fv.kv_from_inversion or settings.injection_mode != "joint":
-      raise UsageError("a recording longer than one window is edited in the joint --injection_mode, regenerating "
-                       "its source: leave out --kv_from_inversion / --injection_mode=cached")
-    layout = windows.layout(cfg, -(-recording.audio.shape[-1] // cfg.vae.hop_length))
-    print(f"{recording.duration_s:.2f} s is longer than one window: {layout.n_windows} windows of "
-          f"{layout.width * cfg.vae.hop_length / cfg.sample_rate:.2f} s, one diffusion process over the whole latent")
+  inversion = None
   if fv.inverted_latent:
-    inversion = pipeline.load_inversion(fv.inverted_latent, model.config,
+    inversion = pipeline.load_inversion(fv.inverted_latent, cfg,
                                         n_samples=recording.audio.shape[-1] if recording else None)
     for note in inversion.notes_for(settings):
       print(f"warning: {note}", file=sys.stderr)
+    if inversion.windows is not None and (fv["window_s"].present or fv["overlap_s"].present) \
+        and windows.geometry() != inversion.windows:
+      print("warning: the recording was inverted over other windows; its own (--window_s "
+            f"{inversion.windows.window_s}, --overlap_s {inversion.windows.overlap_s}) are used", file=sys.stderr)
+    geometry = inversion.windows
   else:
+    geometry = windows if windows.needs_windows(cfg, -(-recording.audio.shape[-1] // cfg.vae.hop_length)) else None
+  if geometry is not None:
+    # a long recording: what the long path would refuse is refused now, before the inversion
+    if fv.kv_from_inversion:
+      raise UsageError("a recording longer than one window is edited by regenerating its source: leave out "
+                       "--kv_from_inversion")
+    n_samples = inversion.n_samples if inversion is not None else recording.audio.shape[-1]
+    long_recording.check_edit(model, settings, geometry.running_as(windows), n_samples)
+    layout = geometry.layout(cfg, -(-n_samples // cfg.vae.hop_length))
+    print(f"{n_samples / cfg.sample_rate:.2f} s is longer than one window: {layout.n_windows} windows of "
+          f"{layout.width * cfg.vae.hop_length / cfg.sample_rate:.2f} s, one diffusion process over the whole latent")
+  if inversion is None:
     inv_settings.validate(cfg)
     print(f"inverting {recording.duration_s:.2f} s of {fv.input_audio} ({inv_settings.variant} inversion, "
           f"{inv_settings.num_inference_steps} steps)")
@@ -93,7 +101,7 @@ def _edit_recording(fv: Flags, model, settings):
                                         windows=windows, on_step=listener)
   with progress_bar(gen.num_inference_steps, "editing") as listener:
     result = pipeline.edit_recording(model, inversion, settings, kv_from_inversion=fv.kv_from_inversion,
-                                     on_step=listener)
+                                     windows=windows, on_step=listener)
   return result, recording, inversion
 
 

@@ -121,7 +121,14 @@ def resolve(fv: Flags, spec, model):
   from musickv_jax import pipeline
   from musickv_jax.jobs.batching import EditJob
 
+  import jax
+
+  from musickv_jax.pipeline import long_recording
+
   values = options.Values.from_flags(fv).over({"prompts": list(spec.prompts), **spec.overrides})
+  stray = sorted({"window_s", "overlap_s"} & set(spec.overrides))
+  if stray and not values.input_audio:
+    raise UsageError(f"{', '.join(stray)} apply to recordings (input_audio); this job has none")
   chosen = options.edit_settings(values)
   settings = dataclasses.replace(chosen.settings, injection_mode="joint")  # a batch is one joint run per job
   gen = settings.generation
@@ -145,8 +152,13 @@ def resolve(fv: Flags, spec, model):
     if windows.needs_windows(cfg, frames):  # what the long path refuses, before the inversion
       if gen.audio_end_in_s is not None:
         raise UsageError("audio_end_in_s does not apply to a recording longer than one window (each window is "
-                         "conditioned on its start and the recording's length); leave it out")
-    inversion = pipeline.invert_audio(model, recording.audio, inv_settings, windows=windows)
+                         "conditioned on its start and the recording's length): give this job "
+                         "\"audio_end_in_s\": null")
+      long_recording.check_edit(model, settings, windows, recording.audio.shape[-1])
+    try:
+      inversion = pipeline.invert_audio(model, recording.audio, inv_settings, windows=windows)
+    except jax.errors.JaxRuntimeError as e:  # e.g. out of memory: this job fails, the others go on
+      raise UsageError(f"inverting the recording failed: {str(e).splitlines()[0]}") from None
     x_init = np.repeat(inversion.inverted, n, axis=0)
     guidance = np.full((n,), gen.guidance_scale, np.float32)
     guidance[0] = pipeline.SOURCE_GUIDANCE
@@ -175,7 +187,9 @@ def write_job(out_dir: Path, model, job, extra: dict, latents, seconds: float, w
   audio = common.decode(model, latents, *extra["span"])
   result = pipeline.EditResult(audio=audio, latents=latents, prompts=list(gen.prompts), roles=roles,
                                sample_rate=cfg.sample_rate, settings=job.settings, schedule=job.schedule,
-                               latent_frames=int(latents.shape[-1]), audio_end_in_s=gen.resolved_end(cfg))
+                               latent_frames=int(latents.shape[-1]),
+                               audio_end_in_s=(gen.resolved_end(cfg) if not job.is_long  # the windows' seconds_total
+                                               else job.long_recording.n_samples / cfg.sample_rate))
   real_audio = extra["recording"] is not None
   record = provenance(model, seconds) | result.describe() | {
       "job_id": job.id, "manifest_line": extra["spec"].line, "preset": extra["chosen"].preset.name,
@@ -315,10 +329,11 @@ def body(fv: Flags) -> int:
         group_jobs = [group] if isinstance(group, batching.EditJob) else group.jobs
         try:
           with common.progress(listener, done_steps, total_steps):
-            latents = ({group.id: batching.run_long(model, group, mesh)} if isinstance(group, batching.EditJob)
-                       else batching.run_batch(model, dit_params, group, mesh))
-        except MusicKVError as e:  # a long job the memory budget cannot hold fails alone
-          message = e.describe(lambda field: f"--{options.FLAG_OF_FIELD.get(field, field)}")
+            latents = ({group.id: batching.run_long(model, group, mesh, dit_params)}
+                       if isinstance(group, batching.EditJob) else batching.run_batch(model, dit_params, group, mesh))
+        except (MusicKVError, jax.errors.JaxRuntimeError) as e:  # e.g. out of memory: these jobs fail, not the run
+          message = (e.describe(lambda field: f"--{options.FLAG_OF_FIELD.get(field, field)}")
+                     if isinstance(e, MusicKVError) else str(e).splitlines()[0])
           statuses += [JobStatus(job.id, extras[job.id]["spec"].line, "failed", message) for job in group_jobs]
           write_summary(summary_path, statuses, devices, processes, started)
           continue

@@ -47,6 +47,7 @@ def body(fv: Flags) -> None:
   settings.validate(model.config)
   recording = options.load_recording(fv, model)
   windows = options.window_settings(fv)
+  windows.validate(model.config)
   start = time.perf_counter()
   with progress_bar(settings.num_inference_steps, "inverting") as listener:
     inversion = pipeline.invert_audio(model, recording.audio, settings, windows=windows, on_step=listener)

@@ -226,12 +226,13 @@ def sample_on_mesh(dit_params, cond: guided.GuidedConditioning, x_init, plan: sa
       dit_params, cond, x_init, plan, key_data, kv, sample_ids)
 
 
-def run_long(model: LoadedModel, job: EditJob, mesh: jax.sharding.Mesh) -> np.ndarray:
+def run_long(model: LoadedModel, job: EditJob, mesh: jax.sharding.Mesh, dit_params) -> np.ndarray:
   """A job whose recording is longer than one window: its windows are the rows (in groups sized to
-  the memory budget), spread over the mesh's devices. Returns its final latents (n_prompts, C, L)."""
+  the memory budget), spread over the mesh's devices. dit_params: replicated on the mesh (see
+  `replicate`). Returns its final latents (n_prompts, C, L)."""
   inversion = job.long_recording
   latents, _ = long_recording.edit_latents(model, job.settings, job.schedule, job.x_init, job.guidance,
-                                           inversion.windows, inversion.n_samples, mesh=mesh)
+                                           inversion.windows, inversion.n_samples, mesh=mesh, dit_params=dit_params)
   return latents
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ def _check_value(key: str, value) -> str | None:
   if key in ("guidance_scale", "input_start_s"):
     return None if _is_number(value) else "must be a number"
   if key in ("audio_end_in_s", "input_end_s", "window_s", "overlap_s"):
-    return None if value is None or _is_number(value) else "must be a number or null"
+    return None if value is None or (_is_number(value) and math.isfinite(value)) else "must be a number or null"
   if key == "edit_all":
     return None if isinstance(value, bool) else "must be true or false"
   if key == "vital_layers":

@@ -67,15 +67,15 @@ class WindowSettings:
 
   def validate(self, config: ModelConfig) -> None:
     maximum = config.max_audio_seconds
-    if self.window_s is not None and (not math.isfinite(self.window_s) or not 0 < self.window_s <= maximum + 1e-6):
-      raise SettingsError(f"{{field}} {self.window_s:g} s does not fit the model: give more than 0 and at most "
+    if self.window_s is not None and (not _is_real(self.window_s) or not 0 < self.window_s <= maximum + 1e-6):
+      raise SettingsError(f"{{field}} {self.window_s} s does not fit the model: give more than 0 and at most "
                           f"{maximum:.2f} s (the default)", field="window_s")
+    if self.overlap_s is not None and (not _is_real(self.overlap_s) or self.overlap_s < 0):
+      raise SettingsError(f"{{field}} must be 0 or more seconds, got {self.overlap_s}", field="overlap_s")
     window, overlap = self.frames(config)
     if window < 1:
       raise SettingsError(f"{{field}} {self.window_s:g} s is shorter than one latent frame; give a longer window",
                           field="window_s")
-    if self.overlap_s is not None and (not math.isfinite(self.overlap_s) or self.overlap_s < 0):
-      raise SettingsError(f"{{field}} must be 0 or more seconds, got {self.overlap_s:g}", field="overlap_s")
     if overlap >= window:
       raise SettingsError(f"{{field}} ({self.overlap_s:g} s) must be shorter than the window "
                           f"({window * config.vae.hop_length / config.sample_rate:.2f} s, {{window_s}})",
@@ -85,9 +85,8 @@ class WindowSettings:
                                                or self.windows_per_batch < 1):
       raise SettingsError(f"{{field}} must be a whole number of at least 1, got {self.windows_per_batch!r}",
                           field="windows_per_batch")
-    if self.memory_budget_gib is not None and (not math.isfinite(self.memory_budget_gib)
-                                               or self.memory_budget_gib <= 0):
-      raise SettingsError(f"{{field}} must be a positive number of GiB, got {self.memory_budget_gib:g}",
+    if self.memory_budget_gib is not None and (not _is_real(self.memory_budget_gib) or self.memory_budget_gib <= 0):
+      raise SettingsError(f"{{field}} must be a positive number of GiB, got {self.memory_budget_gib}",
                           field="memory_budget_gib")
 
   def layout(self, config: ModelConfig, frames: int) -> windows_lib.WindowLayout:
@@ -100,6 +99,23 @@ class WindowSettings:
 
   def to_json_dict(self) -> dict:
     return dataclasses.asdict(self)
+
+  def geometry(self) -> "WindowSettings":
+    """Where the windows fall (window, overlap) without how they run (batching, memory): what an
+    inversion fixes for the edits that follow it."""
+    return WindowSettings(window_s=self.window_s, overlap_s=self.overlap_s)
+
+  def running_as(self, other: "WindowSettings | None") -> "WindowSettings":
+    """This geometry, run with `other`'s batching and memory budget."""
+    if other is None:
+      return self
+    return dataclasses.replace(self, windows_per_batch=other.windows_per_batch,
+                               memory_budget_gib=other.memory_budget_gib)
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and \
+      math.isfinite(value)
 
 
 # ----------------------------------------------------------------------------- memory
@@ -140,23 +156,28 @@ def windows_per_batch(model: LoadedModel, settings: WindowSettings, layout: wind
   the memory budget holds, at most its share of the windows. Raises SettingsError when the
   recording does not fit the budget."""
   config = model.config
-  budget = (settings.memory_budget_gib * GIB if settings.memory_budget_gib is not None
-            else device_memory_bytes())
-  fixed = params_bytes(model) + song_bytes(config, n_samples, n_outputs)
+  given = settings.memory_budget_gib is not None
+  budget = settings.memory_budget_gib * GIB if given else device_memory_bytes()
+  model_bytes, song = params_bytes(model), song_bytes(config, n_samples, n_outputs)
   per_window = rows_per_window * dit_row_bytes(config, layout.width)
-  available = budget - fixed
-  seconds = n_samples / config.sample_rate
+  available = budget - model_bytes - song
   if available < per_window:
-    raise SettingsError(f"a {seconds:.1f} s recording needs about {(fixed + per_window) / GIB:.1f} GiB (model, "
-                        f"whole-recording audio and latents, one window's rows) but the memory budget is "
-                        f"{budget / GIB:.1f} GiB; raise {{field}} or edit a shorter segment ({{start_s}} / "
-                        f"{{end_s}})", field="memory_budget_gib", mentions=("start_s", "end_s"))
+    has = f"the memory budget ({{memory_budget_gib}}) is {budget / GIB:.1f} GiB" if given else \
+        f"this device has {budget / GIB:.1f} GiB"
+    advice = ("edit a shorter segment ({start_s} / {end_s})" if song > per_window
+              else "use a shorter {window_s} or fewer prompts")
+    raise SettingsError(f"a {n_samples / config.sample_rate:.1f} s recording needs about "
+                        f"{(model_bytes + song + per_window) / GIB:.1f} GiB (model {model_bytes / GIB:.1f}, the whole "
+                        f"recording's audio and latents {song / GIB:.1f}, one window's {rows_per_window} DiT rows "
+                        f"{per_window / GIB:.1f}) but {has}; {advice}", field="memory_budget_gib",
+                        mentions=("start_s", "end_s", "window_s"))
   fitting = int(available // per_window)
   if settings.windows_per_batch is not None:
-    if settings.windows_per_batch > fitting:
+    # the estimate is an upper one: an explicit number is checked only against an explicit budget
+    if given and settings.windows_per_batch > fitting:
       raise SettingsError(f"{{field}} {settings.windows_per_batch} needs about "
-                          f"{(fixed + settings.windows_per_batch * per_window) / GIB:.1f} GiB but the memory budget "
-                          f"is {budget / GIB:.1f} GiB; use at most {fitting} or raise {{memory_budget_gib}}",
+                          f"{(model_bytes + song + settings.windows_per_batch * per_window) / GIB:.1f} GiB (an upper "
+                          f"estimate) but {{memory_budget_gib}} is {budget / GIB:.1f} GiB; use at most {fitting}",
                           field="windows_per_batch", mentions=("memory_budget_gib",))
     return min(settings.windows_per_batch, layout.n_windows)
   return max(1, min(fitting, math.ceil(layout.n_windows / devices)))
@@ -178,6 +199,35 @@ def _placed(model: LoadedModel, mesh: jax.sharding.Mesh | None):
   from musickv_jax.jobs.batching import replicate
 
   return replicate(model.params["dit"], mesh)
+
+
+def check_edit(model: LoadedModel, settings: EditSettings, window_settings: WindowSettings, n_samples: int,
+               mesh: jax.sharding.Mesh | None = None) -> None:
+  """Raises SettingsError, before any work, for a long edit that the long path would refuse:
+  settings that do not apply per window, and a memory budget that cannot hold its rows."""
+  cfg = model.config
+  gen = settings.generation
+  check_recording(cfg, n_samples, window_settings)
+  _check_generation(settings)
+  n = len(gen.prompts)
+  use_cfg = gen.guidance_scale != 1.0 or gen.negative_prompt is not None  # the source runs at 1, the edits at this
+  rows = injection.EditLayout.reference(n, settings.edit_all, use_cfg).rows
+  mesh = default_mesh(mesh)
+  windows_per_batch(model, window_settings, window_settings.layout(cfg, -(-n_samples // cfg.vae.hop_length)), rows,
+                    n_samples, n, 1 if mesh is None else mesh.size)
+
+
+def _check_generation(settings: EditSettings) -> None:
+  gen = settings.generation
+  if settings.injection_mode != "joint":
+    raise SettingsError("a recording longer than one window is edited in the joint {field} (the cached mode "
+                        "would hold every step's K/V of every window)", field="injection_mode")
+  if gen.audio_end_in_s is not None:
+    raise SettingsError("{field} does not apply to a recording longer than one window (each window is conditioned "
+                        "on its start and the recording's length); leave it out", field="audio_end_in_s")
+  if gen.audio_start_in_s != 0:
+    raise SettingsError("{field} does not apply to a recording longer than one window (each window is conditioned "
+                        "on its own start); leave it out", field="audio_start_in_s")
 
 
 def check_recording(config: ModelConfig, n_samples: int, settings: WindowSettings) -> None:
@@ -270,20 +320,16 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, win
 
 def edit_latents(model: LoadedModel, settings: EditSettings, schedule: np.ndarray, x_init, guidance: np.ndarray,
                  window_settings: WindowSettings, n_samples: int, *, on_step: common.Listener | None = None,
-                 layout: windows_lib.WindowLayout | None = None,
-                 mesh: jax.sharding.Mesh | None = None) -> tuple[np.ndarray, list[str]]:
+                 layout: windows_lib.WindowLayout | None = None, mesh: jax.sharding.Mesh | None = None,
+                 dit_params=None) -> tuple[np.ndarray, list[str]]:
   """The sampling part of a long edit (joint mode, windows as rows, spread over the devices of
   `mesh`, default every local device): x_init (n, C, L) -> final latents (n, C, L) and each
-  prompt's role."""
+  prompt's role. dit_params: the DiT parameters already placed on the mesh (default: placed here)."""
   cfg = model.config
   gen = settings.generation
   n = len(gen.prompts)
-  if settings.injection_mode != "joint":
-    raise SettingsError("a recording longer than one window is edited in the joint {field} (the cached mode "
-                        "would hold every step's K/V of every window)", field="injection_mode")
-  if gen.audio_end_in_s is not None and layout is None:
-    raise SettingsError("{field} is set per window for a recording longer than one window (its start, the "
-                        "recording's length); leave it out", field="audio_end_in_s")
+  if layout is None:
+    _check_generation(settings)
   frames = int(np.shape(x_init)[-1])
   layout = layout or window_settings.layout(cfg, frames)
   use_cfg = bool(np.any(guidance != 1.0)) or gen.negative_prompt is not None
@@ -298,7 +344,8 @@ def edit_latents(model: LoadedModel, settings: EditSettings, schedule: np.ndarra
   kv = grouped_steps(injection.joint_steps(schedule, tuple(settings.vital_layers), cfg.dit, edit_layout,
                                            tuple(settings.skip_layers)), windows.per_group, n)
   with common.progress(on_step):
-    latents, _ = guided.sample_in_chunks(_placed(model, mesh), cond, jnp.asarray(x_init), common.step_plan(gen),
+    params = dit_params if dit_params is not None else _placed(model, mesh)
+    latents, _ = guided.sample_in_chunks(params, cond, jnp.asarray(x_init), common.step_plan(gen),
                                          common.sde_key(gen.seed), kv, None, windows, dit_config=cfg.dit,
                                          solver=gen.sampler, use_cfg=use_cfg, mesh=mesh)
   roles = ["source"] + ["edit" if p in edit_layout.edits else "plain" for p in range(1, n)]

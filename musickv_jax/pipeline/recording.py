@@ -99,9 +99,13 @@ def invert_audio(model: LoadedModel, audio: np.ndarray, settings: InversionSetti
   n_samples = int(np.shape(audio)[-1])
   frames = -(-n_samples // cfg.vae.hop_length)
   windows = windows or WindowSettings()
+  windows.validate(cfg)
   if windows.needs_windows(cfg, frames):
     long_recording.check_recording(cfg, n_samples, windows)
     settings.validate(cfg)
+    if settings.seconds_total is not None:
+      raise SettingsError("{field} does not apply to a recording longer than one window (each window is "
+                          "conditioned on its start and the recording's length); leave it out", field="seconds_total")
     if record_layers:
       raise SettingsError("K/V cannot be recorded while inverting a recording longer than one window; edit it "
                           "without {field}", field="kv_from_inversion")
@@ -118,9 +122,11 @@ def invert_audio(model: LoadedModel, audio: np.ndarray, settings: InversionSetti
 
 def edit_recording(model: LoadedModel, inversion: Inversion, settings: EditSettings, *,
                    kv_from_inversion: bool = False, decode_chunk_frames: int | None = vae_ops.DECODE_CHUNK_FRAMES,
-                   on_step: common.Listener | None = None) -> EditResult:
+                   windows: WindowSettings | None = None, on_step: common.Listener | None = None) -> EditResult:
   """Edits an inverted recording: every prompt starts from the inverted latent; the output has
-  the recording's own length.
+  the recording's own length. A recording longer than one window is edited over the windows it
+  was inverted with (Inversion.windows), batched as `windows` says (windows_per_batch,
+  memory_budget_gib; default: the inversion's).
 
   kv_from_inversion: take the source K/V recorded during inversion (Inversion.kv, same steps and
   vital layers) instead of re-running the source branch: the source is not regenerated, so the
@@ -136,8 +142,9 @@ def edit_recording(model: LoadedModel, inversion: Inversion, settings: EditSetti
                           "every window and step would not fit); leave out {field}", field="kv_from_inversion")
     guidance = np.full((n,), gen.guidance_scale, np.float32)
     guidance[0] = SOURCE_GUIDANCE
-    latents, roles = long_recording.edit_latents(model, settings, schedule, x_init, guidance, inversion.windows,
-                                                 inversion.n_samples, on_step=on_step)
+    latents, roles = long_recording.edit_latents(model, settings, schedule, x_init, guidance,
+                                                 inversion.windows.running_as(windows), inversion.n_samples,
+                                                 on_step=on_step)
     prompts = list(gen.prompts)
   elif not kv_from_inversion:
     guidance = np.full((n,), gen.guidance_scale, np.float32)
@@ -148,9 +155,11 @@ def edit_recording(model: LoadedModel, inversion: Inversion, settings: EditSetti
     latents, roles = _edit_from_inversion_kv(model, inversion, settings, schedule, x_init[1:], on_step)
     prompts = list(gen.prompts[1:])
   audio = common.decode(model, latents, 0, inversion.n_samples, decode_chunk_frames)
+  seconds_total = (gen.resolved_end(cfg) if inversion.windows is None
+                   else long_recording.seconds_total(cfg, inversion.n_samples))  # what the windows were given
   return EditResult(audio=audio, latents=latents, prompts=prompts, roles=roles, sample_rate=cfg.sample_rate,
                     settings=settings, schedule=schedule, latent_frames=int(x_init.shape[-1]),
-                    audio_end_in_s=gen.resolved_end(cfg))
+                    audio_end_in_s=seconds_total)
 
 
 def _edit_from_inversion_kv(model, inversion: Inversion, settings: EditSettings, schedule, x_init,
@@ -208,10 +217,12 @@ def load_inversion(path: str | Path, config: ModelConfig, *, n_samples: int | No
       record = json.loads(sidecar.read_text())
       stored_samples = int(record.get("n_samples", stored_samples))
       settings = InversionSettings(**record.get("settings", {"prompt": "(unknown)"}))
-      windows = WindowSettings(**record["windows"]) if "windows" in record else None
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, AttributeError) as e:
-      raise SettingsError(f"{{field}}: its sidecar {sidecar} is damaged ({e}); invert the recording again",
-                          field="inverted_latent") from None
+      if "windows" in record:  # where the windows fell; how to batch them is the edit's choice
+        windows = WindowSettings(**record["windows"]).geometry()
+        long_recording.check_recording(config, stored_samples, windows)
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, AttributeError, SettingsError) as e:
+      raise SettingsError(f"{{field}}: its sidecar {sidecar} is damaged or from another model ({e}); invert the "
+                          "recording again", field="inverted_latent") from None
     if -(-stored_samples // hop) != frames:
       raise SettingsError(f"{{field}}: its sidecar says {stored_samples} samples, which is not {frames} latent "
                           "frames; the files do not belong together, invert again", field="inverted_latent")
