@@ -112,13 +112,14 @@ def _extrapolate(one: float, many: float, steps: int) -> dict:
           "fixed_s": round(fixed, 2), f"job_{JOB_STEPS}_steps_s": round(fixed + JOB_STEPS * per_step, 1)}
 
 
-def fit_difference(seconds: float, edits: int) -> dict:
+def fit_difference(window_fraction: float, edits: int) -> dict:
   """How much `fit` changes the audio against the full window (same noise, 4 steps), measured on
-  the tiny config (random weights): relative L2 of each edit's audio, and of the source."""
+  the tiny config (random weights) for a request of the same fraction of its window as the job's:
+  relative L2 of each edit's audio, and of the source."""
   from musickv_jax.config import named_config
 
   model = random_model(named_config("tiny"))
-  seconds = min(seconds, model.config.max_audio_seconds)
+  seconds = round(min(1.0, window_fraction) * model.config.max_audio_seconds, 2)
   _, fit = ours(model, 4, edits, seconds, "fit")
   _, full = ours(model, 4, edits, seconds, "full")
   diff = [float(np.linalg.norm(a - b) / np.linalg.norm(b)) for a, b in zip(fit.audio, full.audio)]
@@ -181,7 +182,7 @@ def run(config: ModelConfig, *, steps: int = 5, edits: int = 4, seconds: float =
     report["reference_over_ours"] = round(report["reference"][f"job_{JOB_STEPS}_steps_s"]
                                           / report["ours"][f"job_{JOB_STEPS}_steps_s"], 2)
     log(f"reference: {report['reference']}")
-  report["fit_vs_full_audio"] = fit_difference(seconds, edits)
+  report["fit_vs_full_audio"] = fit_difference(seconds / config.max_audio_seconds, edits)
   report["decode"] = decode_cost(model, seconds)
   log(f"decode of {seconds:g} s in the full window: {report['decode']}")
   return report

@@ -63,12 +63,10 @@ def run(config: ModelConfig, *, seconds: float = 120.0, steps: int = 2, windows:
                                              guidance, windows, n_samples)
     return latents
 
-  encoded = encode_audio(model, audio)  # warm-up: compiles every program of the run
-  inverted = invert(1, encoded)
-  edited = edit(1, inverted)
+  encoded = encode_audio(model, audio)  # warm-up: compiles the programs of the run (the `steps`-step
+  inverted = invert(1, encoded)        # chunk program compiles inside its timed run: about a second at
+  edited = edit(1, inverted)           # real size, against minutes of sampling)
   common.decode(model, edited, 0, n_samples)
-  invert(steps, encoded)
-  edit(steps, inverted)
 
   encode_s, encoded = _timed(lambda: np.asarray(encode_audio(model, audio)))
   invert_1, inverted = _timed(lambda: invert(1, encoded))
