@@ -88,7 +88,7 @@ def test_kv_from_inversion_cli(tiny44k, recordings, tmp_path):
     (["--input_audio", "LONG", "--prompts", "a", "b", "--window_s", "8", "--overlap_s", "8"],
      "--overlap_s (8 s) must be shorter than the window (7.99 s, --window_s)"),
     (["--input_audio", "LONG", "--prompts", "a", "b", "--memory_budget_gib", "0.001"],
-     "but the memory budget (--memory_budget_gib) is 0.0 GiB; edit a shorter segment (--input_start_s / "
+     "but the memory budget (--memory_budget_gib) is 0.001 GiB; edit a shorter segment (--input_start_s / "
      "--input_end_s)"),
     (["--input_audio", "LONG", "--prompts", "a", "b", "--kv_from_inversion"],
      "a recording longer than one window is edited by regenerating its source: leave out --kv_from_inversion"),

@@ -68,10 +68,10 @@ class WindowSettings:
   def validate(self, config: ModelConfig) -> None:
     maximum = config.max_audio_seconds
     if self.window_s is not None and (not _is_real(self.window_s) or not 0 < self.window_s <= maximum + 1e-6):
-      raise SettingsError(f"{{field}} {self.window_s} s does not fit the model: give more than 0 and at most "
+      raise SettingsError(f"{{field}} {_seconds(self.window_s)} s does not fit the model: give more than 0 and at most "
                           f"{maximum:.2f} s (the default)", field="window_s")
     if self.overlap_s is not None and (not _is_real(self.overlap_s) or self.overlap_s < 0):
-      raise SettingsError(f"{{field}} must be 0 or more seconds, got {self.overlap_s}", field="overlap_s")
+      raise SettingsError(f"{{field}} must be 0 or more seconds, got {_seconds(self.overlap_s)}", field="overlap_s")
     window, overlap = self.frames(config)
     if window < 1:
       raise SettingsError(f"{{field}} {self.window_s:g} s is shorter than one latent frame; give a longer window",
@@ -86,7 +86,7 @@ class WindowSettings:
       raise SettingsError(f"{{field}} must be a whole number of at least 1, got {self.windows_per_batch!r}",
                           field="windows_per_batch")
     if self.memory_budget_gib is not None and (not _is_real(self.memory_budget_gib) or self.memory_budget_gib <= 0):
-      raise SettingsError(f"{{field}} must be a positive number of GiB, got {self.memory_budget_gib}",
+      raise SettingsError(f"{{field}} must be a positive number of GiB, got {_seconds(self.memory_budget_gib)}",
                           field="memory_budget_gib")
 
   def layout(self, config: ModelConfig, frames: int) -> windows_lib.WindowLayout:
@@ -111,6 +111,15 @@ class WindowSettings:
       return self
     return dataclasses.replace(self, windows_per_batch=other.windows_per_batch,
                                memory_budget_gib=other.memory_budget_gib)
+
+
+def _gib(size: float) -> str:
+  return f"{size / GIB:.3g} GiB"
+
+
+def _seconds(value) -> str:
+  """A number as the user wrote it (9, not 9.0), anything else as its repr."""
+  return f"{value:g}" if isinstance(value, (int, float, np.integer, np.floating)) else repr(value)
 
 
 def _is_real(value) -> bool:
@@ -162,22 +171,21 @@ def windows_per_batch(model: LoadedModel, settings: WindowSettings, layout: wind
   per_window = rows_per_window * dit_row_bytes(config, layout.width)
   available = budget - model_bytes - song
   if available < per_window:
-    has = f"the memory budget ({{memory_budget_gib}}) is {budget / GIB:.1f} GiB" if given else \
-        f"this device has {budget / GIB:.1f} GiB"
+    has = f"the memory budget ({{field}}) is {_gib(budget)}" if given else f"this device has {_gib(budget)}"
     advice = ("edit a shorter segment ({start_s} / {end_s})" if song > per_window
               else "use a shorter {window_s} or fewer prompts")
     raise SettingsError(f"a {n_samples / config.sample_rate:.1f} s recording needs about "
-                        f"{(model_bytes + song + per_window) / GIB:.1f} GiB (model {model_bytes / GIB:.1f}, the whole "
-                        f"recording's audio and latents {song / GIB:.1f}, one window's {rows_per_window} DiT rows "
-                        f"{per_window / GIB:.1f}) but {has}; {advice}", field="memory_budget_gib",
+                        f"{_gib(model_bytes + song + per_window)} (model {_gib(model_bytes)}, the whole recording's "
+                        f"audio and latents {_gib(song)}, one window's {rows_per_window} DiT rows "
+                        f"{_gib(per_window)}) but {has}; {advice}", field="memory_budget_gib",
                         mentions=("start_s", "end_s", "window_s"))
   fitting = int(available // per_window)
   if settings.windows_per_batch is not None:
     # the estimate is an upper one: an explicit number is checked only against an explicit budget
     if given and settings.windows_per_batch > fitting:
       raise SettingsError(f"{{field}} {settings.windows_per_batch} needs about "
-                          f"{(model_bytes + song + settings.windows_per_batch * per_window) / GIB:.1f} GiB (an upper "
-                          f"estimate) but {{memory_budget_gib}} is {budget / GIB:.1f} GiB; use at most {fitting}",
+                          f"{_gib(model_bytes + song + settings.windows_per_batch * per_window)} (an upper "
+                          f"estimate) but {{memory_budget_gib}} is {_gib(budget)}; use at most {fitting}",
                           field="windows_per_batch", mentions=("memory_budget_gib",))
     return min(settings.windows_per_batch, layout.n_windows)
   return max(1, min(fitting, math.ceil(layout.n_windows / devices)))
@@ -192,13 +200,19 @@ def default_mesh(mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh | None:
   return data_mesh()
 
 
-def _placed(model: LoadedModel, mesh: jax.sharding.Mesh | None):
-  """The DiT parameters, replicated on the mesh's devices when there are several."""
+def _on_mesh(tree, mesh: jax.sharding.Mesh | None):
+  """Arrays replicated on the mesh's devices when there are several (one program then sees every
+  input on the same devices), else as they are."""
   if mesh is None or mesh.size == 1:
-    return model.params["dit"]
+    return tree
   from musickv_jax.jobs.batching import replicate
 
-  return replicate(model.params["dit"], mesh)
+  return replicate(tree, mesh)
+
+
+def _placed(model: LoadedModel, mesh: jax.sharding.Mesh | None):
+  """The DiT parameters, replicated on the mesh's devices when there are several."""
+  return _on_mesh(model.params["dit"], mesh)
 
 
 def check_edit(model: LoadedModel, settings: EditSettings, window_settings: WindowSettings, n_samples: int,
@@ -313,8 +327,8 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, win
                                            order=settings.order, sigma_min=settings.sigma_min,
                                            sigma_max=settings.sigma_max, schedule=settings.sigma_schedule)
   with common.progress(on_step):
-    inverted, _ = inversion_lib.invert_in_chunks(_placed(model, mesh), cond, jnp.asarray(latents, jnp.float32), plan,
-                                                 windows, dit_config=cfg.dit, mesh=mesh)
+    inverted, _ = inversion_lib.invert_in_chunks(_placed(model, mesh), *_on_mesh(
+        (cond, jnp.asarray(latents, jnp.float32), plan, windows), mesh), dit_config=cfg.dit, mesh=mesh)
   return common.to_host(inverted)
 
 
@@ -345,8 +359,9 @@ def edit_latents(model: LoadedModel, settings: EditSettings, schedule: np.ndarra
                                            tuple(settings.skip_layers)), windows.per_group, n)
   with common.progress(on_step):
     params = dit_params if dit_params is not None else _placed(model, mesh)
-    latents, _ = guided.sample_in_chunks(params, cond, jnp.asarray(x_init), common.step_plan(gen),
-                                         common.sde_key(gen.seed), kv, None, windows, dit_config=cfg.dit,
+    cond, x_init, plan, key, kv, windows = _on_mesh((cond, jnp.asarray(x_init), common.step_plan(gen),
+                                                     common.sde_key(gen.seed), kv, windows), mesh)
+    latents, _ = guided.sample_in_chunks(params, cond, x_init, plan, key, kv, None, windows, dit_config=cfg.dit,
                                          solver=gen.sampler, use_cfg=use_cfg, mesh=mesh)
   roles = ["source"] + ["edit" if p in edit_layout.edits else "plain" for p in range(1, n)]
   return common.to_host(latents), roles
