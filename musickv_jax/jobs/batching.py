@@ -2,8 +2,9 @@
 
 A job is one MusicKV edit (a source and its edits, generated or from an inverted recording).
 A recording longer than the model's window makes a job of its own (`run_long`: its windows are
-its rows, pipeline.long_recording). Jobs that share a bucket (steps, latent frames, CFG on/off, sampler and sigma schedule: the
-static shape of the program) are packed into batches of rows_per_device x devices prompt rows:
+its rows, pipeline.long_recording). Jobs that share a bucket (steps, latent frames, CFG on/off,
+sampler and sigma schedule: the static shape of the program) are packed into batches of
+rows_per_device x devices prompt rows:
 
   * each device gets whole jobs (a job's rows never straddle devices): in manifest order, each job
     goes to the least-filled device with room, else opens the bucket's next batch;
