@@ -17,7 +17,7 @@ from musickv_jax.config import ModelConfig
 from musickv_jax.editing import schedules as kv_schedules
 from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings, WindowSettings
 from musickv_jax.pipeline import common, long_recording
-from musickv_jax.pipeline.recording import SOURCE_GUIDANCE, encode_audio
+from musickv_jax.pipeline.recording import encode_audio, recording_guidance
 
 FULL_STEPS = 100
 
@@ -51,7 +51,7 @@ def run(config: ModelConfig, *, seconds: float = 120.0, steps: int = 2, windows:
   audio = synthetic_recording(config, seconds)
   n_samples = audio.shape[-1]
   layers = vital_layers(config)
-  guidance = np.asarray([SOURCE_GUIDANCE, 7.0], np.float32)
+  guidance = recording_guidance(2, 7.0)
 
   def invert(k, latents):
     return long_recording.invert_latents(model, latents, InversionSettings(SOURCE, k), windows, n_samples)

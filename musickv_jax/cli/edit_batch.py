@@ -160,8 +160,7 @@ def resolve(fv: Flags, spec, model):
     except jax.errors.JaxRuntimeError as e:  # e.g. out of memory: this job fails, the others go on
       raise UsageError(f"inverting the recording failed: {str(e).splitlines()[0]}") from None
     x_init = np.repeat(inversion.inverted, n, axis=0)
-    guidance = np.full((n,), gen.guidance_scale, np.float32)
-    guidance[0] = pipeline.SOURCE_GUIDANCE
+    guidance = pipeline.recording_guidance(n, gen.guidance_scale)
     span = (0, inversion.n_samples)
   else:
     schedule = settings.validate(cfg)
@@ -179,6 +178,7 @@ def write_job(out_dir: Path, model, job, extra: dict, latents, seconds: float, w
   from musickv_jax import pipeline
   from musickv_jax.editing import injection
   from musickv_jax.pipeline import common
+  from musickv_jax.pipeline.long_recording import seconds_total
 
   cfg = model.config
   gen = job.settings.generation
@@ -189,7 +189,7 @@ def write_job(out_dir: Path, model, job, extra: dict, latents, seconds: float, w
                                sample_rate=cfg.sample_rate, settings=job.settings, schedule=job.schedule,
                                latent_frames=int(latents.shape[-1]),
                                audio_end_in_s=(gen.resolved_end(cfg) if not job.is_long  # the windows' seconds_total
-                                               else job.long_recording.n_samples / cfg.sample_rate))
+                                               else seconds_total(cfg, job.long_recording.n_samples)))
   real_audio = extra["recording"] is not None
   record = provenance(model, seconds) | result.describe() | {
       "job_id": job.id, "manifest_line": extra["spec"].line, "preset": extra["chosen"].preset.name,

@@ -21,8 +21,8 @@ from musickv_jax.pipeline.common import (check_init_latents, initial_latents, la
 from musickv_jax.pipeline.conditioning import guided_conditioning, text_conditioning
 from musickv_jax.pipeline.editing import EditResult, edit
 from musickv_jax.pipeline.generation import Generation, generate
-from musickv_jax.pipeline.recording import (SOURCE_GUIDANCE, Inversion, edit_recording, encode_audio, invert_audio, invert_latents,
-                                            load_inversion)
+from musickv_jax.pipeline.recording import (SOURCE_GUIDANCE, Inversion, edit_recording, encode_audio, invert_audio,
+                                            invert_latents, load_inversion, recording_guidance)
 from musickv_jax.pipeline.long_recording import DEFAULT_OVERLAP_S, WindowSettings
 from musickv_jax.pipeline.settings import (REFERENCE_VITAL_LAYERS, EditSettings, GenerationSettings,
                                            InversionSettings)
@@ -31,5 +31,5 @@ __all__ = [
     "DEFAULT_OVERLAP_S", "EditResult", "EditSettings", "Generation", "GenerationSettings", "Inversion", "InversionSettings",
     "REFERENCE_VITAL_LAYERS", "SOURCE_GUIDANCE", "check_init_latents", "edit", "edit_recording", "encode_audio", "generate",
     "guided_conditioning", "initial_latents", "invert_audio", "invert_latents", "latent_frames", "load_inversion",
-    "output_span", "shared_initial_latents", "step_plan", "text_conditioning", "WindowSettings",
+    "output_span", "recording_guidance", "shared_initial_latents", "step_plan", "text_conditioning", "WindowSettings",
 ]

@@ -323,9 +323,7 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, win
   total = settings.resolved_total(cfg) if layout.n_windows == 1 else seconds_total(cfg, n_samples)
   cond = window_conditioning(model, [settings.prompt], layout, windows, total, negative_prompt=None,
                              guidance=np.ones((1,), np.float32), use_cfg=False)
-  plan = inversion_lib.make_inversion_plan(settings.num_inference_steps, variant=settings.variant,
-                                           order=settings.order, sigma_min=settings.sigma_min,
-                                           sigma_max=settings.sigma_max, schedule=settings.sigma_schedule)
+  plan = settings.plan()
   with common.progress(on_step):
     inverted, _ = inversion_lib.invert_in_chunks(_placed(model, mesh), *_on_mesh(
         (cond, jnp.asarray(latents, jnp.float32), plan, windows), mesh), dit_config=cfg.dit, mesh=mesh)

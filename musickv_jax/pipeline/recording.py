@@ -34,6 +34,13 @@ from musickv_jax.sampling import inversion as inversion_lib
 SOURCE_GUIDANCE = 1.0  # the recording's reconstruction runs without guidance, as in the reference
 
 
+def recording_guidance(n_prompts: int, guidance_scale: float) -> np.ndarray:
+  """(n,) guidance per prompt of a recording's edit: SOURCE_GUIDANCE for the source, the scale for the rest."""
+  guidance = np.full((n_prompts,), guidance_scale, np.float32)
+  guidance[0] = SOURCE_GUIDANCE
+  return guidance
+
+
 @dataclasses.dataclass
 class Inversion:
   inverted: np.ndarray  # (1, C, T): the latent at sigma_max, x_T for the edit (used as given)
@@ -79,9 +86,7 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, *, 
   cfg = model.config
   settings.validate(cfg, int(np.shape(latents)[-1]))
   cond = text_conditioning(model, [settings.prompt], 0.0, settings.resolved_total(cfg))
-  plan = inversion_lib.make_inversion_plan(settings.num_inference_steps, variant=settings.variant,
-                                           order=settings.order, sigma_min=settings.sigma_min,
-                                           sigma_max=settings.sigma_max, schedule=settings.sigma_schedule)
+  plan = settings.plan()
   guided_cond = guided.GuidedConditioning(cond.cross_tokens, cond.global_cond, jnp.ones((1,), jnp.float32))
   with common.progress(on_step):
     inverted, kv = inversion_lib.invert_in_chunks(model.params["dit"], guided_cond, jnp.asarray(latents, jnp.float32),
@@ -140,16 +145,14 @@ def edit_recording(model: LoadedModel, inversion: Inversion, settings: EditSetti
     if kv_from_inversion:
       raise SettingsError("a recording longer than one window is edited by regenerating its source (the K/V of "
                           "every window and step would not fit); leave out {field}", field="kv_from_inversion")
-    guidance = np.full((n,), gen.guidance_scale, np.float32)
-    guidance[0] = SOURCE_GUIDANCE
-    latents, roles = long_recording.edit_latents(model, settings, schedule, x_init, guidance,
+    latents, roles = long_recording.edit_latents(model, settings, schedule, x_init,
+                                                 recording_guidance(n, gen.guidance_scale),
                                                  inversion.windows.running_as(windows), inversion.n_samples,
                                                  on_step=on_step)
     prompts = list(gen.prompts)
   elif not kv_from_inversion:
-    guidance = np.full((n,), gen.guidance_scale, np.float32)
-    guidance[0] = SOURCE_GUIDANCE
-    latents, roles = edit_latents(model, settings, schedule, x_init, guidance, on_step=on_step)
+    latents, roles = edit_latents(model, settings, schedule, x_init, recording_guidance(n, gen.guidance_scale),
+                                  on_step=on_step)
     prompts = list(gen.prompts)
   else:
     latents, roles = _edit_from_inversion_kv(model, inversion, settings, schedule, x_init[1:], on_step)

@@ -226,5 +226,11 @@ class InversionSettings:
       raise SettingsError(f"{{field}} must be a finite number, got {total}", field="seconds_total")
     _check_seconds_range(config, total, "seconds_total")
 
+  def plan(self) -> inversion.InversionPlan:
+    """The inversion's per-step arrays for these settings."""
+    return inversion.make_inversion_plan(self.num_inference_steps, variant=self.variant, order=self.order,
+                                         sigma_min=self.sigma_min, sigma_max=self.sigma_max,
+                                         schedule=self.sigma_schedule)
+
   def to_json_dict(self) -> dict:
     return dataclasses.asdict(self)
