@@ -7,6 +7,7 @@ outside the repository: musickv-convert on a tiny diffusers folder, musickv-edit
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,8 +23,25 @@ REPO = Path(__file__).resolve().parent.parent
 IGNORED = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "outputs", ".cache", "__pycache__")
 
 
+# What a user's fresh shell has: the machine's settings (PATH without this test run's virtualenv,
+# HOME, locale, temporary folder, pip's and TLS's configuration), and the test session's cache
+# folders so that nothing lands in the user's home. Not PYTHONPATH, PYTHONHOME or VIRTUAL_ENV: with
+# the repository on PYTHONPATH (and a stale musickv_jax.egg-info in it), pip would call the package
+# installed already and install only its dependencies.
+KEPT = ("HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+        "MUSICKV_CACHE", "MUSICKV_COMPILATION_CACHE")
+
+
+def fresh_environment() -> dict[str, str]:
+  env = {name: value for name, value in os.environ.items() if name in KEPT or name.startswith("PIP_")}
+  test_bin = str(Path(sys.executable).parent)
+  env["PATH"] = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != test_bin)
+  return env
+
+
 def run(command, cwd, timeout=900):
-  result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+  result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=fresh_environment())
   assert result.returncode == 0, f"{command[0]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
   return result
 

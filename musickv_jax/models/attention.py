@@ -43,11 +43,15 @@ def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
 def blend_kv(own: Array, reference: Array, weight: Array) -> Array:
   """weight * reference + (1 - weight) * own, per sample. weight: (B,) broadcast over (B, S, H, D).
 
-  weight 0 returns `own` exactly and weight 1 returns `reference` exactly."""
+  Written as own + weight * (reference - own), so that it is exact where it must be: weight 0
+  returns `own`, a reference equal to `own` returns `own` (an edit of the source by itself is the
+  source, bit for bit), and weight 1 returns `reference` (selected, since own + (ref - own) can
+  round)."""
   dtype = wide(own.dtype)
   w = weight.astype(dtype)[:, None, None, None]
-  mixed = w * reference.astype(dtype) + (1.0 - w) * own.astype(dtype)
-  return mixed.astype(own.dtype)
+  own_wide, reference_wide = own.astype(dtype), reference.astype(dtype)
+  mixed = own_wide + w * (reference_wide - own_wide)
+  return jnp.where(w == 1.0, reference_wide, mixed).astype(own.dtype)
 
 
 class SelfAttention(nn.Module):
