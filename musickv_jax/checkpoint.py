@@ -30,7 +30,7 @@ import numpy as np
 from musickv_jax import files
 from musickv_jax.config import ModelConfig, to_jnp_dtype
 from musickv_jax.errors import CheckpointError, ConfigError
-from musickv_jax.models.sao import abstract_params
+from musickv_jax.models.sao import ModelParams, abstract_params
 from musickv_jax.text import load_tokenizer
 
 FORMAT = "musickv-jax/1"
@@ -40,10 +40,10 @@ _CONTENTS = {"params", "config.json", "tokenizer", MARKER}
 
 @dataclasses.dataclass
 class LoadedModel:
-  """What loading gives: ready-to-use params (a plain pytree), config and tokenizer."""
+  """What loading gives: ready-to-use params, config and tokenizer."""
 
   config: ModelConfig
-  params: dict
+  params: ModelParams
   tokenizer: Any
   path: Path
   info: dict
@@ -92,12 +92,14 @@ def orbax_checkpointer():
   return ocp, ocp.Checkpointer(handler, multiprocessing_options=options)
 
 
-def save_checkpoint(directory: str | Path, config: ModelConfig, params: dict, *, tokenizer=None,
+def save_checkpoint(directory: str | Path, config: ModelConfig, params: ModelParams | dict, *, tokenizer=None,
                     tokenizer_dir: str | Path | None = None, info: dict | None = None, overwrite: bool = False,
                     log: Callable[[str], None] = print) -> Path:
   """Writes a converted checkpoint atomically. `tokenizer` (an object with save_pretrained) or
   `tokenizer_dir` (a folder to copy) provides the tokenizer files."""
   final = check_replaceable(directory, overwrite)
+  if isinstance(params, ModelParams):
+    params = params.to_tree()
   final.parent.mkdir(parents=True, exist_ok=True)
   for stale in files.remove_stale_temporaries(final.parent, final.name):
     log(f"removed {stale}, left by an interrupted conversion")
@@ -214,15 +216,21 @@ def load_converted(directory: str | Path, *, dtype: str | None = None, attention
     params = checkpointer.restore(directory / "params", args=ocp.args.StandardRestore(target))
   except Exception as e:  # noqa: BLE001  (see above)
     raise _damaged(directory, f"the parameters cannot be read ({_first_line(e)})") from None
+  params = ModelParams.from_tree(params)
   if dtype is not None:
     config = config.with_dtype(dtype)
-    cast = to_jnp_dtype(dtype)
-    params = {name: (tree if name == "t5" else jax.tree.map(lambda x: x.astype(cast), tree))
-              for name, tree in params.items()}
+    params = cast_params(params, dtype)
   if attention is not None:
     config = config.with_attention(attention)
   tokenizer = load_tokenizer(directory / "tokenizer", config.t5.max_length) if load_tokenizer_files else None
   return LoadedModel(config=config, params=params, tokenizer=tokenizer, path=directory, info=info)
+
+
+def cast_params(params: ModelParams, dtype: str) -> ModelParams:
+  """The DiT, VAE and conditioner parameters in `dtype`; T5 keeps its own (its config says how it runs)."""
+  cast = to_jnp_dtype(dtype)
+  convert = lambda tree: jax.tree.map(lambda x: x.astype(cast), tree)  # noqa: E731
+  return params.replace(dit=convert(params.dit), vae=convert(params.vae), conditioner=convert(params.conditioner))
 
 
 def _first_line(error: BaseException) -> str:

@@ -166,6 +166,13 @@ class ModelConfig:
     """Longest audio the model generates: the full latent window."""
     return self.dit.sample_size * self.vae.hop_length / self.vae.sample_rate
 
+  def frames_for_samples(self, n_samples: int) -> int:
+    """Latent frames that hold n_samples of audio (the VAE's hop, rounded up)."""
+    return -(-int(n_samples) // self.vae.hop_length)
+
+  def seconds_of_frames(self, frames: int) -> float:
+    return frames * self.vae.hop_length / self.vae.sample_rate
+
   def validate(self) -> None:
     self.dit.validate()
     self.vae.validate()

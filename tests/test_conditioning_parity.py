@@ -39,7 +39,7 @@ def compare_with_diffusers(model, projection):
   cfg = model.config.conditioner
   assert cfg.has_text_projection  # tiny: text 32 -> cond 16
   cond = Conditioner(cfg)
-  variables = {"params": model.params["conditioner"]}
+  variables = {"params": model.params.conditioner}
   rng = np.random.default_rng(0)
   text = rng.normal(size=(3, 12, cfg.text_dim)).astype(np.float32)
   mask = np.ones((3, 12), np.int64)

@@ -69,7 +69,7 @@ def test_sat_ckpt_pickle_gives_the_same_params(tiny64, sat_files, tmp_path):
 def test_sat_t5_from_a_diffusers_checkpoint(tiny64, sat_files, tmp_path):
   weights, _, _ = sat_files
   model = load_model(convert(weights, tmp_path / "out", t5_dir=tiny64.ref.diffusers_dir))
-  assert_trees_equal(model.params["t5"], tiny64.model.params["t5"])
+  assert_trees_equal(model.params.t5, tiny64.model.params.t5)
 
 
 def test_sat_model_config_override(sat_files, tmp_path):

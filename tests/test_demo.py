@@ -51,7 +51,7 @@ def test_demo_checkpoint_loads_in_diffusers_and_matches(tmp_path):
     ref = pipe.transformer(torch.from_numpy(x), torch.from_numpy(t), encoder_hidden_states=torch.from_numpy(cross),
                            global_hidden_states=torch.from_numpy(glob)[:, None],
                            rotary_embedding=rotary_embedding(cfg.head_dim, 21), return_dict=False)[0].numpy()
-  ours, _ = StableAudioDiT(cfg).apply({"params": params["dit"]}, *map(jnp.asarray, (x, t, cross, glob)))
+  ours, _ = StableAudioDiT(cfg).apply({"params": params.dit}, *map(jnp.asarray, (x, t, cross, glob)))
   assert_parity(ours, ref, what="demo checkpoint DiT via diffusers")
 
 

@@ -33,7 +33,7 @@ def torch_dit(ref_dit, head_dim, inp):
 
 def our_dit(model, inp, controls=None):
   dit = StableAudioDiT(model.config.dit)
-  return dit.apply({"params": model.params["dit"]}, jnp.asarray(inp["x"]), jnp.asarray(inp["t"]),
+  return dit.apply({"params": model.params.dit}, jnp.asarray(inp["x"]), jnp.asarray(inp["t"]),
                    jnp.asarray(inp["cross"]), jnp.asarray(inp["glob"]), controls)
 
 

@@ -11,8 +11,8 @@ import torch
 
 from musickv_jax import pipeline
 from musickv_jax.errors import SettingsError
-from musickv_jax.editing import injection
-from musickv_jax.editing import schedules as kv
+from musickv_jax.pipeline import kv_schedules as kv
+from musickv_jax.sampling import kv as kv_lib
 from musickv_jax.pipeline import EditSettings, GenerationSettings
 from musickv_jax.sampling import guided, schedules
 from tests.parity import max_error_ratio
@@ -163,15 +163,15 @@ def test_joint_equals_cached_with_the_sde_sampler(tiny, plain_runs):
 def test_gradient_with_respect_to_the_schedule(tiny):
   """jax.grad of a scalar of the edit output w.r.t. the (steps, n_layers) weight array."""
   model, cfg = tiny.model, tiny.model.config
-  layout = injection.EditLayout.reference(2)
   cond = pipeline.guided_conditioning(model, ["piano solo", "acoustic guitar"], negative_prompt=None,
                                       seconds_start=0.0, seconds_total=END, guidance=np.full(2, 7.0), use_cfg=True)
   plan = pipeline.step_plan(GenerationSettings(prompts=("a",), num_inference_steps=4))
   x_init = jnp.asarray(shared_noise(cfg, 2) * schedules.init_noise_scale(500.0))
 
   def loss(schedule):
-    steps = injection.joint_steps(schedule, (0, 1), cfg.dit, layout)
-    latents, _ = guided.sample(model.params["dit"], cond, x_init, plan, jax.random.key(0), steps,
+    weights = kv_lib.injection_weights(kv_lib.per_edit(schedule, 1), (0, 1), [-1, 0], cfg.dit.depth)
+    steps = kv_lib.joint_controls(weights, np.zeros(2, np.int32), True, (0, 1), cfg.dit.depth)
+    latents, _ = guided.sample(model.params.dit, cond, x_init, plan, jax.random.key(0), steps,
                                dit_config=cfg.dit, remat=True)
     return jnp.mean(jnp.square(latents[1] - latents[0]))
 

@@ -10,7 +10,7 @@ import pytest
 
 from musickv_jax import pipeline
 from musickv_jax.errors import SettingsError
-from musickv_jax.editing import schedules as kv
+from musickv_jax.pipeline import kv_schedules as kv
 from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings
 from musickv_jax.sampling import guided, inversion, sampler, schedules
 from tests.parity import max_error_ratio
@@ -62,11 +62,11 @@ def _cond(model, prompt="piano solo", total=None):
 def test_inversion_matches_numpy_transcription(tiny, variant):
   model, cfg = tiny.model, tiny.model.config
   cond = _cond(model)
-  denoise = guided.guided_denoiser(model.params["dit"], cfg.dit, cond, use_cfg=False)
+  denoise = guided.guided_denoiser(model.params.dit, cfg.dit, cond, use_cfg=False)
   x0 = np.random.default_rng(0).normal(size=(1, cfg.dit.io_channels, 16)).astype(np.float32)
   steps = 7
   plan = inversion.make_inversion_plan(steps, variant=variant)
-  ours, _ = inversion.invert(model.params["dit"], cond, jnp.asarray(x0), plan, dit_config=cfg.dit)
+  ours, _ = inversion.invert(model.params.dit, cond, jnp.asarray(x0), plan, dit_config=cfg.dit)
 
   def np_denoise(x, sigma, t):
     d, _ = denoise(jnp.asarray(x, jnp.float32), jnp.float32(sigma), jnp.float32(t), None)
@@ -103,7 +103,7 @@ def _round_trip(model, x0, steps, variant, full=True):
   inverted, _ = pipeline.invert_latents(model, x0, InversionSettings("piano solo", steps, variant=variant))
   sigmas = schedules.exponential_sigmas(steps)
   plan = sampler.make_plan(sigmas if full else sigmas[:-1], "dpmpp-2m")
-  out, _ = guided.sample(model.params["dit"], cond, jnp.asarray(inverted), plan, jax.random.key(0),
+  out, _ = guided.sample(model.params.dit, cond, jnp.asarray(inverted), plan, jax.random.key(0),
                          dit_config=cfg.dit, use_cfg=False)
   return float(np.linalg.norm(np.asarray(out) - x0) / np.linalg.norm(x0))
 
@@ -140,7 +140,7 @@ def test_edit_from_inverted_latent_regenerates_the_source_with_guidance_one(tiny
   assert result.audio.shape == (2, 2, rec.n_samples)  # the recording's own length
   cond = _cond(model)
   plan = pipeline.step_plan(GenerationSettings(prompts=("a",), num_inference_steps=steps))
-  alone, _ = guided.sample(model.params["dit"], cond, jnp.asarray(inverted), plan, jax.random.key(0),
+  alone, _ = guided.sample(model.params.dit, cond, jnp.asarray(inverted), plan, jax.random.key(0),
                            dit_config=cfg.dit, use_cfg=False)
   # the source row runs with guidance 1 inside a CFG batch: v_u + 1 * (v_c - v_u) = v_c up to rounding
   np.testing.assert_allclose(result.latents[0], np.asarray(alone)[0], atol=1e-4 * np.abs(alone).max())

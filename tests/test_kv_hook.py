@@ -90,9 +90,9 @@ def test_bypass_equals_removing_the_residual(setup):
   bypass = jnp.zeros((cfg.depth,), bool).at[1].set(True)
   out, _ = our_dit(conv.model, inp, KVControls(bypass=bypass))
   # Zeroing the self-attention output projection of layer 1 removes exactly its residual.
-  params = jax.tree.map(lambda a: a, conv.model.params)
-  params["dit"]["blocks"]["self_attn"]["out"]["kernel"] = params["dit"]["blocks"]["self_attn"]["out"]["kernel"].at[1].set(0)
-  zeroed = type(conv.model)(**{**conv.model.__dict__, "params": params})
+  dit = jax.tree.map(lambda a: a, conv.model.params.dit)
+  dit["blocks"]["self_attn"]["out"]["kernel"] = dit["blocks"]["self_attn"]["out"]["kernel"].at[1].set(0)
+  zeroed = type(conv.model)(**{**conv.model.__dict__, "params": conv.model.params.replace(dit=dit)})
   expected, _ = our_dit(zeroed, inp)
   np.testing.assert_array_equal(out, expected)
   plain, _ = our_dit(conv.model, inp)

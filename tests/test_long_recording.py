@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from musickv_jax import pipeline
-from musickv_jax.editing import schedules as kv
+from musickv_jax.pipeline import kv_schedules as kv
 from musickv_jax.errors import SettingsError
 from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings, WindowSettings
 from musickv_jax.pipeline import long_recording
@@ -92,11 +92,10 @@ def test_a_recording_that_fits_one_window_is_edited_bitwise_alike_through_the_wi
 
   settings = _edit_settings(("piano solo", "acoustic guitar"), 6)
   today = pipeline.edit_recording(model, inversion, settings)
-  schedule = settings.validate(cfg)
-  guidance = np.asarray([1.0, 7.0], np.float32)
-  latents, roles = long_recording.edit_latents(model, settings, schedule, np.repeat(inversion.inverted, 2, axis=0),
-                                               guidance, WindowSettings(), audio.shape[-1], layout=one)
-  assert roles == today.roles
+  latents, plan = long_recording.edit_latents(model, settings, np.repeat(inversion.inverted, 2, axis=0),
+                                              WindowSettings(), audio.shape[-1], source_guidance=pipeline.SOURCE_GUIDANCE,
+                                              layout=one)
+  assert plan.roles == today.roles
   np.testing.assert_array_equal(latents, today.latents)
 
 
@@ -141,7 +140,7 @@ def _round_trip_error(model, x0, steps, n_samples, windows):
   if windows is None:
     inverted, _ = pipeline.invert_latents(model, x0, settings)
     cond = pipeline.text_conditioning(model, ["piano solo"], 0.0, cfg.max_audio_seconds)
-    out, _ = guided.sample(model.params["dit"], guided.GuidedConditioning(cond.cross_tokens, cond.global_cond,
+    out, _ = guided.sample(model.params.dit, guided.GuidedConditioning(cond.cross_tokens, cond.global_cond,
                                                                           jnp.ones((1,))),
                            jnp.asarray(inverted), pipeline.step_plan(gen), jax.random.key(0), dit_config=cfg.dit,
                            use_cfg=False)
@@ -149,10 +148,9 @@ def _round_trip_error(model, x0, steps, n_samples, windows):
     inverted = long_recording.invert_latents(model, x0, settings, windows, n_samples)
     layout = windows.layout(cfg, x0.shape[-1])
     arrays = layout.arrays(layout.n_windows)
-    cond = long_recording.window_conditioning(model, ["piano solo"], layout, arrays,
-                                              long_recording.seconds_total(cfg, n_samples), negative_prompt=None,
-                                              guidance=np.ones((1,), np.float32), use_cfg=False)
-    out, _ = guided.sample_in_chunks(model.params["dit"], cond, jnp.asarray(inverted), pipeline.step_plan(gen),
+    cond, _ = long_recording.grouped(long_recording.window_plans(model, gen, x0, layout,
+                                                                 long_recording.seconds_total(cfg, n_samples)), arrays)
+    out, _ = guided.sample_in_chunks(model.params.dit, cond, jnp.asarray(inverted), pipeline.step_plan(gen),
                                      jax.random.key(0), None, None, arrays, dit_config=cfg.dit, use_cfg=False)
   return float(np.linalg.norm(np.asarray(out) - x0) / np.linalg.norm(x0))
 

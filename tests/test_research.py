@@ -19,7 +19,7 @@ from musickv_jax.cli import edit as edit_cli
 from musickv_jax.cli import evaluate as evaluate_cli
 from musickv_jax.cli import optimize_schedule as optimize_cli
 from musickv_jax.cli import probe_layers as probe_cli
-from musickv_jax.editing import optimization, probing
+from musickv_jax.research import optimization, probing
 from musickv_jax.pipeline.settings import EditSettings, GenerationSettings
 from tests.test_cli import assert_one_line_error, cli
 
@@ -29,10 +29,10 @@ PROBE = dict(num_inference_steps=3, audio_end_in_s=1.5, guidance_scale=7.0)
 def with_silent_layer(model, layer: int):
   """The model with one DiT layer's self-attention output projection zeroed: that layer's
   self-attention contributes nothing, so bypassing it changes nothing."""
-  dit = jax.tree_util.tree_map(lambda x: x, model.params["dit"])
+  dit = jax.tree_util.tree_map(lambda x: x, model.params.dit)
   kernel = dit["blocks"]["self_attn"]["out"]["kernel"]
   dit["blocks"]["self_attn"]["out"]["kernel"] = kernel.at[layer].set(0.0)
-  return dataclasses.replace(model, params={**model.params, "dit": dit})
+  return dataclasses.replace(model, params=model.params.replace(dit=dit))
 
 
 # ----------------------------------------------------------------------------- probing
@@ -118,9 +118,8 @@ def _problem(model, steps=4, layers=(20, 3)):
   gen = GenerationSettings(prompts=("piano solo", "acoustic guitar"), num_inference_steps=steps,
                            audio_end_in_s=1.0, latent_length="fit")
   cfg = model.config
-  x_init = pipeline.shared_initial_latents(gen, cfg, 2, pipeline.latent_frames(gen, cfg))
-  return optimization.make_problem(model, EditSettings(gen, vital_layers=layers), x_init,
-                                   np.full(2, 7.0, np.float32), pipeline.output_span(gen, cfg))
+  return optimization.make_problem(model, pipeline.build_plan(model, EditSettings(gen, vital_layers=layers)),
+                                   pipeline.output_span(gen, cfg))
 
 
 def test_gradient_matches_finite_differences(tiny44k):
@@ -130,7 +129,7 @@ def test_gradient_matches_finite_differences(tiny44k):
     model = load_converted(tiny44k.path, dtype="float64")
     problem = _problem(model)
     params = optimization.ScheduleParameters(steps=4, n_layers=2, time_bins=3)
-    model_params = {"dit": model.params["dit"], "vae": model.params["vae"]}
+    model_params = model.params
     weights = optimization.ObjectiveWeights()
 
     def loss(logits):

@@ -16,7 +16,9 @@ from musickv_jax.pipeline import GenerationSettings
 from musickv_jax.errors import SettingsError
 from musickv_jax.pipeline import conditioning
 from musickv_jax.pipeline.common import FIT_BUCKET_FRAMES
+from musickv_jax.pipeline import kv_schedules
 from musickv_jax.sampling import guided, sampler, schedules, solvers
+from musickv_jax.sampling import kv as kv_lib
 from musickv_jax.bench.scheduler import reference_scheduler
 from tests.parity import max_error_ratio
 
@@ -139,14 +141,15 @@ def test_sde_with_given_noise_matches_numpy_transcription(tiny64):
   cfg = tiny64.model.config
   cond = pipeline.guided_conditioning(tiny64.model, ["piano"], negative_prompt=None, seconds_start=0.0,
                                       seconds_total=2.0, guidance=np.array([3.0]), use_cfg=True)
-  denoise = guided.guided_denoiser(tiny64.model.params["dit"], cfg.dit, cond, use_cfg=True)
+  denoise = guided.guided_denoiser(tiny64.model.params.dit, cfg.dit, cond, use_cfg=True)
   steps = 6
   sigmas = schedules.exponential_sigmas(steps)
   rng = np.random.default_rng(0)
   x_init = (rng.normal(size=(1, cfg.dit.io_channels, 16)) * 500).astype(np.float32)
   noises = rng.normal(size=(steps, 1, cfg.dit.io_channels, 16)).astype(np.float32)
   plan = sampler.make_plan(sigmas, "dpmpp-2m-sde")
-  ours = jax.jit(lambda x, nz: sampler.run_with_noise(denoise, x, plan, nz))(jnp.asarray(x_init), jnp.asarray(noises))
+  ours = jax.jit(lambda x, nz: sampler.run(denoise, x, plan, solver="dpmpp-2m-sde", step_noise=nz)[0])(
+      jnp.asarray(x_init), jnp.asarray(noises))
 
   def np_denoise(x, sigma):
     d, _ = denoise(jnp.asarray(x, jnp.float32), jnp.float32(sigma), schedules.timestep(jnp.float32(sigma)), None)
@@ -202,7 +205,7 @@ def test_sde_and_ode_agree_on_moments_for_a_tiny_dit(tiny64):
   outs = {}
   for solver in ("dpmpp-2m", "dpmpp-2m-sde"):
     plan = sampler.make_plan(schedules.exponential_sigmas(10), solver)
-    outs[solver], _ = guided.sample(tiny64.model.params["dit"], cond, x_init, plan, jax.random.key(4),
+    outs[solver], _ = guided.sample(tiny64.model.params.dit, cond, x_init, plan, jax.random.key(4),
                                     dit_config=cfg.dit, solver=solver, use_cfg=False)
   ode, sde = np.asarray(outs["dpmpp-2m"]), np.asarray(outs["dpmpp-2m-sde"])
   assert np.all(np.isfinite(sde)) and not np.allclose(ode, sde)
@@ -237,16 +240,14 @@ def test_progress_is_reported_after_every_chunk_of_steps(tiny):
 def test_chunks_compute_exactly_what_one_scan_computes(tiny, solver):
   """The host-driven chunks (progress, cacheable programs) against the single scan, bitwise, with
   injection and with recording."""
-  from musickv_jax.editing import injection
-  from musickv_jax.editing import schedules as kv_schedules
-
   cfg = tiny.model.config
   cond = pipeline.guided_conditioning(tiny.model, ["piano", "guitar"], negative_prompt=None, seconds_start=0.0,
                                       seconds_total=2.0, guidance=np.full(2, 7.0), use_cfg=True)
   plan = sampler.make_plan(schedules.exponential_sigmas(12), solver)
   x = jax.random.normal(jax.random.key(0), (2, cfg.dit.io_channels, 16)) * 500
-  kv = injection.joint_steps(kv_schedules.linear_ramp(12, 1), (1,), cfg.dit, injection.EditLayout.reference(2))
-  args = (tiny.model.params["dit"], cond, x, plan, jax.random.key(3), kv)
+  weights = kv_lib.injection_weights(kv_lib.per_edit(kv_schedules.linear_ramp(12, 1), 1), (1,), [-1, 0], cfg.dit.depth)
+  kv = kv_lib.joint_controls(weights, np.zeros(2, np.int32), True, (1,), cfg.dit.depth)
+  args = (tiny.model.params.dit, cond, x, plan, jax.random.key(3), kv)
   kwargs = dict(dit_config=cfg.dit, solver=solver, record_layers=(0,))
   whole, whole_kv = guided.sample(*args, **kwargs)
   chunked, chunked_kv = guided.sample_in_chunks(*args, **kwargs)
@@ -288,7 +289,7 @@ def test_windowed_decode_matches_diffusers(tiny):
   latents = np.random.default_rng(5).normal(size=(2, cfg.latent_dim, 150)).astype(np.float32)
   with torch.no_grad():
     ref = tiny.ref.vae.decode(torch.from_numpy(latents)).sample.numpy()
-  ours = vae_ops.decode(tiny.model.params["vae"], latents, cfg, chunk_frames=20)
+  ours = vae_ops.decode(tiny.model.params.vae, latents, cfg, chunk_frames=20)
   assert max_error_ratio(ours, ref) < 1e-5
 
 
@@ -296,9 +297,9 @@ def test_decode_windows_need_their_context(tiny, monkeypatch):
   """With too little context the windowed decode is wrong: the receptive field is what makes it exact."""
   cfg = tiny.model.config.vae
   latents = np.random.default_rng(5).normal(size=(1, cfg.latent_dim, 150)).astype(np.float32)
-  full = vae_ops.decode(tiny.model.params["vae"], latents, cfg, chunk_frames=None)
+  full = vae_ops.decode(tiny.model.params.vae, latents, cfg, chunk_frames=None)
   monkeypatch.setattr(vae_ops, "decoder_receptive_radius", lambda c: 2)
-  short = vae_ops.decode(tiny.model.params["vae"], latents, cfg, chunk_frames=20)
+  short = vae_ops.decode(tiny.model.params.vae, latents, cfg, chunk_frames=20)
   assert max_error_ratio(short, full) > 1e-3
 
 
@@ -309,8 +310,8 @@ def test_decoding_a_part_equals_that_part_of_the_whole(tiny, chunk, frames):
   them and cutting, up to float32 rounding where the windows fall differently."""
   cfg = tiny.model.config.vae
   latents = np.random.default_rng(7).normal(size=(1, cfg.latent_dim, 150)).astype(np.float32)
-  whole = vae_ops.decode(tiny.model.params["vae"], latents, cfg, chunk_frames=None)
-  part = vae_ops.decode(tiny.model.params["vae"], latents, cfg, chunk_frames=chunk, frames=frames)
+  whole = vae_ops.decode(tiny.model.params.vae, latents, cfg, chunk_frames=None)
+  part = vae_ops.decode(tiny.model.params.vae, latents, cfg, chunk_frames=chunk, frames=frames)
   hop = cfg.hop_length
   assert part.shape[-1] == (frames[1] - frames[0]) * hop
   assert max_error_ratio(part, whole[..., frames[0] * hop:frames[1] * hop]) < 1e-5
@@ -319,6 +320,6 @@ def test_decoding_a_part_equals_that_part_of_the_whole(tiny, chunk, frames):
 def test_windowed_encode_matches_one_shot(tiny):
   cfg = tiny.model.config.vae
   audio = np.random.default_rng(6).uniform(-1, 1, size=(1, 2, cfg.hop_length * 300)).astype(np.float32)
-  full = vae_ops.encode(tiny.model.params["vae"], audio, cfg, chunk_frames=None)
-  windowed = vae_ops.encode(tiny.model.params["vae"], audio, cfg, chunk_frames=64)
+  full = vae_ops.encode(tiny.model.params.vae, audio, cfg, chunk_frames=None)
+  windowed = vae_ops.encode(tiny.model.params.vae, audio, cfg, chunk_frames=64)
   assert max_error_ratio(windowed.mean, full.mean) < 1e-5

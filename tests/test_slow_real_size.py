@@ -51,7 +51,7 @@ def test_real_size_dit_matches_diffusers(tmp_path):
   convert_checkpoint(tmp_path / "sao", tmp_path / "converted", log=print)
   convert_s = time.perf_counter() - start
   model = load_model(tmp_path / "converted")
-  assert count_params(model.params["dit"]) == 1_056_939_136
+  assert count_params(model.params.dit) == 1_056_939_136
   for name in ("vae", "t5", "conditioner"):
     model.params.pop(name)
   gc.collect()
@@ -76,11 +76,11 @@ def test_real_size_dit_matches_diffusers(tmp_path):
   forward = jax.jit(lambda p, *a: module.apply({"params": p}, *a)[0])
   inputs = [jnp.asarray(a) for a in (x, t, cross, glob)]
   start = time.perf_counter()
-  compiled = forward.lower(model.params["dit"], *inputs).compile()
+  compiled = forward.lower(model.params.dit, *inputs).compile()
   compile_s = time.perf_counter() - start
-  compiled(model.params["dit"], *inputs).block_until_ready()
+  compiled(model.params.dit, *inputs).block_until_ready()
   start = time.perf_counter()
-  ours = compiled(model.params["dit"], *inputs).block_until_ready()
+  ours = compiled(model.params.dit, *inputs).block_until_ready()
   jax_s = time.perf_counter() - start
 
   ratio = assert_parity(ours, ref, what="real-size DiT (B=2, T=323)")

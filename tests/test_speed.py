@@ -68,7 +68,7 @@ def test_the_dit_with_each_cpu_implementation(tiny64):
           jnp.asarray(rng.normal(size=(2, 5, cfg.cond_input_dim)), jnp.float32),
           jnp.asarray(rng.normal(size=(2, cfg.global_cond_dim)), jnp.float32))
   outs = {impl: np.asarray(StableAudioDiT(dataclasses.replace(cfg, attention=impl)).apply(
-      {"params": tiny64.model.params["dit"]}, *args)[0]) for impl in ("xla", "blocked")}
+      {"params": tiny64.model.params.dit}, *args)[0]) for impl in ("xla", "blocked")}
   assert max_error_ratio(outs["blocked"], outs["xla"]) < 1e-5
 
 
@@ -87,7 +87,7 @@ def test_bfloat16_stays_close_to_float32(tiny44k):
   args = (jnp.asarray(rng.normal(size=(2, cfg.io_channels, 64)), jnp.float32), jnp.asarray([0.3, 0.8]),
           jnp.asarray(rng.normal(size=(2, 130, cfg.cond_input_dim)), jnp.float32),
           jnp.asarray(rng.normal(size=(2, cfg.global_cond_dim)), jnp.float32))
-  calls = [np.asarray(StableAudioDiT(m.config.dit).apply({"params": m.params["dit"]}, *args)[0]) for m in (f32, bf16)]
+  calls = [np.asarray(StableAudioDiT(m.config.dit).apply({"params": m.params.dit}, *args)[0]) for m in (f32, bf16)]
   call_error = float(np.linalg.norm(calls[1] - calls[0]) / np.linalg.norm(calls[0]))
   gen = GenerationSettings(prompts=("piano solo", "acoustic guitar"), num_inference_steps=4, audio_end_in_s=2.0,
                            latent_length="fit")

@@ -49,7 +49,7 @@ def test_t5_matches_transformers(ff):
 def test_t5_from_converted_checkpoint(tiny):
   ids, mask = _ids_and_mask(seed=4)
   encoder = T5Encoder(tiny.model.config.t5)
-  ours = encoder.apply({"params": tiny.model.params["t5"]}, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
+  ours = encoder.apply({"params": tiny.model.params.t5}, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
   with torch.no_grad():
     ref = tiny.ref.t5(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state
   assert_parity(ours, ref.numpy(), what="T5 converted")
@@ -68,7 +68,7 @@ def test_t5_float16_is_close(tiny):
   import dataclasses
   ids, mask = _ids_and_mask(seed=6)
   cfg = tiny.model.config.t5
-  args = ({"params": tiny.model.params["t5"]}, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
+  args = ({"params": tiny.model.params.t5}, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
   f32 = T5Encoder(cfg).apply(*args)
   f16 = T5Encoder(dataclasses.replace(cfg, dtype="float16")).apply(*args)
   assert f16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(f16)))

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.fast  # part of `make test-fast`
 
 def _vae(conv):
   vae = OobleckVAE(conv.model.config.vae)
-  return vae, {"params": conv.model.params["vae"]}
+  return vae, {"params": conv.model.params.vae}
 
 
 def test_encode_matches_diffusers(tiny):

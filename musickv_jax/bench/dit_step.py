@@ -21,10 +21,9 @@ import numpy as np
 
 from musickv_jax.bench.measure import dit_flops, jax_matmul_peak, time_calls, torch_matmul_peak
 from musickv_jax.config import ModelConfig
-from musickv_jax.editing import injection
-from musickv_jax.editing import schedules as kv_schedules
+from musickv_jax.pipeline import kv_schedules
 from musickv_jax.models.dit import StableAudioDiT
-from musickv_jax.sampling import guided, sampler, schedules
+from musickv_jax.sampling import guided, kv, sampler, schedules
 
 VITAL_LAYERS = (20, 3, 4)
 CROSS_TOKENS = 130  # 128 T5 tokens + seconds_start + seconds_total
@@ -85,12 +84,14 @@ def ours(config: ModelConfig, dit_params, inputs: Inputs, repeats: int, peak: fl
 
   prompts = rows // 2  # CFG: [uncond; cond] rows of a source and its edits
   layers = vital_layers(cfg.depth)
-  layout = injection.EditLayout.reference(prompts, edit_all=True)
-  kv = injection.joint_steps(kv_schedules.constant(1, len(layers), 0.5), layers, cfg, layout)
+  # prompt 0 the source, every other prompt an edit of it at weight 0.5 in the vital layers
+  weights = kv.injection_weights(kv.per_edit(kv_schedules.constant(1, len(layers), 0.5), prompts - 1), layers,
+                                 [-1, *range(prompts - 1)], cfg.depth)
+  controls = kv.joint_controls(weights, np.zeros((prompts,), np.int32), True, layers, cfg.depth)
   cond = guided.GuidedConditioning(jnp.asarray(inputs.cross), jnp.asarray(inputs.glob), jnp.full((prompts,), 7.0))
   plan = sampler.make_plan(np.array([schedules.SIGMA_MAX, 100.0], np.float32))  # one step, not the last
   x_init = jnp.asarray(inputs.x[:prompts] * schedules.SIGMA_MAX)
-  step = jax.jit(lambda p, x: guided.sample(p, cond, x, plan, jax.random.key(0), kv, dit_config=cfg)[0])
+  step = jax.jit(lambda p, x: guided.sample(p, cond, x, plan, jax.random.key(0), controls, dit_config=cfg)[0])
   start = time.perf_counter()
   compiled = step.lower(dit_params, x_init).compile()
   compile_s = time.perf_counter() - start
@@ -140,7 +141,7 @@ def run(config: ModelConfig, lengths, *, batch: int = 4, repeats: int = 3, compa
     report["matmul_peak_gflop_per_s"]["torch"] = round(torch_matmul_peak() / 1e9, 1)
   log(f"matmul peak (GFLOP/s): {report['matmul_peak_gflop_per_s']}")
   params = random_params(config, 0)
-  dit_params = jax.tree.map(lambda a: a.astype(config.dit.dtype), params["dit"])
+  dit_params = jax.tree.map(lambda a: a.astype(config.dit.dtype), params.dit)
   for frames in lengths:
     inputs = make_inputs(config, batch, frames)
     entry = {"ours": ours(config, dit_params, inputs, repeats, report["matmul_peak_gflop_per_s"]["jax"] * 1e9)}

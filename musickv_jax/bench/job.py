@@ -22,7 +22,7 @@ import numpy as np
 
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig
-from musickv_jax.editing import schedules as kv_schedules
+from musickv_jax.pipeline import kv_schedules
 from musickv_jax.pipeline import EditSettings, GenerationSettings, edit
 
 JOB_STEPS = 100
@@ -137,7 +137,7 @@ def decode_cost(model: LoadedModel, seconds: float) -> dict:
   cfg = model.config
   latents = np.random.default_rng(0).normal(size=(1, cfg.dit.io_channels, cfg.dit.sample_size)).astype(np.float32)
   end = int(seconds * cfg.sample_rate)
-  whole = lambda: vae_ops.decode(model.params["vae"], latents, cfg.vae)[..., :end]  # noqa: E731
+  whole = lambda: vae_ops.decode(model.params.vae, latents, cfg.vae)[..., :end]  # noqa: E731
   kept = lambda: common.decode(model, latents, 0, end)  # noqa: E731
   out = {}
   for name, fn in (("whole_window_then_trim_s", whole), ("kept_frames_s", kept)):

@@ -14,10 +14,11 @@ import time
 import numpy as np
 
 from musickv_jax.config import ModelConfig
-from musickv_jax.editing import schedules as kv_schedules
+from musickv_jax.pipeline import kv_schedules
 from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings, WindowSettings
 from musickv_jax.pipeline import common, long_recording
-from musickv_jax.pipeline.recording import encode_audio, recording_guidance
+from musickv_jax.pipeline.recording import encode_audio
+from musickv_jax.pipeline.results import SOURCE_GUIDANCE
 
 FULL_STEPS = 100
 
@@ -51,7 +52,6 @@ def run(config: ModelConfig, *, seconds: float = 120.0, steps: int = 2, windows:
   audio = synthetic_recording(config, seconds)
   n_samples = audio.shape[-1]
   layers = vital_layers(config)
-  guidance = recording_guidance(2, 7.0)
 
   def invert(k, latents):
     return long_recording.invert_latents(model, latents, InversionSettings(SOURCE, k), windows, n_samples)
@@ -59,8 +59,8 @@ def run(config: ModelConfig, *, seconds: float = 120.0, steps: int = 2, windows:
   def edit(k, inverted):
     settings = EditSettings(GenerationSettings(prompts=(SOURCE, EDITS[0]), num_inference_steps=k),
                             vital_layers=layers, schedule=kv_schedules.linear_ramp(k, len(layers)))
-    latents, _ = long_recording.edit_latents(model, settings, settings.validate(config), np.repeat(inverted, 2, 0),
-                                             guidance, windows, n_samples)
+    latents, _ = long_recording.edit_latents(model, settings, np.repeat(inverted, 2, 0), windows, n_samples,
+                                             source_guidance=SOURCE_GUIDANCE)
     return latents
 
   encoded = encode_audio(model, audio)  # warm-up: compiles the programs of the run (the `steps`-step

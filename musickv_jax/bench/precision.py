@@ -29,9 +29,9 @@ def run(config: ModelConfig, *, frames: int = 64, steps: int = 2, repeats: int =
   for name, model in (("float32", f32), ("bfloat16", bf16)):
     dit = StableAudioDiT(model.config.dit)
     call = jax.jit(lambda p, *a: dit.apply({"params": p}, *a)[0])
-    compiled = call.lower(model.params["dit"], *args).compile()
-    out[name] = np.asarray(compiled(model.params["dit"], *args))
-    seconds[name] = time_calls(lambda: compiled(model.params["dit"], *args).block_until_ready(), repeats).median_s
+    compiled = call.lower(model.params.dit, *args).compile()
+    out[name] = np.asarray(compiled(model.params.dit, *args))
+    seconds[name] = time_calls(lambda: compiled(model.params.dit, *args).block_until_ready(), repeats).median_s
   call_error = float(np.linalg.norm(out["bfloat16"] - out["float32"]) / np.linalg.norm(out["float32"]))
   seconds_total = frames * config.vae.hop_length / config.sample_rate
   gen = GenerationSettings(prompts=("Piano solo", "Acoustic guitar, country, soft"), num_inference_steps=steps,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from absl import flags
 
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
+from musickv_jax.convert.pipeline import convert_checkpoint
 
 FLAG_OF_FIELD = {"t5_dir": "t5"}
 
@@ -36,7 +37,6 @@ def define(fv: Flags) -> None:
 
 
 def body(fv: Flags) -> None:
-  from musickv_jax.convert.pipeline import convert_checkpoint
 
   if not fv.source or not fv.output:
     raise UsageError("--source and --output are required")

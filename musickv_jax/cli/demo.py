@@ -18,6 +18,11 @@ from absl import flags
 
 from musickv_jax.cli import edit
 from musickv_jax.cli.runner import Command, Flags, entry_point, run
+from musickv_jax.checkpoint import is_converted_checkpoint
+from musickv_jax.config import named_config
+from musickv_jax.convert.export import build_tiny_tokenizer, write_diffusers_checkpoint
+from musickv_jax.convert.pipeline import convert_checkpoint
+from musickv_jax.models.sao import random_params
 
 BANNER = """\
 ==============================================================================
@@ -37,11 +42,6 @@ def define(fv: Flags) -> None:
 
 def ensure_demo_checkpoint(workdir: Path, seed: int) -> Path:
   """Writes the tiny diffusers-layout checkpoint and converts it (each only once)."""
-  from musickv_jax.checkpoint import is_converted_checkpoint
-  from musickv_jax.config import named_config
-  from musickv_jax.convert.export import build_tiny_tokenizer, write_diffusers_checkpoint
-  from musickv_jax.convert.pipeline import convert_checkpoint
-  from musickv_jax.models.sao import random_params
 
   source = workdir / "tiny-sao-diffusers"
   converted = workdir / "tiny-sao"

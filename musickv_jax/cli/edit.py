@@ -21,22 +21,23 @@ index.html, a listening page (players, spectrograms, how much melody, form and r
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 
+import numpy as np
 from absl import flags
 
+from musickv_jax import pipeline
 from musickv_jax.cli import options
 from musickv_jax.cli.edit_outputs import outputs_record, write_edit_outputs
 from musickv_jax.cli.outputs import OutputSet, write_npy
-from musickv_jax.cli.progress import progress_bar
+from musickv_jax.cli.progress import phase_bars, progress_bar
 from musickv_jax.cli.record import provenance
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 
 
 def define(fv: Flags) -> None:
-  options.define_generation_flags(fv, audio_end_default=15.0)
+  options.define_generation_flags(fv, audio_end_default=None)
   options.define_edit_flags(fv)
   options.define_recording_flags(fv)
   flags.DEFINE_string("inverted_latent", None, "inverted_latent.npy from musickv-invert: edit that recording "
@@ -57,74 +58,43 @@ def _check_combinations(fv: Flags, real_audio: bool) -> None:
                      "recording is the initial latent)")
 
 
-def _edit_recording(fv: Flags, model, settings):
-  """Inverts --input_audio (or reads --inverted_latent) and edits it: (result, recording or None, inversion)."""
-  from musickv_jax import pipeline
-  from musickv_jax.pipeline import long_recording
-
-  gen = settings.generation
-  cfg = model.config
-  recording = options.load_recording(fv, model) if fv.input_audio else None
-  inv_settings = options.inversion_settings(fv, gen.prompts[0], gen.num_inference_steps, gen.audio_end_in_s)
+def _load_inversion(fv: Flags, model, settings: pipeline.EditSettings, recording) -> pipeline.Inversion:
+  """--inverted_latent, checked against the recording (when given) and the edit; notes printed."""
+  inversion = pipeline.load_inversion(fv.inverted_latent, model.config,
+                                      n_samples=recording.audio.shape[-1] if recording else None)
+  for note in inversion.notes_for(settings):
+    print(f"warning: {note}", file=sys.stderr)
   windows = options.window_settings(fv)
-  windows.validate(cfg)
-  inversion = None
-  if fv.inverted_latent:
-    inversion = pipeline.load_inversion(fv.inverted_latent, cfg,
-                                        n_samples=recording.audio.shape[-1] if recording else None)
-    for note in inversion.notes_for(settings):
-      print(f"warning: {note}", file=sys.stderr)
-    if inversion.windows is not None and (fv["window_s"].present or fv["overlap_s"].present) \
-        and windows.geometry() != inversion.windows:
-      print("warning: the recording was inverted over other windows; its own (--window_s "
-            f"{inversion.windows.window_s}, --overlap_s {inversion.windows.overlap_s}) are used", file=sys.stderr)
-    geometry = inversion.windows
-  else:
-    geometry = windows if windows.needs_windows(cfg, -(-recording.audio.shape[-1] // cfg.vae.hop_length)) else None
-  if geometry is not None:
-    # a long recording: what the long path would refuse is refused now, before the inversion
-    if fv.kv_from_inversion:
-      raise UsageError("a recording longer than one window is edited by regenerating its source: leave out "
-                       "--kv_from_inversion")
-    n_samples = inversion.n_samples if inversion is not None else recording.audio.shape[-1]
-    long_recording.check_edit(model, settings, geometry.running_as(windows), n_samples)
-    layout = geometry.layout(cfg, -(-n_samples // cfg.vae.hop_length))
-    print(f"{n_samples / cfg.sample_rate:.2f} s is longer than one window: {layout.n_windows} windows of "
-          f"{layout.width * cfg.vae.hop_length / cfg.sample_rate:.2f} s, one diffusion process over the whole latent")
-  if inversion is None:
-    inv_settings.validate(cfg)
-    print(f"inverting {recording.duration_s:.2f} s of {fv.input_audio} ({inv_settings.variant} inversion, "
-          f"{inv_settings.num_inference_steps} steps)")
-    record_layers = tuple(settings.vital_layers) if fv.kv_from_inversion else ()
-    with progress_bar(inv_settings.num_inference_steps, "inverting") as listener:
-      inversion = pipeline.invert_audio(model, recording.audio, inv_settings, record_layers=record_layers,
-                                        windows=windows, on_step=listener)
-  with progress_bar(gen.num_inference_steps, "editing") as listener:
-    result = pipeline.edit_recording(model, inversion, settings, kv_from_inversion=fv.kv_from_inversion,
-                                     windows=windows, on_step=listener)
-  return result, recording, inversion
+  if inversion.windows is not None and (fv["window_s"].present or fv["overlap_s"].present) \
+      and windows.geometry() != inversion.windows:
+    print("warning: the recording was inverted over other windows; its own (--window_s "
+          f"{inversion.windows.window_s}, --overlap_s {inversion.windows.overlap_s}) are used", file=sys.stderr)
+  return inversion
 
 
 def body(fv: Flags) -> None:
-  from musickv_jax import pipeline
-
-  chosen = options.edit_settings(options.Values.from_flags(fv))
-  settings = chosen.settings
+  values = options.Values.from_flags(fv)
+  chosen = options.edit_settings(values)
   real_audio = bool(fv.input_audio or fv.inverted_latent)
-  if real_audio and not fv["audio_end_in_s"].present:
-    # seconds_total defaults to the model's maximum (the reference); the output has the recording's length
-    settings = dataclasses.replace(settings, generation=dataclasses.replace(settings.generation,
-                                                                            audio_end_in_s=None))
   _check_combinations(fv, real_audio)
   out_dir = options.check_output_flags(fv)
   init_latents = options.load_npy(fv.init_latents, "init_latents") if fv.init_latents else None
   model = options.load_model(fv)
-  settings.validate(model.config)  # before inverting: a bad edit request must not cost an inversion
+  # validated before inverting: a bad edit request must not cost an inversion
+  settings = options.fit_to_model(chosen, values, model.config, real_audio=real_audio).validated(model.config)
 
   start = time.perf_counter()
-  recording = inversion = None
-  if real_audio:
-    result, recording, inversion = _edit_recording(fv, model, settings)
+  recording = options.load_recording(fv, model) if fv.input_audio else None
+  windows = options.window_settings(fv)
+  if fv.inverted_latent:
+    inversion = _load_inversion(fv, model, settings, recording)
+    with progress_bar(settings.generation.num_inference_steps, "editing") as listener:
+      result = pipeline.edit_recording(model, inversion, settings, windows=windows, on_step=listener)
+  elif recording is not None:
+    inv_settings = options.inversion_settings(fv, settings.generation.prompts[0],
+                                              settings.generation.num_inference_steps, settings.generation.audio_end_in_s)
+    result, inversion = pipeline.edit_audio(model, recording.audio, settings, inv_settings, windows=windows,
+                                            kv_from_inversion=fv.kv_from_inversion, progress=phase_bars, log=print)
   else:
     passes = 2 if settings.injection_mode == "cached" else 1
     with progress_bar(passes * settings.generation.num_inference_steps, "editing") as listener:
@@ -138,17 +108,16 @@ def body(fv: Flags) -> None:
   record["editing"]["schedule"] = chosen.schedule_name
   record["resolved"]["shared_initial_noise"] = fv.init_latents is None and not real_audio
   if real_audio:
-    record["real_audio"] = inversion.describe() | {
+    record["real_audio"] |= {
         "input_audio": str(options.absolute(fv.input_audio)) if fv.input_audio else None,
         "inverted_latent": str(options.absolute(fv.inverted_latent)) if fv.inverted_latent else None,
         "input_start_s": fv.input_start_s, "input_end_s": fv.input_end_s,
-        "source_sample_rate": recording.source_rate if recording else None,
-        "kv_from_inversion": fv.kv_from_inversion, "source_guidance": pipeline.SOURCE_GUIDANCE}
+        "source_sample_rate": recording.source_rate if recording else None}
   with OutputSet(out_dir) as outputs:
     write_edit_outputs(outputs, result, record, recording=recording, input_label=fv.input_audio or "",
                        wav_subtype=fv.wav_subtype)
     if fv.save_latents:
-      write_npy(outputs.path(options.absolute(fv.save_latents)), result.latents)
+      write_npy(outputs.path(options.absolute(fv.save_latents)), np.asarray(result.latents))
     outputs.commit()
   print(f"edited {len(settings.generation.prompts)} prompt(s) in {elapsed:.1f} s")
 

@@ -31,15 +31,24 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
 from absl import flags
 
-from musickv_jax import files
+from musickv_jax import files, pipeline
+from musickv_jax.audio import LoadedAudio
 from musickv_jax.cli import listening, options
 from musickv_jax.cli.edit_outputs import outputs_record, write_edit_outputs
 from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_npy
+from musickv_jax.cli.progress import progress_bar
 from musickv_jax.cli.record import provenance
-from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
+from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point, flag_namer
 from musickv_jax.errors import MusicKVError
+from musickv_jax.jobs import batching
+from musickv_jax.jobs.manifest import JobSpec, read_manifest
+from musickv_jax.pipeline import common
+from musickv_jax.pipeline.plan import EditPlan
+from musickv_jax.sampling import placement
 
 SUMMARY = "summary.json"
 EXIT_SOME_FAILED = 3
@@ -79,8 +88,6 @@ class JobStatus:
 def start_processes(fv: Flags) -> tuple[int, int]:
   """jax.distributed for several hosts: (process index, process count). A process that finishes
   early waits for the others when it shuts down (a long manifest: give it all the time it needs)."""
-  import jax
-
   given = [fv.coordinator_address is not None, fv.num_processes is not None, fv.process_id is not None]
   if any(given) and not all(given):
     raise UsageError("several hosts need all of --coordinator_address, --num_processes and --process_id")
@@ -114,98 +121,64 @@ def wait_for_summaries(out_dir: Path, processes: int) -> None:
 # ----------------------------------------------------------------------------- jobs
 
 
-def resolve(fv: Flags, spec, model):
-  """A manifest line -> (EditJob, everything its outputs need). Raises MusicKVError / UsageError."""
-  import numpy as np
+@dataclasses.dataclass
+class ResolvedJob:
+  """A manifest line made ready: its job (plan or long recording) and what its outputs record."""
 
-  from musickv_jax import pipeline
-  from musickv_jax.jobs.batching import EditJob
+  spec: JobSpec
+  job: batching.EditJob
+  chosen: options.EditFlags
+  values: options.Values
+  recording: LoadedAudio | None
 
-  import jax
 
-  from musickv_jax.pipeline import long_recording
-
+def resolve(fv: Flags, spec: JobSpec, model) -> ResolvedJob:
+  """A manifest line -> its job, inverted first for a recording. Raises MusicKVError / UsageError."""
+  cfg = model.config
   values = options.Values.from_flags(fv).over({"prompts": list(spec.prompts), **spec.overrides})
   stray = sorted({"window_s", "overlap_s"} & set(spec.overrides))
   if stray and not values.input_audio:
     raise UsageError(f"{', '.join(stray)} apply to recordings (input_audio); this job has none")
   chosen = options.edit_settings(values)
-  settings = dataclasses.replace(chosen.settings, injection_mode="joint")  # a batch is one joint run per job
+  settings = options.fit_to_model(chosen, values, cfg, real_audio=bool(values.input_audio)).validated(cfg)
+  if not values.input_audio:
+    return ResolvedJob(spec, batching.plan_job(model, spec.id, settings), chosen, values, None)
+  recording = options.load_recording(values, model, job=spec.id)
   gen = settings.generation
-  cfg = model.config
-  recording = inversion = None
-  n = len(gen.prompts)
-  if values.input_audio:
-    if "audio_end_in_s" not in spec.overrides and not fv["audio_end_in_s"].present:
-      settings = dataclasses.replace(settings, generation=dataclasses.replace(gen, audio_end_in_s=None))
-      gen = settings.generation
-    schedule = settings.validate(cfg)
-    from musickv_jax.audio import load_audio
-
-    recording = load_audio(values.input_audio, sample_rate=cfg.sample_rate, max_seconds=cfg.conditioner.seconds_max,
-                           start_s=values.input_start_s, end_s=values.input_end_s, downmix=values.downmix,
-                           channels=cfg.vae.audio_channels)
-    inv_settings = options.inversion_settings(values, gen.prompts[0], gen.num_inference_steps, gen.audio_end_in_s)
-    windows = options.window_settings(values)
-    frames = -(-recording.audio.shape[-1] // cfg.vae.hop_length)
-    windows.validate(cfg)
-    if windows.needs_windows(cfg, frames):  # what the long path refuses, before the inversion
-      if gen.audio_end_in_s is not None:
-        raise UsageError("audio_end_in_s does not apply to a recording longer than one window (each window is "
-                         "conditioned on its start and the recording's length): give this job "
-                         "\"audio_end_in_s\": null")
-      long_recording.check_edit(model, settings, windows, recording.audio.shape[-1])
-    try:
-      inversion = pipeline.invert_audio(model, recording.audio, inv_settings, windows=windows)
-    except jax.errors.JaxRuntimeError as e:  # e.g. out of memory: this job fails, the others go on
-      raise UsageError(f"inverting the recording failed: {str(e).splitlines()[0]}") from None
-    x_init = np.repeat(inversion.inverted, n, axis=0)
-    guidance = pipeline.recording_guidance(n, gen.guidance_scale)
-    span = (0, inversion.n_samples)
-  else:
-    schedule = settings.validate(cfg)
-    x_init = np.asarray(pipeline.shared_initial_latents(gen, cfg, n, pipeline.latent_frames(gen, cfg)))
-    guidance = np.full((n,), gen.guidance_scale, np.float32)
-    span = pipeline.output_span(gen, cfg)
-  job = EditJob(id=spec.id, settings=settings, schedule=schedule, x_init=x_init, guidance=guidance,
-                long_recording=inversion if inversion is not None and inversion.windows is not None else None)
-  return job, {"chosen": chosen, "span": span, "recording": recording, "inversion": inversion, "spec": spec,
-               "values": values}
+  inv_settings = options.inversion_settings(values, gen.prompts[0], gen.num_inference_steps, gen.audio_end_in_s)
+  windows = options.window_settings(values)
+  n_samples = recording.audio.shape[-1]
+  geometry = pipeline.check_inversion(model, n_samples, inv_settings, windows)
+  if geometry is not None and gen.audio_end_in_s is not None:
+    raise UsageError("audio_end_in_s does not apply to a recording longer than one window (each window is "
+                     "conditioned on its start and the recording's length): give this job \"audio_end_in_s\": null")
+  pipeline.check_edit(model, settings, n_samples, geometry)  # what the edit refuses, before the inversion
+  try:
+    inversion = pipeline.invert_audio(model, recording.audio, inv_settings, windows=windows)
+  except jax.errors.JaxRuntimeError as e:  # e.g. out of memory: this job fails, the others go on
+    raise UsageError(f"inverting the recording failed: {str(e).splitlines()[0]}") from None
+  return ResolvedJob(spec, batching.plan_job(model, spec.id, settings, inversion), chosen, values, recording)
 
 
-def write_job(out_dir: Path, model, job, extra: dict, latents, seconds: float, wav_subtype: str) -> None:
+def write_job(out_dir: Path, model, resolved: ResolvedJob, latents: np.ndarray, plan: EditPlan | None,
+              seconds: float, wav_subtype: str) -> None:
   """Decodes one job and puts its folder in place atomically (staged beside it, then renamed)."""
-  from musickv_jax import pipeline
-  from musickv_jax.editing import injection
-  from musickv_jax.pipeline import common
-  from musickv_jax.pipeline.long_recording import seconds_total
-
-  cfg = model.config
-  gen = job.settings.generation
-  layout = injection.EditLayout.reference(job.n_prompts, job.settings.edit_all)
-  roles = ["source"] + ["edit" if p in layout.edits else "plain" for p in range(1, job.n_prompts)]
-  audio = common.decode(model, latents, *extra["span"])
-  result = pipeline.EditResult(audio=audio, latents=latents, prompts=list(gen.prompts), roles=roles,
-                               sample_rate=cfg.sample_rate, settings=job.settings, schedule=job.schedule,
-                               latent_frames=int(latents.shape[-1]),
-                               audio_end_in_s=(gen.resolved_end(cfg) if not job.is_long  # the windows' seconds_total
-                                               else seconds_total(cfg, job.long_recording.n_samples)))
-  real_audio = extra["recording"] is not None
+  job, values = resolved.job, resolved.values
+  result = job.result(model, latents, plan)
+  real_audio = resolved.recording is not None
   record = provenance(model, seconds) | result.describe() | {
-      "job_id": job.id, "manifest_line": extra["spec"].line, "preset": extra["chosen"].preset.name,
+      "job_id": job.id, "manifest_line": resolved.spec.line, "preset": resolved.chosen.preset.name,
       "outputs": outputs_record(result, real_audio)}
-  record["editing"]["schedule"] = extra["chosen"].schedule_name
+  record["editing"]["schedule"] = resolved.chosen.schedule_name
   if real_audio:
-    record["real_audio"] = extra["inversion"].describe() | {
-        "input_audio": extra["values"].input_audio, "input_start_s": extra["values"].input_start_s,
-        "input_end_s": extra["values"].input_end_s, "source_sample_rate": extra["recording"].source_rate,
-        "source_guidance": pipeline.SOURCE_GUIDANCE}
+    record["real_audio"] |= {"input_audio": values.input_audio, "input_start_s": values.input_start_s,
+                             "input_end_s": values.input_end_s, "source_sample_rate": resolved.recording.source_rate}
   final = out_dir / job.id
   staging = files.temporary_path(final)
   try:
     with OutputSet(staging, announce=False) as outputs:
-      write_edit_outputs(outputs, result, record, recording=extra["recording"],
-                         input_label=str(extra["values"].input_audio or ""), wav_subtype=wav_subtype)
+      write_edit_outputs(outputs, result, record, recording=resolved.recording,
+                         input_label=str(values.input_audio or ""), wav_subtype=wav_subtype)
       write_npy(outputs.path("latents.npy"), latents)
       outputs.commit()
     files.replace_directory(staging, final)
@@ -243,15 +216,14 @@ def print_table(statuses: list[JobStatus], edits: dict[str, int]) -> None:
     print(f"{str(s.id or 'line ' + str(s.line))[:27]:<28}{s.status:<8}{s.seconds:9.1f}{per_edit}  {s.error or ''}")
 
 
+def _fail(statuses: list[JobStatus], resolved: list[ResolvedJob], message: str) -> None:
+  for r in resolved:
+    statuses.append(JobStatus(r.job.id, r.spec.line, "failed", message))
+
+
 def body(fv: Flags) -> int:
-  import jax
-
-  from musickv_jax.cli.progress import progress_bar
-  from musickv_jax.jobs import batching
-  from musickv_jax.jobs.manifest import read_manifest
-  from musickv_jax.pipeline import common
-
   started = time.time()
+  name_of = flag_namer(COMMAND, fv)
   if not fv.manifest:
     raise UsageError("--manifest is required: the jobs, one JSON object a line")
   if not Path(fv.manifest).expanduser().is_file():
@@ -290,51 +262,50 @@ def body(fv: Flags) -> int:
       if processes == 1:
         raise
       # one host cannot load the model: its jobs fail, and process 0 still gets their summary
-      message = e.describe(lambda field: f"--{options.FLAG_OF_FIELD.get(field, field)}")
-      statuses += [JobStatus(spec.id, spec.line, "failed", message) for spec in todo]
+      statuses += [JobStatus(spec.id, spec.line, "failed", e.describe(name_of)) for spec in todo]
       todo = []
-  jobs, extras = [], {}
+  resolved: dict[str, ResolvedJob] = {}
   for spec in todo:
     try:
-      job, extra = resolve(fv, spec, model)
+      job = resolve(fv, spec, model)
     except (MusicKVError, UsageError) as e:
-      message = e.describe(lambda field: f"--{options.FLAG_OF_FIELD.get(field, field)}") \
-          if isinstance(e, MusicKVError) else str(e)
+      message = e.describe(name_of) if isinstance(e, MusicKVError) else str(e)
       statuses.append(JobStatus(spec.id, spec.line, "failed", message))
       print(f"error: job {spec.id} (manifest line {spec.line}): {message}", file=sys.stderr)
       continue
-    if job.n_prompts > fv.rows_per_device and not job.is_long:
-      message = (f"{job.n_prompts} prompts do not fit the {fv.rows_per_device} rows of a device; raise "
+    if job.job.n_prompts > fv.rows_per_device and not job.job.is_long:
+      message = (f"{job.job.n_prompts} prompts do not fit the {fv.rows_per_device} rows of a device; raise "
                  "--rows_per_device")
       statuses.append(JobStatus(spec.id, spec.line, "failed", message))
       print(f"error: job {spec.id} (manifest line {spec.line}): {message}", file=sys.stderr)
       continue
-    jobs.append(job)
-    extras[job.id] = extra
+    resolved[spec.id] = job
   write_summary(summary_path, statuses, devices, processes, started)
 
-  edits = {job.id: job.n_prompts - 1 if job.settings.edit_all else 1 for job in jobs}
-  if jobs:
-    mesh = batching.data_mesh()
-    dit_params = batching.replicate(model.params["dit"], mesh)
+  edits = {job_id: r.job.n_edits for job_id, r in resolved.items()}
+  if resolved:
+    mesh = placement.data_mesh()
+    dit_params = placement.replicate(model.params.dit, mesh)
+    jobs = [r.job for r in resolved.values()]
     batches = batching.pack([job for job in jobs if not job.is_long], fv.rows_per_device, devices)
-    alone = [job for job in jobs if job.is_long]
-    total_steps = sum(b.bucket.steps for b in batches) + sum(j.settings.generation.num_inference_steps for j in alone)
+    groups = [(batch.jobs, batch.bucket.steps, batch) for batch in batches]
+    groups += [([job], job.settings.generation.num_inference_steps, None) for job in jobs if job.is_long]
+    total_steps = sum(steps for _, steps, _ in groups)
     done_steps = 0
     with progress_bar(total_steps, f"{len(jobs)} job(s)") as listener:
-      for group in [*batches, *alone]:
+      for group_jobs, steps, batch in groups:
         batch_start = time.perf_counter()
-        steps = group.settings.generation.num_inference_steps if isinstance(group, batching.EditJob) \
-            else group.bucket.steps
-        group_jobs = [group] if isinstance(group, batching.EditJob) else group.jobs
         try:
           with common.progress(listener, done_steps, total_steps):
-            latents = ({group.id: batching.run_long(model, group, mesh, dit_params)}
-                       if isinstance(group, batching.EditJob) else batching.run_batch(model, dit_params, group, mesh))
+            if batch is None:
+              latents, plan = batching.run_long(model, group_jobs[0], mesh, dit_params)
+              outcome = {group_jobs[0].id: (latents, plan)}
+            else:
+              outcome = {job_id: (latents, None)
+                         for job_id, latents in batching.run_batch(model, dit_params, batch, mesh).items()}
         except (MusicKVError, jax.errors.JaxRuntimeError) as e:  # e.g. out of memory: these jobs fail, not the run
-          message = (e.describe(lambda field: f"--{options.FLAG_OF_FIELD.get(field, field)}")
-                     if isinstance(e, MusicKVError) else str(e).splitlines()[0])
-          statuses += [JobStatus(job.id, extras[job.id]["spec"].line, "failed", message) for job in group_jobs]
+          message = e.describe(name_of) if isinstance(e, MusicKVError) else str(e).splitlines()[0]
+          _fail(statuses, [resolved[job.id] for job in group_jobs], message)
           write_summary(summary_path, statuses, devices, processes, started)
           continue
         finally:
@@ -342,12 +313,13 @@ def body(fv: Flags) -> int:
         shared = (time.perf_counter() - batch_start) / len(group_jobs)
         for job in group_jobs:
           job_start = time.perf_counter()
+          line = resolved[job.id].spec.line
           try:
-            write_job(out_dir, model, job, extras[job.id], latents[job.id], shared, fv.wav_subtype)
-            statuses.append(JobStatus(job.id, extras[job.id]["spec"].line, "ok", None,
-                                      shared + time.perf_counter() - job_start))
+            latents, plan = outcome[job.id]
+            write_job(out_dir, model, resolved[job.id], latents, plan, shared, fv.wav_subtype)
+            statuses.append(JobStatus(job.id, line, "ok", None, shared + time.perf_counter() - job_start))
           except (MusicKVError, OSError) as e:
-            statuses.append(JobStatus(job.id, extras[job.id]["spec"].line, "failed", str(e)))
+            statuses.append(JobStatus(job.id, line, "failed", str(e)))
           write_summary(summary_path, statuses, devices, processes, started)
 
   if processes > 1:

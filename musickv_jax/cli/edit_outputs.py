@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from musickv_jax.cli import listening
 from musickv_jax.cli.outputs import OutputSet, write_json
+from musickv_jax import spectrogram
+from musickv_jax.audio import save_wav
 
 
 def output_stems(roles: list[str], real_audio: bool, first_prompt_number: int = 1) -> list[str]:
@@ -42,8 +44,6 @@ def write_edit_outputs(outputs: OutputSet, result, record: dict, *, recording=No
                        wav_subtype: str = "FLOAT") -> None:
   """Stages every file of one edit in `outputs` (the caller commits). `record` is edit.json, with
   "outputs" from outputs_record."""
-  from musickv_jax import spectrogram
-  from musickv_jax.audio import save_wav
 
   for output, audio in zip(record["outputs"], result.audio):
     save_wav(outputs.path(output["file"]), audio, result.sample_rate, wav_subtype)

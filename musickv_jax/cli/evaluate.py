@@ -18,6 +18,8 @@ from absl import flags
 
 from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
+from musickv_jax.research.evaluation import evaluate
+from musickv_jax.metrics.scorers import load_scorer
 
 
 def define(fv: Flags) -> None:
@@ -33,8 +35,6 @@ def define(fv: Flags) -> None:
 
 
 def body(fv: Flags) -> None:
-  from musickv_jax.evaluation import evaluate
-  from musickv_jax.metrics.scorers import load_scorer
 
   if not fv.source:
     raise UsageError("--source is required: the clip the edits were made from")

@@ -18,6 +18,8 @@ from musickv_jax.cli.outputs import OutputSet, write_json, write_npy
 from musickv_jax.cli.progress import progress_bar
 from musickv_jax.cli.record import provenance
 from musickv_jax.cli.runner import Command, Flags, entry_point
+from musickv_jax import pipeline
+from musickv_jax.audio import save_wav
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -30,8 +32,6 @@ def define(fv: Flags) -> None:
 
 
 def body(fv: Flags) -> None:
-  from musickv_jax import pipeline
-  from musickv_jax.audio import save_wav
 
   settings = options.generation_settings(fv)
   out_dir = options.check_output_flags(fv)

@@ -19,6 +19,7 @@ from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json, wri
 from musickv_jax.cli.progress import progress_bar
 from musickv_jax.cli.record import provenance
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
+from musickv_jax import pipeline
 
 
 def define(fv: Flags) -> None:
@@ -35,7 +36,6 @@ def define(fv: Flags) -> None:
 
 
 def body(fv: Flags) -> None:
-  from musickv_jax import pipeline
 
   if not fv.input_audio:
     raise UsageError("--input_audio is required: the recording to invert")

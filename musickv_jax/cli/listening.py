@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import jax.numpy as jnp
+from musickv_jax.metrics import Analysis, compare_jit
 
 PAGE_METRICS = (("cqt1_pcc", "melody (CQT1-PCC)"), ("chroma_cosine", "harmony (chroma)"),
                 ("form_ssm_correlation", "form"), ("onset_correlation", "rhythm"))
@@ -51,9 +53,7 @@ def structure_kept(source: np.ndarray, edits: Sequence[np.ndarray], sample_rate:
   segments no longer than that, and the segments' values averaged: memory stays bounded."""
   if sample_rate < MIN_ANALYSIS_RATE or not len(edits):
     return None
-  import jax.numpy as jnp
 
-  from musickv_jax.metrics import Analysis, compare_jit
 
   analysis = Analysis(sample_rate=sample_rate)
   mono = np.mean(source, axis=0)

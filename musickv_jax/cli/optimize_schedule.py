@@ -26,9 +26,12 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from musickv_jax.cli import options
+from musickv_jax.cli import charts, options
 from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json, write_npy
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
+from musickv_jax import pipeline
+from musickv_jax.research import optimization
+from musickv_jax.cli.progress import progress_bar
 
 CHECKPOINT = "checkpoint"
 RUN = "run.json"  # the settings of the run, beside the checkpoint: --resume must match them
@@ -65,18 +68,13 @@ def _run_settings(fv: Flags) -> dict:
   return {name: fv[name].value for name in names}
 
 
-def _problem(fv: Flags, model):
-  """The edit settings, x_T, per-prompt guidance and audio span: generated source or a recording."""
-  from musickv_jax import pipeline
-  from musickv_jax.editing import optimization
-
+def _problem(fv: Flags, model) -> optimization.Problem:
+  """The edit's plan (every prompt after the first an edit) and the audio span: of a generated
+  source, or of --input_audio, inverted first."""
   gen = pipeline.GenerationSettings(prompts=tuple(fv.prompts), num_inference_steps=fv.num_inference_steps,
                                     guidance_scale=fv.guidance_scale, audio_end_in_s=fv.audio_end_in_s,
                                     seed=fv.seed, latent_length=fv.latent_length)
-  layers = options.int_list(fv.vital_layers, "vital_layers")
-  settings = pipeline.EditSettings(gen, vital_layers=layers, edit_all=True)
-  n = len(gen.prompts)
-  guidance = np.full((n,), gen.guidance_scale, np.float32)
+  settings = pipeline.EditSettings(gen, vital_layers=options.int_list(fv.vital_layers, "vital_layers"), edit_all=True)
   if fv.input_audio:
     settings = dataclasses.replace(settings, generation=dataclasses.replace(gen, audio_end_in_s=None))
     settings.validate(model.config)
@@ -84,38 +82,17 @@ def _problem(fv: Flags, model):
     inv = options.inversion_settings(fv, gen.prompts[0], gen.num_inference_steps, None)
     print(f"inverting {recording.duration_s:.2f} s of {fv.input_audio}", flush=True)
     inversion = pipeline.invert_audio(model, recording.audio, inv)
-    x_init = np.repeat(inversion.inverted, n, axis=0)
-    guidance[0] = pipeline.SOURCE_GUIDANCE
+    plan = pipeline.build_plan(model, settings, np.repeat(inversion.inverted, len(gen.prompts), axis=0),
+                               source_guidance=pipeline.SOURCE_GUIDANCE, check_coverage=False)
     span = (0, inversion.n_samples)
   else:
-    settings.validate(model.config)
-    x_init = pipeline.shared_initial_latents(gen, model.config, n, pipeline.latent_frames(gen, model.config))
+    plan = pipeline.build_plan(model, settings)
     span = pipeline.output_span(gen, model.config)
   print("generating the plain edits (no injection) once", flush=True)
-  return optimization.make_problem(model, settings, x_init, guidance, span)
-
-
-def _chart(path: Path, schedule: np.ndarray, layers, steps: int) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(7, 3.2))
-  ax.plot(np.arange(steps), np.arange(steps) / steps, "k--", label="reference ramp (i / steps)")
-  for j, layer in enumerate(layers):
-    ax.plot(np.arange(steps), schedule[:, j], label=f"layer {layer}")
-  ax.set_xlabel("step (0 = noisiest)")
-  ax.set_ylabel("injection weight")
-  ax.set_ylim(-0.02, 1.02)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100, format="png")
-  plt.close(fig)
+  return optimization.make_problem(model, plan, span)
 
 
 def body(fv: Flags) -> None:
-  from musickv_jax.cli.progress import progress_bar
-  from musickv_jax.editing import optimization
 
   if len(fv.prompts) < 2:
     raise UsageError("give --prompts SOURCE EDIT [MORE EDITS]: the source description first, then the edits")
@@ -146,7 +123,7 @@ def body(fv: Flags) -> None:
   else:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_file, run_settings)
-  model_params = {"dit": model.params["dit"], "vae": model.params["vae"]}
+  model_params = model.params
   done = int(state.iteration)
   if done:
     print(f"resuming after iteration {done}", flush=True)
@@ -164,7 +141,7 @@ def body(fv: Flags) -> None:
   with OutputSet(out_dir) as outputs:
     write_npy(outputs.path("schedule.npy"), schedule)
     write_json(outputs.path("history.json"), history)
-    _chart(outputs.path("schedule.png"), schedule, layers, fv.num_inference_steps)
+    charts.schedule_chart(outputs.path("schedule.png"), schedule, layers, fv.num_inference_steps)
     outputs.commit()
   if history["loss"]:
     print(f"loss {history['loss'][0]:.4f} -> {history['loss'][-1]:.4f} over {len(history['loss'])} iterations "

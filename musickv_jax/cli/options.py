@@ -1,9 +1,8 @@
-"""The flags the commands share (DESIGN.md 4b) and how they become the library's settings.
+"""The flags the commands share (README's command-line contract) and how they become the
+library's settings.
 
 This is the one place that knows both names: `FLAG_OF_FIELD` maps a library field to the flag
 that feeds it where the two differ, so a library error about `start_s` prints `--input_start_s`.
-Library modules that load JAX are imported inside the functions that need them, so that a
-mistyped flag is reported at once, before JAX starts.
 """
 
 from __future__ import annotations
@@ -17,10 +16,13 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from musickv_jax.audio import WAV_SUBTYPES
+from musickv_jax.audio import WAV_SUBTYPES, LoadedAudio, load_audio
+from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.cli.outputs import check_output_dir
 from musickv_jax.cli.runner import Flags, UsageError
-from musickv_jax.editing import presets
+from musickv_jax.loading import load_model as load_any_model
+from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings, WindowSettings, presets
+from musickv_jax.pipeline import kv_schedules
 
 FLAG_OF_FIELD = {
     "start_s": "input_start_s", "end_s": "input_end_s",  # recording segment (audio.load_audio)
@@ -45,13 +47,11 @@ def define_model_flags(fv: Flags) -> None:
                       flag_values=fv)
 
 
-def load_model(fv: Flags):
-  from musickv_jax.loading import load_model as load
-
+def load_model(fv: Flags) -> LoadedModel:
   if not fv.model:
     raise UsageError("--model is required: a converted checkpoint directory, a diffusers / stable-audio-tools "
                      "checkpoint, or a hub id")
-  return load(fv.model, hf_token=fv.hf_token, t5=fv.t5, dtype=fv.dtype, attention=fv.attention)
+  return load_any_model(fv.model, hf_token=fv.hf_token, t5=fv.t5, dtype=fv.dtype, attention=fv.attention)
 
 
 # ----------------------------------------------------------------------------- generation
@@ -67,7 +67,8 @@ def define_generation_flags(fv: Flags, *, audio_end_default: float | None, outpu
   flags.DEFINE_string("negative_prompt", None, "Negative prompt for the unconditional branch.", flag_values=fv)
   flags.DEFINE_float("audio_start_in_s", 0.0, "Start of the returned audio, seconds.", flag_values=fv)
   flags.DEFINE_float("audio_end_in_s", audio_end_default, "End of the returned audio, seconds" +
-                     (" (default: the model's maximum)." if audio_end_default is None else "."), flag_values=fv)
+                     (" (default: the model's maximum)." if audio_end_default is None else
+                      f" (default: {audio_end_default:g}, at most the model's window)."), flag_values=fv)
   flags.DEFINE_integer("num_inference_steps", 100, "Sampling steps.", flag_values=fv)
   flags.DEFINE_float("guidance_scale", 7.0, "Classifier-free guidance scale (1 disables guidance).", flag_values=fv)
   flags.DEFINE_string("sampler", "dpmpp-2m", "dpmpp-2m (deterministic), dpmpp-2m-sde, or dpmpp-1.", flag_values=fv)
@@ -84,9 +85,7 @@ def define_generation_flags(fv: Flags, *, audio_end_default: float | None, outpu
   flags.DEFINE_string("wav_subtype", "FLOAT", "WAV sample format: FLOAT, PCM_16 or PCM_24.", flag_values=fv)
 
 
-def generation_settings(fv: Flags | Values):
-  from musickv_jax.pipeline import GenerationSettings
-
+def generation_settings(fv: Flags | Values) -> GenerationSettings:
   return GenerationSettings(
       prompts=tuple(fv.prompts), negative_prompt=fv.negative_prompt, audio_start_in_s=fv.audio_start_in_s,
       audio_end_in_s=fv.audio_end_in_s, num_inference_steps=fv.num_inference_steps,
@@ -159,8 +158,7 @@ def _float_pair(values, flag: str) -> tuple[float, float]:
 
 
 def build_schedule(fv: Flags | Values, name: str, steps: int, n_layers: int) -> np.ndarray:
-  from musickv_jax.editing import schedules as kv
-
+  kv = kv_schedules
   if name.endswith(".npy"):
     return kv.load_npy(name)
   if name == "per_layer":
@@ -182,7 +180,7 @@ def build_schedule(fv: Flags | Values, name: str, steps: int, n_layers: int) -> 
 class EditFlags:
   """What the edit flags resolve to: the settings and where they came from."""
 
-  settings: object  # pipeline.EditSettings
+  settings: EditSettings
   preset: presets.EditPreset
   schedule_name: str
 
@@ -216,13 +214,13 @@ class Values:
 
 def edit_settings(values: Values) -> EditFlags:
   """The edit flags over the preset: a flag given explicitly wins."""
-  from musickv_jax.pipeline import EditSettings
-
   fv = values
   preset = presets.load(fv.preset)
   generation = generation_settings(fv)
   if not values.given("guidance_scale"):
     generation = dataclasses.replace(generation, guidance_scale=preset.guidance_scale)
+  if not values.given("audio_end_in_s"):
+    generation = dataclasses.replace(generation, audio_end_in_s=preset.audio_end_in_s)
   layers = int_list(fv.vital_layers, "vital_layers") if fv.vital_layers is not None else preset.vital_layers
   skips = int_list(fv.skip_layers, "skip_layers") if fv.skip_layers is not None else preset.skip_layers
   schedule_name = fv.schedule or ("linear_ramp" if preset.time_varying else "constant")
@@ -233,6 +231,40 @@ def edit_settings(values: Values) -> EditFlags:
                           injection_mode=fv.injection_mode, edit_all=fv.edit_all,
                           allow_unbounded_schedule=fv.allow_unbounded_schedule)
   return EditFlags(settings=settings, preset=preset, schedule_name=schedule_name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+  """Settings after the defaults adapted to the model, and what the user should be told about it."""
+
+  settings: EditSettings
+  notes: tuple[str, ...] = ()
+
+  def validated(self, config) -> EditSettings:
+    """The settings, validated; the notes printed only once they are (an error stays one line)."""
+    self.settings.validate(config)
+    for note in self.notes:
+      print(f"info: {note}", file=sys.stderr)
+    return self.settings
+
+
+def fit_to_model(chosen: EditFlags, values: Values, config, *, real_audio: bool = False) -> Fitted:
+  """Defaults that adapt to the model: an edit of a recording has the recording's length (its
+  seconds_total conditioning the model's maximum, as the reference); a length nobody asked for
+  (the preset's) is cut to the model's window. An explicit flag is left alone (the settings'
+  validation refuses one that does not fit)."""
+  settings = chosen.settings
+  gen = settings.generation
+  if values.given("audio_end_in_s"):
+    return Fitted(settings)
+  if real_audio:
+    return Fitted(dataclasses.replace(settings, generation=dataclasses.replace(gen, audio_end_in_s=None)))
+  maximum = config.max_audio_seconds
+  if gen.audio_end_in_s is not None and gen.audio_end_in_s > maximum:
+    note = (f"the preset's {gen.audio_end_in_s:g} s is longer than this model's {maximum:.2f} s window; generating "
+            f"{maximum:.2f} s (--audio_end_in_s sets the length)")
+    return Fitted(dataclasses.replace(settings, generation=dataclasses.replace(gen, audio_end_in_s=maximum)), (note,))
+  return Fitted(settings)
 
 
 # ----------------------------------------------------------------------------- recordings
@@ -263,30 +295,24 @@ def define_recording_flags(fv: Flags) -> None:
                      "memory; the host's RAM on CPU).", flag_values=fv)
 
 
-def load_recording(fv: Flags, model):
-  """--input_audio -> LoadedAudio at the model's rate (warnings printed)."""
-  from musickv_jax.audio import load_audio
-
+def load_recording(fv: Flags | Values, model: LoadedModel, *, job: str | None = None) -> LoadedAudio:
+  """--input_audio -> LoadedAudio at the model's rate (warnings printed, naming the batch job if any)."""
   # longer than one window: edited over windows (pipeline.long_recording), up to the seconds conditioning's reach
   loaded = load_audio(fv.input_audio, sample_rate=model.config.sample_rate,
                       max_seconds=model.config.conditioner.seconds_max, start_s=fv.input_start_s, end_s=fv.input_end_s,
                       downmix=fv.downmix, channels=model.config.vae.audio_channels)
   for warning in loaded.warnings:
-    print(f"warning: {warning}", file=sys.stderr)
+    print(f"warning: {f'job {job}: ' if job else ''}{warning}", file=sys.stderr)
   return loaded
 
 
-def inversion_settings(fv: Flags, prompt: str, steps: int, seconds_total: float | None):
-  from musickv_jax.pipeline import InversionSettings
-
+def inversion_settings(fv: Flags | Values, prompt: str, steps: int, seconds_total: float | None) -> InversionSettings:
   return InversionSettings(prompt=prompt, num_inference_steps=steps, variant=fv.inversion, order=fv.inversion_order,
                            seconds_total=seconds_total, sample_latent=fv.sample_latent, seed=fv.seed)
 
 
-def window_settings(values: Flags | Values):
+def window_settings(values: Flags | Values) -> WindowSettings:
   """--window_s / --overlap_s / --windows_per_batch / --memory_budget_gib -> WindowSettings."""
-  from musickv_jax.pipeline import WindowSettings
-
   return WindowSettings(window_s=values.window_s, overlap_s=values.overlap_s,
                         windows_per_batch=values.windows_per_batch, memory_budget_gib=values.memory_budget_gib)
 

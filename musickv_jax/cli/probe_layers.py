@@ -21,9 +21,12 @@ from pathlib import Path
 
 from absl import flags
 
-from musickv_jax.cli import options
+from musickv_jax.cli import charts, options
 from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
+from musickv_jax.research.probing import ProbeSettings
+from musickv_jax.cli.progress import progress_bar
+from musickv_jax.research import probing
 
 RESULTS = "results.jsonl"
 SETTINGS = "probe_settings.json"
@@ -69,7 +72,6 @@ def read_prompts(fv: Flags) -> tuple[str, ...]:
 
 
 def probe_settings(fv: Flags):
-  from musickv_jax.editing.probing import ProbeSettings
 
   return ProbeSettings(
       prompts=read_prompts(fv), seeds=options.int_list(fv.seeds, "seeds"),
@@ -87,28 +89,7 @@ def _append(path: Path, lines: list[str]) -> None:
     os.fsync(f.fileno())
 
 
-def _chart(path: Path, summary, model_name: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  layers = sorted(summary.layers)
-  scores = [summary.layers[layer]["score"] for layer in layers]
-  chosen = set(summary.vital_layers())
-  fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 3.2))
-  ax.bar(layers, scores, color=["#c0392b" if layer in chosen else "#95a5a6" for layer in layers])
-  ax.set_xticks(layers)
-  ax.set_xlabel("DiT layer (self-attention bypassed)")
-  ax.set_ylabel("structure change (score)")
-  ax.set_title(f"{model_name}: vital layers {list(summary.vital_layers())} (red)", fontsize=9, loc="left")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100, format="png")
-  plt.close(fig)
-
-
 def body(fv: Flags) -> None:
-  from musickv_jax.cli.progress import progress_bar
-  from musickv_jax.editing import probing
 
   settings = probe_settings(fv)
   out_dir = check_output_dir(fv.output_path)
@@ -145,7 +126,7 @@ def body(fv: Flags) -> None:
   with OutputSet(out_dir) as outputs:
     write_json(outputs.path("probe.json"), summary.to_json_dict())
     write_json(outputs.path("preset.json"), preset)
-    _chart(outputs.path("probe.png"), summary, model.config.name)
+    charts.probe_chart(outputs.path("probe.png"), summary, model.config.name)
     outputs.commit()
   print("ranking (most structure-critical first):", " ".join(str(layer) for layer in summary.ranking))
   print(f"vital layers: {list(summary.vital_layers())}; edit with --preset {out_dir / 'preset.json'}",

@@ -7,14 +7,14 @@ import os
 import sys
 from collections.abc import Iterator
 
+from tqdm import tqdm
+
 from musickv_jax.pipeline.common import Listener
 
 
 @contextlib.contextmanager
 def progress_bar(total: int, description: str) -> Iterator[Listener]:
   """with progress_bar(steps, "editing") as listener: pipeline.edit(..., on_step=listener)"""
-  from tqdm import tqdm  # imported when a bar is shown, not when a command starts
-
   bar = tqdm(total=total, desc=description, unit="step", file=sys.stderr, dynamic_ncols=True,
              disable=not sys.stderr.isatty() and os.environ.get("MUSICKV_PROGRESS") != "1")
 
@@ -27,3 +27,8 @@ def progress_bar(total: int, description: str) -> Iterator[Listener]:
     yield listener
   finally:
     bar.close()
+
+
+def phase_bars(phase: str, total: int):
+  """A bar per phase of a run with several ("inverting", then "editing"): pipeline.edit_audio's progress."""
+  return progress_bar(total, phase)

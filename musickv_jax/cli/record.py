@@ -8,6 +8,7 @@ from importlib import metadata
 
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.cli.runner import invocation
+import jax
 
 
 def _version(package: str) -> str | None:
@@ -22,7 +23,6 @@ def command_line() -> str:
 
 
 def provenance(model: LoadedModel, seconds: float) -> dict:
-  import jax
 
   return {
       "command": command_line(), "model": str(model.path), "model_name": model.config.name,

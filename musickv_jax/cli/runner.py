@@ -27,6 +27,8 @@ from absl import flags
 from absl import logging as absl_logging
 
 from musickv_jax.errors import MusicKVError
+import jax
+from musickv_jax.loading import default_cache_dir
 
 Flags = flags.FlagValues
 _INVOCATION: contextvars.ContextVar[list[str]] = contextvars.ContextVar("invocation", default=[])
@@ -181,7 +183,6 @@ def compilation_cache(directory: str | None) -> None:
   None or "" or "0" turns it off."""
   if directory in (None, "", "0"):
     return
-  import jax
   jax.config.update("jax_compilation_cache_dir", directory)
   # programs that compile faster than this are not worth a file (MUSICKV_COMPILATION_CACHE_MIN_S)
   jax.config.update("jax_persistent_cache_min_compile_time_secs",
@@ -189,5 +190,4 @@ def compilation_cache(directory: str | None) -> None:
 
 
 def default_compilation_cache() -> str:
-  from musickv_jax.loading import default_cache_dir
   return os.environ.get("MUSICKV_COMPILATION_CACHE", str(default_cache_dir() / "xla"))

@@ -17,6 +17,7 @@ from safetensors.numpy import save_file
 from musickv_jax.convert import tables
 from musickv_jax.convert.rules import export_rules
 from musickv_jax.config import ModelConfig
+from musickv_jax.models.sao import ModelParams
 
 DIFFUSERS_VERSION = "0.42.1"
 
@@ -90,11 +91,12 @@ def component_configs(config: ModelConfig) -> dict[str, dict]:
   }
 
 
-def to_torch_state_dicts(config: ModelConfig, params: dict, layout: str = tables.DIFFUSERS) -> dict[str, dict]:
+def to_torch_state_dicts(config: ModelConfig, params: ModelParams | dict,
+                         layout: str = tables.DIFFUSERS) -> dict[str, dict]:
   """Our params -> one PyTorch-named state dict per component (float32 NumPy)."""
   as_f32 = lambda tree: {k: (as_f32(v) if isinstance(v, dict) else np.asarray(v, np.float32))  # noqa: E731
                          for k, v in tree.items()}
-  params = as_f32(params)
+  params = as_f32(params.to_tree() if isinstance(params, ModelParams) else params)
   return {
       "dit": export_rules(tables.dit_rules(config.dit, layout), params["dit"]),
       "vae": export_rules(tables.vae_rules(config.vae, layout), params["vae"]),
@@ -103,7 +105,8 @@ def to_torch_state_dicts(config: ModelConfig, params: dict, layout: str = tables
   }
 
 
-def write_diffusers_checkpoint(directory: str | Path, config: ModelConfig, params: dict, tokenizer) -> Path:
+def write_diffusers_checkpoint(directory: str | Path, config: ModelConfig, params: ModelParams | dict,
+                               tokenizer) -> Path:
   """A StableAudioPipeline folder (configs, safetensors, tokenizer) holding `params`."""
   root = Path(directory)
   configs = component_configs(config)

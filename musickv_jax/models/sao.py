@@ -1,13 +1,18 @@
-"""Stable Audio Open as a whole: the four modules and their parameter tree.
+"""Stable Audio Open as a whole: the four modules and their parameters.
 
-Params are a plain dict {'dit', 'vae', 't5', 'conditioner'}, each the Flax 'params'
-collection of that module. `abstract_params` gives its structure without allocating.
+`ModelParams` holds the Flax 'params' collection of each module (a pytree, so jax.tree functions,
+jit and device_put take it whole). On disk (Orbax) it is the plain dict {'dit', 'vae', 't5',
+'conditioner'}. `abstract_params` gives its structure without allocating.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from collections.abc import Mapping
+from typing import Any
+
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +24,24 @@ from musickv_jax.models.oobleck import OobleckVAE
 from musickv_jax.models.t5 import T5Encoder
 
 COMPONENTS = ("dit", "vae", "t5", "conditioner")
+
+
+@flax.struct.dataclass
+class ModelParams:
+  """The parameters of the four modules, each the Flax 'params' collection of that module."""
+
+  dit: Any
+  vae: Any
+  t5: Any
+  conditioner: Any
+
+  @classmethod
+  def from_tree(cls, tree: Mapping[str, Any]) -> "ModelParams":
+    return cls(**{name: tree[name] for name in COMPONENTS})
+
+  def to_tree(self) -> dict[str, Any]:
+    """The plain dict of the on-disk layout."""
+    return {name: getattr(self, name) for name in COMPONENTS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +80,7 @@ def abstract_params(config: ModelConfig, dtype=None) -> dict:
   return tree
 
 
-def random_params(config: ModelConfig, seed: int = 0) -> dict:
+def random_params(config: ModelConfig, seed: int = 0) -> ModelParams:
   """Random parameters drawn straight from the abstract tree (demo checkpoint, tests): no model
   code runs, so nothing compiles. Kernels ~ N(0, 1/fan_in), norms 1, biases and Snake 0."""
   rng = np.random.default_rng(seed)
@@ -78,9 +101,9 @@ def random_params(config: ModelConfig, seed: int = 0) -> dict:
       return rng.normal(0.0, 0.1, shape)
     return rng.normal(0.0, 1.0, shape)  # embeddings, Fourier frequencies
 
-  return {component: jax.tree_util.tree_map_with_path(
+  return ModelParams.from_tree({component: jax.tree_util.tree_map_with_path(
       lambda path, leaf, c=component: jnp.asarray(draw(c, path, leaf), jnp.float32), tree)
-          for component, tree in abstract.items()}
+      for component, tree in abstract.items()})
 
 
 def count_params(tree) -> int:

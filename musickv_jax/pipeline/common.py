@@ -105,7 +105,7 @@ def decode(model: LoadedModel, latents: np.ndarray, begin: int, end: int | None,
   frames = latents.shape[-1]
   end = frames * hop if end is None else min(end, frames * hop)
   first, last = begin // hop, -(-end // hop)
-  audio = vae_ops.decode(model.params["vae"], latents, model.config.vae, chunk_frames, frames=(first, last))
+  audio = vae_ops.decode(model.params.vae, latents, model.config.vae, chunk_frames, frames=(first, last))
   return audio[..., begin - first * hop:end - first * hop]
 
 

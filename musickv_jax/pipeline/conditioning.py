@@ -36,9 +36,9 @@ def text_conditioning(model: LoadedModel, prompts: Sequence[str], seconds_start:
   """Prompts + seconds -> Conditioning (n, ...): T5, projection, padding zeroed, seconds tokens."""
   cfg = model.config
   ids, mask = tokenize(model.tokenizer, list(prompts), cfg.t5.max_length)
-  hidden = _encode_text(model.params["t5"], jnp.asarray(ids), jnp.asarray(mask), config=cfg.t5)
+  hidden = _encode_text(model.params.t5, jnp.asarray(ids), jnp.asarray(mask), config=cfg.t5)
   n = len(prompts)
-  return _condition(model.params["conditioner"], hidden, jnp.asarray(mask),
+  return _condition(model.params.conditioner, hidden, jnp.asarray(mask),
                     jnp.full((n,), seconds_start, jnp.float32), jnp.full((n,), seconds_total, jnp.float32),
                     config=cfg.conditioner)
 

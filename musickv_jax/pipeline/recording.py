@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import jax
@@ -22,53 +24,17 @@ from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig
 from musickv_jax.errors import SettingsError
 from musickv_jax.models.dit import KVCache
-from musickv_jax.pipeline import common
-from musickv_jax.pipeline import long_recording
-from musickv_jax.pipeline.long_recording import WindowSettings
-from musickv_jax.pipeline.conditioning import guided_conditioning, text_conditioning
-from musickv_jax.pipeline.editing import EditResult, cache_from_inversion, edit_from_cache, edit_latents
-from musickv_jax.pipeline.settings import EditSettings, InversionSettings
-from musickv_jax.sampling import guided
+from musickv_jax.pipeline import common, long_recording
+from musickv_jax.pipeline.conditioning import text_conditioning
+from musickv_jax.pipeline.editing import sample_edit
+from musickv_jax.pipeline.plan import build_plan, run_from_cache
+from musickv_jax.pipeline.results import SOURCE_GUIDANCE, EditResult, Inversion, edit_result
+from musickv_jax.pipeline.settings import EditSettings, InversionSettings, WindowSettings
+from musickv_jax.sampling import guided, kv as kv_lib
 from musickv_jax.sampling import inversion as inversion_lib
 
-SOURCE_GUIDANCE = 1.0  # the recording's reconstruction runs without guidance, as in the reference
-
-
-def recording_guidance(n_prompts: int, guidance_scale: float) -> np.ndarray:
-  """(n,) guidance per prompt of a recording's edit: SOURCE_GUIDANCE for the source, the scale for the rest."""
-  guidance = np.full((n_prompts,), guidance_scale, np.float32)
-  guidance[0] = SOURCE_GUIDANCE
-  return guidance
-
-
-@dataclasses.dataclass
-class Inversion:
-  inverted: np.ndarray  # (1, C, T): the latent at sigma_max, x_T for the edit (used as given)
-  encoded: np.ndarray | None  # (1, C, T): the clean latent of the recording (None when read from a file)
-  n_samples: int  # the recording's length at the model's sample rate
-  settings: InversionSettings
-  kv: KVCache | None = None  # vital-layer K/V over the inversion steps (conditional row), or None
-  windows: WindowSettings | None = None  # a recording longer than one window: how it was covered
-
-  def describe(self) -> dict:
-    record = {"n_samples": self.n_samples, "latent_shape": list(self.inverted.shape),
-              "settings": self.settings.to_json_dict()}
-    if self.windows is not None:
-      record["windows"] = self.windows.to_json_dict()
-    return record
-
-  def notes_for(self, settings: EditSettings) -> list[str]:
-    """Differences between how the recording was inverted and how it is about to be edited that
-    are allowed but change the result (the caller may want to show them)."""
-    notes = []
-    gen = settings.generation
-    if self.settings.num_inference_steps != gen.num_inference_steps:
-      notes.append(f"the recording was inverted with {self.settings.num_inference_steps} steps but is edited with "
-                   f"{gen.num_inference_steps}; the source reconstruction is closest with the same number")
-    if self.settings.prompt.strip() != gen.prompts[0].strip():
-      notes.append(f"the recording was inverted with the description {self.settings.prompt!r} but the source "
-                   f"prompt is {gen.prompts[0]!r}; the source reconstruction is closest with the same text")
-    return notes
+# Progress of a phase ("inverting", "editing") over its steps: a context manager giving a listener.
+PhaseProgress = Callable[[str, int], AbstractContextManager]
 
 
 def encode_audio(model: LoadedModel, audio: np.ndarray, *, sample: bool = False, seed: int = 0) -> jax.Array:
@@ -76,7 +42,7 @@ def encode_audio(model: LoadedModel, audio: np.ndarray, *, sample: bool = False,
   (deterministic) or a sample from it. The audio is zero-padded to whole VAE hops."""
   cfg = model.config
   padded = pad_to_hop(np.asarray(audio, np.float32), cfg.vae.hop_length)[None]
-  dist = vae_ops.encode(model.params["vae"], padded, cfg.vae)
+  dist = vae_ops.encode(model.params.vae, padded, cfg.vae)
   return dist.sample(jax.random.key(seed)) if sample else dist.mean
 
 
@@ -86,12 +52,39 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, *, 
   cfg = model.config
   settings.validate(cfg, int(np.shape(latents)[-1]))
   cond = text_conditioning(model, [settings.prompt], 0.0, settings.resolved_total(cfg))
-  plan = settings.plan()
   guided_cond = guided.GuidedConditioning(cond.cross_tokens, cond.global_cond, jnp.ones((1,), jnp.float32))
   with common.progress(on_step):
-    inverted, kv = inversion_lib.invert_in_chunks(model.params["dit"], guided_cond, jnp.asarray(latents, jnp.float32),
-                                                  plan, dit_config=cfg.dit, record_layers=tuple(record_layers))
+    inverted, kv = inversion_lib.invert_in_chunks(model.params.dit, guided_cond, jnp.asarray(latents, jnp.float32),
+                                                  settings.plan(), dit_config=cfg.dit,
+                                                  record_layers=tuple(record_layers))
   return common.to_host(inverted), kv
+
+
+def window_geometry(model: LoadedModel, n_samples: int, windows: WindowSettings | None) -> WindowSettings | None:
+  """The windows a recording of n_samples is covered by (None: it fits one window)."""
+  windows = windows or WindowSettings()
+  windows.validate(model.config)
+  return windows if windows.needs_windows(model.config, model.config.frames_for_samples(n_samples)) else None
+
+
+def check_inversion(model: LoadedModel, n_samples: int, settings: InversionSettings, windows: WindowSettings | None,
+                    record_layers: tuple[int, ...] = ()) -> WindowSettings | None:
+  """Raises SettingsError, before any work, for an inversion that cannot run; returns the windows
+  of a recording longer than one window (None for one that fits)."""
+  cfg = model.config
+  geometry = window_geometry(model, n_samples, windows)
+  if geometry is None:
+    settings.validate(cfg, cfg.frames_for_samples(n_samples))
+    return None
+  long_recording.check_recording(cfg, n_samples, geometry)
+  settings.validate(cfg)
+  if settings.seconds_total is not None:
+    raise SettingsError("{field} does not apply to a recording longer than one window (each window is "
+                        "conditioned on its start and the recording's length); leave it out", field="seconds_total")
+  if record_layers:
+    raise SettingsError("K/V cannot be recorded while inverting a recording longer than one window; edit it "
+                        "without {field}", field="kv_from_inversion")
+  return geometry
 
 
 def invert_audio(model: LoadedModel, audio: np.ndarray, settings: InversionSettings, *,
@@ -100,29 +93,29 @@ def invert_audio(model: LoadedModel, audio: np.ndarray, settings: InversionSetti
   """A recording (channels, samples) at the model's rate -> its inverted latent. A recording longer
   than one window (`windows`, default: the model's window) is inverted over overlapping windows
   (pipeline.long_recording)."""
-  cfg = model.config
   n_samples = int(np.shape(audio)[-1])
-  frames = -(-n_samples // cfg.vae.hop_length)
-  windows = windows or WindowSettings()
-  windows.validate(cfg)
-  if windows.needs_windows(cfg, frames):
-    long_recording.check_recording(cfg, n_samples, windows)
-    settings.validate(cfg)
-    if settings.seconds_total is not None:
-      raise SettingsError("{field} does not apply to a recording longer than one window (each window is "
-                          "conditioned on its start and the recording's length); leave it out", field="seconds_total")
-    if record_layers:
-      raise SettingsError("K/V cannot be recorded while inverting a recording longer than one window; edit it "
-                          "without {field}", field="kv_from_inversion")
-    encoded = encode_audio(model, audio, sample=settings.sample_latent, seed=settings.seed)
-    inverted = long_recording.invert_latents(model, encoded, settings, windows, n_samples, on_step=on_step)
-    return Inversion(inverted=inverted, encoded=np.asarray(encoded), n_samples=n_samples, settings=settings,
-                     windows=windows)
-  settings.validate(cfg, frames)
+  geometry = check_inversion(model, n_samples, settings, windows, tuple(record_layers))
   encoded = encode_audio(model, audio, sample=settings.sample_latent, seed=settings.seed)
+  if geometry is not None:
+    inverted = long_recording.invert_latents(model, encoded, settings, geometry, n_samples, on_step=on_step)
+    return Inversion(inverted=inverted, encoded=np.asarray(encoded), n_samples=n_samples, settings=settings,
+                     windows=geometry)
   inverted, kv = invert_latents(model, encoded, settings, record_layers=record_layers, on_step=on_step)
-  return Inversion(inverted=inverted, encoded=np.asarray(encoded), n_samples=int(np.shape(audio)[-1]),
-                   settings=settings, kv=kv)
+  return Inversion(inverted=inverted, encoded=np.asarray(encoded), n_samples=n_samples, settings=settings, kv=kv)
+
+
+def check_edit(model: LoadedModel, settings: EditSettings, n_samples: int, windows: WindowSettings | None, *,
+               kv_from_inversion: bool = False) -> None:
+  """Raises SettingsError, before any work (an inversion costs as much as an edit), for an edit of
+  a recording of n_samples over `windows` (its inversion's geometry, None: one window) that
+  cannot run."""
+  settings.validate(model.config)
+  if windows is None:
+    return
+  if kv_from_inversion:
+    raise SettingsError("a recording longer than one window is edited by regenerating its source: leave out {field} "
+                        "(the K/V of every window and step would not fit)", field="kv_from_inversion")
+  long_recording.check_edit(model, settings, windows, n_samples)
 
 
 def edit_recording(model: LoadedModel, inversion: Inversion, settings: EditSettings, *,
@@ -136,53 +129,67 @@ def edit_recording(model: LoadedModel, inversion: Inversion, settings: EditSetti
   kv_from_inversion: take the source K/V recorded during inversion (Inversion.kv, same steps and
   vital layers) instead of re-running the source branch: the source is not regenerated, so the
   result covers the prompts after the first only."""
-  cfg = model.config
-  gen = settings.generation
-  schedule = settings.validate(cfg)
-  n = len(gen.prompts)
+  n = len(settings.generation.prompts)
+  geometry = inversion.windows.running_as(windows) if inversion.windows is not None else None
+  check_edit(model, settings, inversion.n_samples, geometry, kv_from_inversion=kv_from_inversion)
   x_init = np.repeat(inversion.inverted, n, axis=0)
-  if inversion.windows is not None:
-    if kv_from_inversion:
-      raise SettingsError("a recording longer than one window is edited by regenerating its source (the K/V of "
-                          "every window and step would not fit); leave out {field}", field="kv_from_inversion")
-    latents, roles = long_recording.edit_latents(model, settings, schedule, x_init,
-                                                 recording_guidance(n, gen.guidance_scale),
-                                                 inversion.windows.running_as(windows), inversion.n_samples,
-                                                 on_step=on_step)
-    prompts = list(gen.prompts)
-  elif not kv_from_inversion:
-    latents, roles = edit_latents(model, settings, schedule, x_init, recording_guidance(n, gen.guidance_scale),
-                                  on_step=on_step)
-    prompts = list(gen.prompts)
+  if geometry is not None:
+    latents, plan = long_recording.edit_latents(model, settings, x_init, geometry, inversion.n_samples,
+                                                source_guidance=SOURCE_GUIDANCE, on_step=on_step)
   else:
-    latents, roles = _edit_from_inversion_kv(model, inversion, settings, schedule, x_init[1:], on_step)
-    prompts = list(gen.prompts[1:])
-  audio = common.decode(model, latents, 0, inversion.n_samples, decode_chunk_frames)
-  seconds_total = (gen.resolved_end(cfg) if inversion.windows is None
-                   else long_recording.seconds_total(cfg, inversion.n_samples))  # what the windows were given
-  return EditResult(audio=audio, latents=latents, prompts=prompts, roles=roles, sample_rate=cfg.sample_rate,
-                    settings=settings, schedule=schedule, latent_frames=int(x_init.shape[-1]),
-                    audio_end_in_s=seconds_total)
+    plan = build_plan(model, settings, x_init, source_guidance=SOURCE_GUIDANCE, check_coverage=False)
+    if kv_from_inversion:
+      plan = plan.select(range(1, n))  # the source is not regenerated: the edits read the inversion's K/V
+      with common.progress(on_step):
+        latents = run_from_cache(model, plan, _inversion_cache(inversion, settings))
+    else:
+      latents = sample_edit(model, plan, settings.injection_mode, on_step=on_step)
+  return edit_result(model, plan, settings, latents, recording=inversion, kv_from_inversion=kv_from_inversion,
+                     decode_chunk_frames=decode_chunk_frames)
 
 
-def _edit_from_inversion_kv(model, inversion: Inversion, settings: EditSettings, schedule, x_init,
-                            on_step) -> tuple[np.ndarray, list[str]]:
-  gen = settings.generation
+def _inversion_cache(inversion: Inversion, settings: EditSettings) -> KVCache:
   kv = inversion.kv
+  steps = settings.generation.num_inference_steps
   if kv is None or tuple(kv.layers) != tuple(settings.vital_layers):
     raise SettingsError("the inversion recorded no K/V for these {field}; invert with the same vital layers "
                         "(record_layers) to edit from the inversion's K/V", field="vital_layers")
-  if kv.k.shape[0] != gen.num_inference_steps:
-    raise SettingsError(f"the inversion ran {kv.k.shape[0]} steps but the edit asks for {gen.num_inference_steps}; "
-                        "use the same {field}", field="num_inference_steps")
-  n = len(gen.prompts)
-  edits = tuple(range(n - 1)) if settings.edit_all else (0,)
-  cond = guided_conditioning(model, gen.prompts[1:], negative_prompt=gen.negative_prompt,
-                             seconds_start=gen.audio_start_in_s, seconds_total=gen.resolved_end(model.config),
-                             guidance=np.full((n - 1,), gen.guidance_scale, np.float32), use_cfg=gen.uses_cfg)
-  latents = edit_from_cache(model, settings, schedule, cache_from_inversion(kv), cond, x_init, edits,
-                            use_cfg=gen.uses_cfg, on_step=on_step)
-  return latents, ["edit" if p in edits else "plain" for p in range(n - 1)]
+  if kv.k.shape[0] != steps:
+    raise SettingsError(f"the inversion ran {kv.k.shape[0]} steps but the edit asks for {steps}; use the same "
+                        "{field}", field="num_inference_steps")
+  return kv_lib.cache_from_inversion(kv)
+
+
+def edit_audio(model: LoadedModel, audio: np.ndarray, settings: EditSettings, inversion_settings: InversionSettings, *,
+               windows: WindowSettings | None = None, kv_from_inversion: bool = False,
+               progress: PhaseProgress | None = None,
+               log: Callable[[str], None] = lambda message: None) -> tuple[EditResult, Inversion]:
+  """A recording (channels, samples) at the model's rate, inverted and edited: every check first
+  (windows or not, the edit, the memory), then the inversion, then the edit. progress(phase,
+  steps) gives the listener of each phase; log tells what is about to happen."""
+  cfg = model.config
+  n_samples = int(np.shape(audio)[-1])
+  record_layers = tuple(settings.vital_layers) if kv_from_inversion else ()
+  check_edit(model, settings, n_samples, window_geometry(model, n_samples, windows),
+             kv_from_inversion=kv_from_inversion)
+  geometry = check_inversion(model, n_samples, inversion_settings, windows, record_layers)
+  if geometry is not None:
+    layout = geometry.layout(cfg, cfg.frames_for_samples(n_samples))
+    log(f"{n_samples / cfg.sample_rate:.2f} s is longer than one window: {layout.n_windows} windows of "
+        f"{cfg.seconds_of_frames(layout.width):.2f} s, one diffusion process over the whole latent")
+  log(f"inverting {n_samples / cfg.sample_rate:.2f} s ({inversion_settings.variant} inversion, "
+      f"{inversion_settings.num_inference_steps} steps)")
+  with _phase(progress, "inverting", inversion_settings.num_inference_steps) as listener:
+    inversion = invert_audio(model, audio, inversion_settings, record_layers=record_layers, windows=windows,
+                             on_step=listener)
+  with _phase(progress, "editing", settings.generation.num_inference_steps) as listener:
+    result = edit_recording(model, inversion, settings, kv_from_inversion=kv_from_inversion, windows=windows,
+                            on_step=listener)
+  return result, inversion
+
+
+def _phase(progress: PhaseProgress | None, name: str, steps: int) -> AbstractContextManager:
+  return progress(name, steps) if progress is not None else nullcontext()
 
 
 # ----------------------------------------------------------------------------- saved inversions
@@ -226,11 +233,11 @@ def load_inversion(path: str | Path, config: ModelConfig, *, n_samples: int | No
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, AttributeError, SettingsError) as e:
       raise SettingsError(f"{{field}}: its sidecar {sidecar} is damaged or from another model ({e}); invert the "
                           "recording again", field="inverted_latent") from None
-    if -(-stored_samples // hop) != frames:
+    if config.frames_for_samples(stored_samples) != frames:
       raise SettingsError(f"{{field}}: its sidecar says {stored_samples} samples, which is not {frames} latent "
                           "frames; the files do not belong together, invert again", field="inverted_latent")
   if n_samples is not None:
-    needed = -(-n_samples // hop)
+    needed = config.frames_for_samples(n_samples)
     if needed != frames:
       raise SettingsError(f"{{field}} has {frames} frames but the recording (this segment) needs {needed}; invert "
                           "this recording / segment again", field="inverted_latent")

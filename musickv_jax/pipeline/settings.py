@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from musickv_jax.config import ModelConfig
-from musickv_jax.editing import injection
-from musickv_jax.editing import schedules as kv_schedules
 from musickv_jax.errors import SettingsError
-from musickv_jax.sampling import inversion, schedules, solvers
+from musickv_jax.pipeline import kv_schedules
+from musickv_jax.sampling import inversion, kv, schedules, solvers
+from musickv_jax.sampling import windows as windows_lib
 
 LATENT_LENGTHS = ("full", "fit")
 NOISE_CONVENTIONS = ("diffusers", "stable-audio-tools")
@@ -81,11 +81,6 @@ class GenerationSettings:
 
   def resolved_end(self, config: ModelConfig) -> float:
     return config.max_audio_seconds if self.audio_end_in_s is None else float(self.audio_end_in_s)
-
-  @property
-  def uses_cfg(self) -> bool:
-    """Whether the unconditional branch runs: guidance exactly 1 without a negative prompt skips it."""
-    return self.guidance_scale != 1.0 or self.negative_prompt is not None
 
   def validate(self, config: ModelConfig) -> None:
     """Raises SettingsError for a request the model cannot serve, before any work is done."""
@@ -173,8 +168,8 @@ class EditSettings:
       raise SettingsError("{field} is empty; give at least one layer to inject into", field="vital_layers")
     _check_layers(self.vital_layers, config.dit.depth, "vital_layers")
     _check_layers(self.skip_layers, config.dit.depth, "skip_layers")
-    if self.injection_mode not in injection.MODES:
-      raise SettingsError(f"{{field}} must be one of {injection.MODES}, got {self.injection_mode!r}",
+    if self.injection_mode not in kv.MODES:
+      raise SettingsError(f"{{field}} must be one of {kv.MODES}, got {self.injection_mode!r}",
                           field="injection_mode")
     return kv_schedules.validate(self.resolved_schedule(), gen.num_inference_steps, len(self.vital_layers),
                                  self.n_edits, allow_unbounded=self.allow_unbounded_schedule)
@@ -234,3 +229,90 @@ class InversionSettings:
 
   def to_json_dict(self) -> dict:
     return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- windows of a long recording
+
+
+# A few bars at common tempos (2 bars of 4/4 at 120 bpm), 8 % of the 47.55 s window: long enough
+# for the raised-cosine crossfade to hide the seam between windows' predictions, short enough that
+# the overlap costs little (a 4-minute song takes 6 windows instead of 5.05).
+DEFAULT_OVERLAP_S = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSettings:
+  """How a recording longer than one window is covered: windows of `window_s` seconds (None: the
+  model's maximum) overlapping by at least `overlap_s` (None: DEFAULT_OVERLAP_S or a quarter of
+  the window, whichever is shorter); `windows_per_batch` windows evaluated as
+  rows of one batch (None: as many as `memory_budget_gib` allows; None budget: the device's memory)."""
+
+  window_s: float | None = None
+  overlap_s: float | None = None  # None: DEFAULT_OVERLAP_S, at most a quarter of the window
+  windows_per_batch: int | None = None
+  memory_budget_gib: float | None = None
+
+  def frames(self, config: ModelConfig) -> tuple[int, int]:
+    """(window, overlap) in latent frames."""
+    rate = config.sample_rate / config.vae.hop_length
+    window = config.dit.sample_size if self.window_s is None else int(math.floor(self.window_s * rate + 1e-6))
+    if self.overlap_s is None:
+      return window, min(int(math.ceil(DEFAULT_OVERLAP_S * rate - 1e-6)), window // 4)
+    return window, int(math.ceil(self.overlap_s * rate - 1e-6))
+
+  def validate(self, config: ModelConfig) -> None:
+    maximum = config.max_audio_seconds
+    if self.window_s is not None and (not _is_real(self.window_s) or not 0 < self.window_s <= maximum + 1e-6):
+      raise SettingsError(f"{{field}} {_seconds(self.window_s)} s does not fit the model: give more than 0 and at most "
+                          f"{maximum:.2f} s (the default)", field="window_s")
+    if self.overlap_s is not None and (not _is_real(self.overlap_s) or self.overlap_s < 0):
+      raise SettingsError(f"{{field}} must be 0 or more seconds, got {_seconds(self.overlap_s)}", field="overlap_s")
+    window, overlap = self.frames(config)
+    if window < 1:
+      raise SettingsError(f"{{field}} {self.window_s:g} s is shorter than one latent frame; give a longer window",
+                          field="window_s")
+    if overlap >= window:
+      raise SettingsError(f"{{field}} ({self.overlap_s:g} s) must be shorter than the window "
+                          f"({window * config.vae.hop_length / config.sample_rate:.2f} s, {{window_s}})",
+                          field="overlap_s", mentions=("window_s",))
+    if self.windows_per_batch is not None and (isinstance(self.windows_per_batch, bool)
+                                               or not isinstance(self.windows_per_batch, (int, np.integer))
+                                               or self.windows_per_batch < 1):
+      raise SettingsError(f"{{field}} must be a whole number of at least 1, got {self.windows_per_batch!r}",
+                          field="windows_per_batch")
+    if self.memory_budget_gib is not None and (not _is_real(self.memory_budget_gib) or self.memory_budget_gib <= 0):
+      raise SettingsError(f"{{field}} must be a positive number of GiB, got {_seconds(self.memory_budget_gib)}",
+                          field="memory_budget_gib")
+
+  def layout(self, config: ModelConfig, frames: int) -> windows_lib.WindowLayout:
+    window, overlap = self.frames(config)
+    return windows_lib.layout(frames, window, overlap)
+
+  def needs_windows(self, config: ModelConfig, frames: int) -> bool:
+    """Whether a latent of `frames` frames is longer than one window."""
+    return frames > self.frames(config)[0]
+
+  def to_json_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def geometry(self) -> "WindowSettings":
+    """Where the windows fall (window, overlap) without how they run (batching, memory): what an
+    inversion fixes for the edits that follow it."""
+    return WindowSettings(window_s=self.window_s, overlap_s=self.overlap_s)
+
+  def running_as(self, other: "WindowSettings | None") -> "WindowSettings":
+    """This geometry, run with `other`'s batching and memory budget."""
+    if other is None:
+      return self
+    return dataclasses.replace(self, windows_per_batch=other.windows_per_batch,
+                               memory_budget_gib=other.memory_budget_gib)
+
+
+def _seconds(value) -> str:
+  """A number as the user wrote it (9, not 9.0), anything else as its repr."""
+  return f"{value:g}" if isinstance(value, (int, float, np.integer, np.floating)) else repr(value)
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and \
+      math.isfinite(value)

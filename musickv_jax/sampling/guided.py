@@ -192,15 +192,12 @@ def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: 
     rows = (2 if use_cfg else 1) * windows.per_group * batch
     chex.assert_shape(cond.cross_tokens, (windows.groups, rows, None, dit_config.cond_input_dim))
     chex.assert_shape(cond.guidance, (windows.per_group * batch,))
-  per_step = _per_step(kv)
   fixed = None if kv is None else dataclasses.replace(kv, inject_weight=None, injected=None)
-  state, recorded = solvers.init_state(x_init), []
-  for steps in sampler_lib.chunks(plan.steps):
-    state, aux = sample_chunk(dit_params, cond, state, sampler_lib.take_steps(plan, steps), key, fixed,
-                              sampler_lib.take_steps(per_step, steps), sample_ids,
-                              jnp.arange(steps.start, steps.stop), windows, dit_config=dit_config, solver=solver,
-                              use_cfg=use_cfg, record_layers=record_layers, mesh=mesh)
-    recorded.append(aux)
-    sampler_lib.report_progress(steps.stop, plan.steps)
-  aux = None if not record_layers else jax.tree.map(lambda *parts: jnp.concatenate(parts), *recorded)
+
+  def run_chunk(state, chunk, step_index):
+    chunk_plan, per_step = chunk
+    return sample_chunk(dit_params, cond, state, chunk_plan, key, fixed, per_step, sample_ids, step_index, windows,
+                        dit_config=dit_config, solver=solver, use_cfg=use_cfg, record_layers=record_layers, mesh=mesh)
+
+  state, aux = sampler_lib.run_in_chunks(run_chunk, solvers.init_state(x_init), (plan, _per_step(kv)), plan.steps)
   return state.x, aux

@@ -118,11 +118,10 @@ def invert_in_chunks(dit_params, cond: guided.GuidedConditioning, x0: Array, pla
   groups spread over `mesh`)."""
   if windows is not None and record_layers:
     raise ValueError("recording K/V is not supported over windows")
-  state, recorded = solvers.init_state(x0), []
-  for steps in sampler_lib.chunks(plan.steps):
-    state, aux = invert_chunk(dit_params, cond, state, sampler_lib.take_steps(plan, steps), windows,
-                              dit_config=dit_config, record_layers=record_layers, mesh=mesh)
-    recorded.append(aux)
-    sampler_lib.report_progress(steps.stop, plan.steps)
-  aux = None if not record_layers else jax.tree.map(lambda *parts: jnp.concatenate(parts), *recorded)
+
+  def run_chunk(state, chunk_plan, step_index):
+    return invert_chunk(dit_params, cond, state, chunk_plan, windows, dit_config=dit_config,
+                        record_layers=record_layers, mesh=mesh)
+
+  state, aux = sampler_lib.run_in_chunks(run_chunk, solvers.init_state(x0), plan, plan.steps)
   return state.x, aux

@@ -89,41 +89,47 @@ def sde_noise(key: Array, step: Array, sample_ids: Array, shape: tuple[int, ...]
 
 def run_steps(denoise: Denoiser, state: solvers.SolverState, plan: StepPlan, step_inputs: Any, step_index: Array,
               *, solver: str = "dpmpp-2m", key: Array | None = None, sample_ids: Array | None = None,
-              remat: bool = False) -> tuple[solvers.SolverState, Any]:
+              step_noise: Array | None = None, remat: bool = False) -> tuple[solvers.SolverState, Any]:
   """Runs the steps of `plan` (a whole plan or a chunk of one) from `state`.
 
   step_inputs: pytree of arrays with a leading axis of the plan's steps, handed to `denoise`.
   step_index (steps,): each step's index in the whole loop (the SDE noise of a step depends on it).
   key: PRNG key for the SDE sampler, or (B,) keys, one per row; sample_ids (B,) name each row's noise
     stream (default 0..B-1).
+  step_noise (steps, B, ...): the noise each step of a stochastic sampler adds, given instead of
+    drawn from the key (to reproduce another implementation's noise path; gradients still flow).
   remat: recompute each step in the backward pass (memory for gradients w.r.t. schedules).
   Returns (state after the steps, aux stacked over steps).
   """
   solvers.check_solver(solver)
   sde = solver == "dpmpp-2m-sde"
-  if sde and key is None:
-    raise ValueError("the dpmpp-2m-sde sampler needs a PRNG key")
+  if sde and key is None and step_noise is None:
+    raise ValueError("the dpmpp-2m-sde sampler needs a PRNG key or the step noise")
   if sample_ids is None:
     sample_ids = jnp.arange(state.x.shape[0])
 
   def step(state: solvers.SolverState, xs):
-    p, extra, index = xs
+    p, extra, index, given_noise = xs
     denoised, aux = denoise(state.x, p.sigma, p.timestep, extra)
-    noise = sde_noise(key, index, sample_ids, state.x.shape[1:], state.x.dtype) if sde else None
+    noise = None
+    if sde:
+      noise = given_noise if given_noise is not None else sde_noise(key, index, sample_ids, state.x.shape[1:],
+                                                                     state.x.dtype)
     state = solvers.dpmpp_step(state, denoised, p.sigma, p.sigma_next, p.second_order, sde=sde, noise=noise)
     return state, aux
 
   if remat:
     step = jax.checkpoint(step)
-  return jax.lax.scan(step, state, (plan, step_inputs, step_index))
+  return jax.lax.scan(step, state, (plan, step_inputs, step_index, step_noise))
 
 
 def run(denoise: Denoiser, x_init: Array, plan: StepPlan, step_inputs: Any = None, *, solver: str = "dpmpp-2m",
-        key: Array | None = None, sample_ids: Array | None = None, remat: bool = False) -> tuple[Array, Any]:
+        key: Array | None = None, sample_ids: Array | None = None, step_noise: Array | None = None,
+        remat: bool = False) -> tuple[Array, Any]:
   """Runs the sampler from x_init (already at noise level plan.sigma[0]) to the end of the plan, as
   one scan (see run_steps for the arguments). Returns (x_0, aux stacked over steps)."""
   final, aux = run_steps(denoise, solvers.init_state(x_init), plan, step_inputs, jnp.arange(plan.steps),
-                         solver=solver, key=key, sample_ids=sample_ids, remat=remat)
+                         solver=solver, key=key, sample_ids=sample_ids, step_noise=step_noise, remat=remat)
   return final.x, aux
 
 
@@ -145,16 +151,18 @@ def take_steps(tree, steps: slice):
   return jax.tree.map(lambda a: a[steps], tree)
 
 
-def run_with_noise(denoise: Denoiser, x_init: Array, plan: StepPlan, noises: Array) -> Array:
-  """The SDE sampler with its per-step noise given from outside, (steps, *x.shape): for tests
-  that compare against a transcription of the update, and for reproducing a noise path."""
-  def step(state, xs):
-    p, noise = xs
-    denoised, _ = denoise(state.x, p.sigma, p.timestep, None)
-    return solvers.dpmpp_step(state, denoised, p.sigma, p.sigma_next, p.second_order, sde=True, noise=noise), None
-
-  final, _ = jax.lax.scan(step, solvers.init_state(x_init), (plan, noises))
-  return final.x
+def run_in_chunks(run_chunk: Callable[[Any, Any, Array], tuple[Any, Any]], state, per_step, steps: int):
+  """The chunked step loop every driver shares: run_chunk(state, per-step inputs of a chunk, the
+  chunk's step indices) -> (state, aux) for equal chunks of the steps, progress reported to the
+  on_step listeners after each. Returns (final state, aux concatenated over steps, or None)."""
+  recorded = []
+  for chunk in chunks(steps):
+    state, aux = run_chunk(state, take_steps(per_step, chunk), jnp.arange(chunk.start, chunk.stop))
+    recorded.append(aux)
+    report_progress(chunk.stop, steps)
+  if all(aux is None for aux in recorded):
+    return state, None
+  return state, jax.tree.map(lambda *parts: jnp.concatenate(parts), *recorded)
 
 
 def v_denoiser(v_fn: Callable[[Array, Array, Any], tuple[Array, Any]]) -> Denoiser:

@@ -18,7 +18,6 @@ import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,9 +26,8 @@ from musickv_jax.errors import SettingsError
 from musickv_jax.metrics import Analysis, compare_jit, structure_similarity
 from musickv_jax.metrics.music import STRUCTURE_METRICS
 from musickv_jax.pipeline import common
-from musickv_jax.pipeline.conditioning import guided_conditioning
+from musickv_jax.pipeline.plan import EditPlan, build_plan, run_plan
 from musickv_jax.pipeline.settings import GenerationSettings
-from musickv_jax.sampling import guided
 
 SCORE = "score"
 
@@ -91,35 +89,24 @@ class LayerResult:
   metrics: dict[str, float]
 
 
-def bypass_rows(layers: tuple[int, ...], depth: int, use_cfg: bool) -> jax.Array:
-  """(depth, rows) bypass mask: row 0 is the full model, row 1 + i bypasses layers[i]; with CFG the
-  rows repeat as [uncond; cond]."""
-  mask = np.zeros((depth, 1 + len(layers)), bool)
-  for i, layer in enumerate(layers):
-    mask[layer, 1 + i] = True
-  return jnp.asarray(np.concatenate([mask, mask], axis=1) if use_cfg else mask)
+def variant_plan(model: LoadedModel, settings: ProbeSettings, prompt_index: int, seed: int,
+                 layers: tuple[int, ...]) -> EditPlan:
+  """The plan of one sampling run: row 0 the full model, row 1 + i with layers[i] bypassed; every
+  row the same prompt, conditioning, initial noise and noise stream (conditioned once, repeated)."""
+  one = build_plan(model, settings.generation(settings.prompts[prompt_index], seed))
+  plan = one.select([0] * (1 + len(layers)))
+  rows = tuple(dataclasses.replace(row, skip_layers=() if i == 0 else (layers[i - 1],))
+               for i, row in enumerate(plan.rows))
+  return dataclasses.replace(plan, rows=rows)
 
 
 def variant_audio(model: LoadedModel, settings: ProbeSettings, prompt_index: int, seed: int,
                   layers: tuple[int, ...]) -> np.ndarray:
   """One sampling run: mono audio (1 + len(layers), samples) of the full model (row 0) and of each
   of `layers` bypassed, for one prompt and seed."""
-  cfg = model.config
   gen = settings.generation(settings.prompts[prompt_index], seed)
-  rows = 1 + len(layers)
-  x_init = jnp.tile(common.initial_latents(gen, cfg, 1, common.latent_frames(gen, cfg)), (rows, 1, 1))
-  # one prompt, conditioned once and repeated: every row sees exactly the same conditioning
-  one = guided_conditioning(model, gen.prompts, negative_prompt=None, seconds_start=0.0,
-                            seconds_total=gen.resolved_end(cfg), guidance=np.full((1,), gen.guidance_scale, np.float32),
-                            use_cfg=gen.uses_cfg)
-  cond = guided.GuidedConditioning(cross_tokens=jnp.repeat(one.cross_tokens, rows, axis=0),
-                                   global_cond=jnp.repeat(one.global_cond, rows, axis=0),
-                                   guidance=jnp.repeat(one.guidance, rows, axis=0))
-  kv = guided.KVSteps(bypass=bypass_rows(layers, cfg.dit.depth, gen.uses_cfg))
-  latents, _ = guided.sample_in_chunks(model.params["dit"], cond, x_init, common.step_plan(gen), common.sde_key(seed),
-                                       kv, jnp.zeros((rows,), jnp.int32), dit_config=cfg.dit, solver=gen.sampler,
-                                       use_cfg=gen.uses_cfg)
-  return common.decode(model, common.to_host(latents), *common.output_span(gen, cfg)).mean(axis=1)
+  latents, _ = run_plan(model, variant_plan(model, settings, prompt_index, seed, layers))
+  return common.decode(model, latents, *common.output_span(gen, model.config)).mean(axis=1)
 
 
 def probe_layers_once(model: LoadedModel, settings: ProbeSettings, prompt_index: int, seed: int,

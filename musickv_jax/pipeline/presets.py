@@ -3,13 +3,16 @@ injection varies over time. `configs/presets/<name>.json` holds the shipped ones
 of the same form (e.g. the `preset.json` a layer probe writes) works too.
 
   {"description": "...", "vital_layers": [20, 3, 4], "skip_layers": [], "guidance_scale": 7.0,
-   "time_varying": true}
+   "time_varying": true, "audio_end_in_s": 15.0}
+
+audio_end_in_s is the length of a generated edit when none is asked for (at most the model's window).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from musickv_jax import resources
@@ -26,11 +29,12 @@ class EditPreset:
   guidance_scale: float = 7.0
   time_varying: bool = True
   description: str = ""
+  audio_end_in_s: float = 15.0  # the reference's length of a generated edit
 
   def to_json_dict(self) -> dict:
     return {"description": self.description, "vital_layers": list(self.vital_layers),
             "skip_layers": list(self.skip_layers), "guidance_scale": self.guidance_scale,
-            "time_varying": self.time_varying}
+            "time_varying": self.time_varying, "audio_end_in_s": self.audio_end_in_s}
 
 
 def available() -> list[str]:
@@ -60,7 +64,7 @@ def load(name_or_path: str | Path) -> EditPreset:
     raise SettingsError(f"{{field}} {path}: not a readable JSON file ({e})", field="preset") from None
   if not isinstance(data, dict):
     raise SettingsError(f"{{field}} {path}: expected a JSON object", field="preset")
-  known = {"description", "vital_layers", "skip_layers", "guidance_scale", "time_varying", "name"}
+  known = {"description", "vital_layers", "skip_layers", "guidance_scale", "time_varying", "name", "audio_end_in_s"}
   unknown = sorted(set(data) - known)
   if unknown:
     raise SettingsError(f"{{field}} {path}: unknown key(s) {unknown}; a preset has {sorted(known)}", field="preset")
@@ -72,7 +76,12 @@ def load(name_or_path: str | Path) -> EditPreset:
   time_varying = data.get("time_varying", True)
   if not isinstance(time_varying, bool):
     raise SettingsError(f"{{field}} {path}: 'time_varying' must be true or false", field="preset")
+  length = data.get("audio_end_in_s", 15.0)
+  if not isinstance(length, (int, float)) or isinstance(length, bool) or not math.isfinite(length) or length <= 0:
+    raise SettingsError(f"{{field}} {path}: 'audio_end_in_s' must be a positive number of seconds, found {length!r}",
+                        field="preset")
   return EditPreset(name=path.stem if not looks_like_path else str(path),
                     vital_layers=_int_tuple(data, "vital_layers", str(path)),
                     skip_layers=_int_tuple(data, "skip_layers", str(path)), guidance_scale=float(guidance),
-                    time_varying=time_varying, description=str(data.get("description", "")))
+                    time_varying=time_varying, description=str(data.get("description", "")),
+                    audio_end_in_s=float(length))

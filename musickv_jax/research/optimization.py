@@ -34,15 +34,13 @@ import optax
 from musickv_jax import files
 from musickv_jax.checkpoint import LoadedModel, orbax_checkpointer
 from musickv_jax.config import DiTConfig, OobleckConfig, to_jnp_dtype
-from musickv_jax.editing import injection
 from musickv_jax.errors import CheckpointError, SettingsError
 from musickv_jax.metrics import Analysis, compare, structure_similarity
 from musickv_jax.models.layers import wide
 from musickv_jax.models.oobleck import OobleckVAE
-from musickv_jax.pipeline import common
-from musickv_jax.pipeline.conditioning import guided_conditioning
-from musickv_jax.pipeline.settings import EditSettings
-from musickv_jax.sampling import guided, sampler
+from musickv_jax.models.sao import ModelParams
+from musickv_jax.pipeline.plan import EditPlan, block_of
+from musickv_jax.sampling import guided
 
 Array = jax.Array
 RAMP_CLIP = 0.02
@@ -94,67 +92,51 @@ class ObjectiveWeights:
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-  """What the objective holds fixed: the conditioning and x_T of source and edits, the plain
-  edits' audio, and the static shapes. Model parameters are passed separately (arguments of the
-  jitted step, not constants baked into it)."""
+  """What the objective holds fixed: the edit's plan (every prompt after the first an edit), the
+  plain edits' audio, and the static shapes. Model parameters are passed separately (arguments of
+  the jitted step, not constants baked into it)."""
 
+  plan: EditPlan
   dit_config: DiTConfig
   vae_config: OobleckConfig
-  vital_layers: tuple[int, ...]
-  skip_layers: tuple[int, ...]
-  solver: str
-  use_cfg: bool
-  n_prompts: int
   span: tuple[int, int]  # samples of the decoded audio the metrics look at
   analysis: Analysis
-  cond: guided.GuidedConditioning = dataclasses.field(compare=False)
-  x_init: Array = dataclasses.field(compare=False)  # (n, C, T)
-  plan: sampler.StepPlan = dataclasses.field(compare=False)
-  key: Array = dataclasses.field(compare=False)
   plain: Array = dataclasses.field(compare=False)  # (n - 1, samples) mono, each edit prompt without injection
   source_to_plain: Array = dataclasses.field(compare=False)  # (n - 1,) logmel distance of source and plain
 
-  def latents(self, model_params: dict, schedule: Array, *, remat: bool) -> Array:
-    layout = injection.EditLayout.reference(self.n_prompts, edit_all=True, use_cfg=self.use_cfg)
-    kv = injection.joint_steps(schedule, self.vital_layers, self.dit_config, layout, self.skip_layers)
-    latents, _ = guided.sample(model_params["dit"], self.cond, self.x_init, self.plan, self.key, kv,
-                               dit_config=self.dit_config, solver=self.solver, use_cfg=self.use_cfg, remat=remat)
+  def latents(self, model_params: ModelParams, schedule: Array, *, remat: bool) -> Array:
+    plan = self.plan
+    block = block_of([plan], weights=[plan.weights(schedule)])
+    latents, _ = guided.sample(model_params.dit, block.cond, block.x_init, plan.steps,
+                               jax.random.wrap_key_data(block.keys), block.kv, block.sample_ids,
+                               dit_config=self.dit_config, solver=plan.solver, use_cfg=plan.use_cfg, remat=remat)
     return latents
 
-  def audio(self, model_params: dict, latents: Array) -> Array:
+  def audio(self, model_params: ModelParams, latents: Array) -> Array:
     """Latents (n, C, T) -> mono audio (n, samples) over the span: a one-pass, differentiable decode."""
     vae = OobleckVAE(self.vae_config)
-    audio = vae.apply({"params": model_params["vae"]}, latents, method=vae.decode)
+    audio = vae.apply({"params": model_params.vae}, latents, method=vae.decode)
     return jnp.mean(audio[..., self.span[0]:self.span[1]], axis=1)
 
 
-def make_problem(model: LoadedModel, settings: EditSettings, x_init, guidance: np.ndarray,
-                 span: tuple[int, int]) -> Problem:
-  """Conditions the prompts and generates the plain edits (each edit prompt without injection, from
-  the same x_T) once. Every prompt after the first is an edit."""
+def make_problem(model: LoadedModel, plan: EditPlan, span: tuple[int, int]) -> Problem:
+  """Generates the plain edits (each edit prompt without injection, from the same x_T) once.
+  plan: an edit whose every prompt after the first is an edit (EditSettings.edit_all)."""
+  if plan.n_edits != plan.n - 1:
+    raise SettingsError("schedule optimisation edits every prompt after the first; set {field}", field="edit_all")
   cfg = model.config
-  gen = settings.generation
-  guidance = np.asarray(guidance, np.float32)
-  use_cfg = bool(np.any(guidance != 1.0)) or gen.negative_prompt is not None
-  cond = guided_conditioning(model, gen.prompts, negative_prompt=gen.negative_prompt,
-                             seconds_start=gen.audio_start_in_s, seconds_total=gen.resolved_end(cfg),
-                             guidance=guidance, use_cfg=use_cfg)
   analysis = Analysis(sample_rate=cfg.sample_rate)
-  x_init = jnp.asarray(x_init, wide(to_jnp_dtype(cfg.dit.dtype)))  # float32 (float64 for a float64 model)
-  base = Problem(dit_config=cfg.dit, vae_config=cfg.vae, vital_layers=tuple(settings.vital_layers),
-                 skip_layers=tuple(settings.skip_layers), solver=gen.sampler, use_cfg=use_cfg,
-                 n_prompts=len(gen.prompts), span=span, analysis=analysis, cond=cond, x_init=x_init,
-                 plan=common.step_plan(gen), key=common.sde_key(gen.seed), plain=jnp.zeros((0,)),
-                 source_to_plain=jnp.zeros((0,)))
-  model_params = {"dit": model.params["dit"], "vae": model.params["vae"]}
-  zero = jnp.zeros((gen.num_inference_steps, len(settings.vital_layers)), jnp.float32)
-  audio = jax.jit(lambda p: base.audio(p, base.latents(p, zero, remat=False)))(model_params)
+  plan = dataclasses.replace(plan, x_init=jnp.asarray(plan.x_init, wide(to_jnp_dtype(cfg.dit.dtype))))
+  base = Problem(plan=plan, dit_config=cfg.dit, vae_config=cfg.vae, span=span, analysis=analysis,
+                 plain=jnp.zeros((0,)), source_to_plain=jnp.zeros((0,)))
+  zero = jnp.zeros((plan.steps.steps, len(plan.vital_layers)), jnp.float32)
+  audio = jax.jit(lambda p: base.audio(p, base.latents(p, zero, remat=False)))(model.params)
   source, plain = audio[:1], audio[1:]
   distance = compare(jnp.broadcast_to(source, plain.shape), plain, analysis, soft=True)["logmel_distance"]
   return dataclasses.replace(base, plain=plain, source_to_plain=distance)
 
 
-def objective_terms(problem: Problem, model_params: dict, params: ScheduleParameters, logits: Array) -> dict:
+def objective_terms(problem: Problem, model_params: ModelParams, params: ScheduleParameters, logits: Array) -> dict:
   """The objective's parts for given logits (differentiable in logits)."""
   schedule = params.schedule(logits)
   audio = problem.audio(model_params, problem.latents(model_params, schedule, remat=True))

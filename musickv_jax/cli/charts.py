@@ -1,0 +1,42 @@
+"""The charts the research commands write: a learned schedule against the reference ramp, and the
+layer probe's scores per layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import numpy as np  # noqa: E402
+
+
+def schedule_chart(path: Path, schedule: np.ndarray, layers, steps: int) -> None:
+  fig, ax = plt.subplots(figsize=(7, 3.2))
+  ax.plot(np.arange(steps), np.arange(steps) / steps, "k--", label="reference ramp (i / steps)")
+  for j, layer in enumerate(layers):
+    ax.plot(np.arange(steps), schedule[:, j], label=f"layer {layer}")
+  ax.set_xlabel("step (0 = noisiest)")
+  ax.set_ylabel("injection weight")
+  ax.set_ylim(-0.02, 1.02)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100, format="png")
+  plt.close(fig)
+
+
+def probe_chart(path: Path, summary, model_name: str) -> None:
+  layers = sorted(summary.layers)
+  scores = [summary.layers[layer]["score"] for layer in layers]
+  chosen = set(summary.vital_layers())
+  fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 3.2))
+  ax.bar(layers, scores, color=["#c0392b" if layer in chosen else "#95a5a6" for layer in layers])
+  ax.set_xticks(layers)
+  ax.set_xlabel("DiT layer (self-attention bypassed)")
+  ax.set_ylabel("structure change (score)")
+  ax.set_title(f"{model_name}: vital layers {list(summary.vital_layers())} (red)", fontsize=9, loc="left")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100, format="png")
+  plt.close(fig)
