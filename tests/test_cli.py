@@ -270,7 +270,7 @@ def test_a_run_clears_temporaries_left_by_a_killed_run(tiny, tmp_path, capsys):
 
 def test_failure_after_the_first_output_is_staged(tiny, tmp_path, capsys, monkeypatch):
   """The spectrogram fails after the WAVs were staged: nothing appears, the earlier run's files stay."""
-  from musickv_jax import spectrogram
+  from musickv_jax.metrics import spectrogram
 
   out = tmp_path / "out"
   out.mkdir()

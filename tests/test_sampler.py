@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from musickv_jax import pipeline, vae_ops
+from musickv_jax import pipeline
+from musickv_jax.models import vae_ops
 from musickv_jax.pipeline import GenerationSettings
 from musickv_jax.errors import SettingsError
 from musickv_jax.pipeline import conditioning

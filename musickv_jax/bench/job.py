@@ -131,7 +131,7 @@ def decode_cost(model: LoadedModel, seconds: float) -> dict:
   """The fixed cost that decoding only the kept frames removes: decoding a `seconds` request in the
   full window the old way (all 1024 frames, then trim, as the references do) and the new way
   (the kept frames with their context), timed after a warm-up of each."""
-  from musickv_jax import vae_ops
+  from musickv_jax.models import vae_ops
   from musickv_jax.pipeline import common
 
   cfg = model.config

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from musickv_jax.cli import listening
 from musickv_jax.cli.outputs import OutputSet, write_json
-from musickv_jax import spectrogram
+from musickv_jax.metrics import spectrogram
 from musickv_jax.audio import save_wav
 
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musickv_jax import vae_ops
+from musickv_jax.models import vae_ops
 from musickv_jax.audio import pad_to_hop
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from musickv_jax import vae_ops
+from musickv_jax.models import vae_ops
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.models.dit import KVCache
 from musickv_jax.pipeline import common
