@@ -14,10 +14,15 @@ $(VENV)/.runtime: requirements.txt pyproject.toml
 	touch $@
 
 # One pip command for runtime and test requirements, so the CPU torch pin holds for everything.
-$(VENV)/.test: requirements.txt requirements-test.txt pyproject.toml
+# Then the stable-audio-tools reference without dependencies (requirements-reference.txt says why),
+# and torchaudio's native libraries (built for another torch) removed so it imports as pure Python.
+$(VENV)/.test: requirements.txt requirements-test.txt requirements-reference.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements.txt -r requirements-test.txt
+	$(PIP) install -q --no-deps --ignore-requires-python -r requirements-reference.txt
+	$(PY) -c "import importlib.util, pathlib; [p.unlink() for p in (pathlib.Path(importlib.util.find_spec('torchaudio').origin).parent / 'lib').glob('*.so')]"
+	$(PY) -c "import stable_audio_tools.models.diffusion, stable_audio_tools.models.autoencoders" >/dev/null
 	$(PIP) install -q --no-deps -e .
 	touch $(VENV)/.runtime $@
 
