@@ -1,6 +1,6 @@
 """The music metrics: agreement with librosa where it has the same quantity, best values for a
 clip against itself, melody kept across timbre but not across note order, the invariances, and
-gradients of the soft variants."""
+gradients of the soft variants. tests/test_instrument_metrics.py tries them on real instruments."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from musickv_jax.metrics import Analysis, METRICS, compare, compare_jit, filterbanks, structure_similarity
-from musickv_jax.metrics import features
+from musickv_jax.metrics import features, pitch, timbre
 from musickv_jax.metrics.music import pearson
 
 SR = 22050
@@ -72,6 +72,30 @@ def test_features_match_librosa(clips):
   assert ours.shape == ref.shape and np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
+@pytest.mark.fast
+def test_mfcc_matches_librosa(clips):
+  y = clips["melody"][:int(2.3 * SR)]
+  ours = np.asarray(features.mfcc(features.mel_power(jnp.asarray(y), ANALYSIS), ANALYSIS))
+  ref = librosa.feature.mfcc(y=y, sr=SR, n_mfcc=ANALYSIS.n_mfcc).T
+  assert ours.shape == ref.shape
+  assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()  # float32 dB of float32 mel power
+
+
+def test_harmonic_salience_finds_a_weak_fundamental():
+  """A tone whose 2nd and 3rd partials are 5x and 3x its fundamental (as on a violin or an oboe):
+  the top constant-Q bin is the octave above, or another partial; harmonic summation finds the
+  played note."""
+  weak_fundamental = (0.2, 1.0, 0.6, 0.4, 0.3, 0.2)
+  for midi in (55, 62, 69, 76):
+    tone = jnp.asarray(synth([midi], weak_fundamental, note_s=0.6))
+    loud = np.asarray(features.sounding(features.level_db(tone, ANALYSIS))) > 0
+    f0 = np.asarray(pitch.f0_hz(pitch.salience(tone, ANALYSIS), ANALYSIS))[loud]
+    cents = 1200 * np.log2(f0 / (440.0 * 2 ** ((midi - 69) / 12)))
+    assert np.all(np.abs(cents) <= pitch.AGREEMENT_CENTS), (midi, cents)
+    top_bin = np.asarray(features.constant_q(tone, ANALYSIS)).argmax(axis=1)[loud]
+    assert np.all(top_bin != midi - 36), midi  # what cqt1_pcc follows is not the note
+
+
 def test_constant_q_finds_the_played_note():
   for midi in (48, 60, 69, 84):  # C3, C4, A4, C6
     tone = synth([midi], (1.0, 0.3), note_s=0.6)
@@ -99,9 +123,10 @@ def test_melody_kept_across_timbre_scores_higher_than_reordered_notes(clips):
   in the same timbre 0.24, 0.25, 0.19."""
   same_melody = scores(clips["melody"], clips["other_timbre"])
   other_melody = scores(clips["melody"], clips["reordered"])
-  for name in ("cqt1_pcc", "chroma_cosine", "chroma_match", "form_ssm_correlation"):
+  for name in ("f0_chroma_accuracy", "cqt1_pcc", "chroma_cosine", "chroma_match", "form_ssm_correlation"):
     assert same_melody[name] > other_melody[name] + 0.3, (name, same_melody[name], other_melody[name])
   assert same_melody["logmel_distance"] > 0.5  # ... while the sound did change
+  assert same_melody["timbre_distance"] > 3 * other_melody["timbre_distance"]  # and only the sound
 
 
 def test_invariances(clips):
@@ -111,9 +136,14 @@ def test_invariances(clips):
   assert values["cqt1_pcc"] == pytest.approx(1.0, abs=1e-6)
   assert values["form_ssm_correlation"] > 0.95  # the repetition structure is the same
   assert values["chroma_match"] < 0.2 and values["chroma_cosine"] < 0.5
+  assert values["f0_chroma_accuracy"] < 0.2  # a fourth is 500 cents: no pitch agrees
   louder = scores(clips["melody"], 0.5 * clips["melody"])
-  for name in ("cqt1_pcc", "chroma_cosine", "chroma_match", "form_ssm_correlation", "onset_correlation"):
+  for name in ("f0_chroma_accuracy", "cqt1_pcc", "chroma_cosine", "chroma_match", "form_ssm_correlation",
+               "onset_correlation"):
     assert louder[name] == pytest.approx(1.0, abs=1e-4), name
+  assert louder["timbre_distance"] == pytest.approx(0.0, abs=1e-4)  # the level (MFCC 0) is left out
+  octave = scores(clips["melody"], synth([m + 12 for m in MELODY], SOFT_TIMBRE))
+  assert octave["f0_chroma_accuracy"] > 0.9  # octaves are folded
 
 
 def test_clips_of_different_lengths_are_compared_over_the_shorter(clips):
@@ -132,7 +162,30 @@ def test_soft_variants_are_differentiable_and_close(clips):
   a, b = jnp.asarray(clips["melody"]), jnp.asarray(clips["other_timbre"])
   soft = {k: float(v) for k, v in compare(a, b, ANALYSIS, soft=True).items()}
   hard = scores(clips["melody"], clips["other_timbre"])
-  for name in ("chroma_cosine", "form_ssm_correlation", "onset_correlation"):
+  for name in ("chroma_cosine", "form_ssm_correlation", "onset_correlation", "f0_chroma_accuracy",
+               "timbre_distance"):
     assert soft[name] == pytest.approx(hard[name], abs=0.05), name
   grad = jax.grad(lambda x: structure_similarity(compare(x, b, ANALYSIS, soft=True)))(a)
   assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0
+
+
+def test_pitch_agreement_conventions():
+  """Folded pitch classes agree within AGREEMENT_CENTS either way round the circle; clips that never
+  sound together agree only if neither sounds at all."""
+  kernel = pitch.agreement_kernel(120)
+  assert kernel[0, 5] == 1 and kernel[0, 6] == 0 and kernel[0, 115] == 1 and kernel[0, 114] == 0
+  salience = jnp.ones((1, 4, ANALYSIS.pitch_octaves * ANALYSIS.pitch_bins_per_octave))
+  on, off = jnp.ones((1, 4)), jnp.zeros((1, 4))
+  assert float(pitch.chroma_accuracy(salience, salience, off, off, ANALYSIS)[0]) == 1.0
+  assert float(pitch.chroma_accuracy(salience, salience, on, off, ANALYSIS)[0]) == 0.0
+  assert float(pitch.chroma_accuracy(salience, salience, on, on, ANALYSIS)[0]) == 1.0
+
+
+def test_bhattacharyya_distance():
+  """0 for equal Gaussians; grows with the gap between means relative to the spreads and with the
+  ratio of the spreads; symmetric."""
+  one, zero = jnp.ones(()), jnp.zeros(())
+  assert float(timbre.bhattacharyya(zero, one, zero, one)) == 0.0
+  assert float(timbre.bhattacharyya(zero, one, 2 * one, one)) == pytest.approx(0.5)  # 4 / (4 * 2)
+  assert float(timbre.bhattacharyya(zero, one, zero, 2 * one)) == pytest.approx(0.5 * np.log(5 / 4))
+  assert float(timbre.bhattacharyya(one, 3 * one, zero, one)) == float(timbre.bhattacharyya(zero, one, one, 3 * one))

@@ -70,7 +70,7 @@ def test_probe_command_resume_and_preset(tiny44k, tmp_path, capsys):
   assert status == 0, err
   whole = json.loads((tmp_path / "whole" / "probe.json").read_text())
   assert sorted(whole["ranking"]) == [2, 4, 6, 8] and set(whole["layers"]) == {"2", "4", "6", "8"}
-  assert set(whole["layers"]["2"]["metrics"]) == {"cqt1_pcc", "chroma_cosine", "form_ssm_correlation",
+  assert set(whole["layers"]["2"]["metrics"]) == {"f0_chroma_accuracy", "chroma_cosine", "form_ssm_correlation",
                                                   "onset_correlation"}
   assert (tmp_path / "whole" / "probe.png").read_bytes()[:4] == b"\x89PNG"
   preset = json.loads((tmp_path / "whole" / "preset.json").read_text())
@@ -229,8 +229,9 @@ def test_evaluate_command(tmp_path, capsys):
   assert itself["metrics"]["editability"] == pytest.approx(0.0, abs=1e-6)  # the source moved nowhere
   assert plain["metrics"]["editability"] == pytest.approx(1.0, abs=1e-6)  # all the way to the plain edit
   assert 0 < edit["metrics"]["editability"] < 1  # the brighter edit moved part of the way
-  assert edit["metrics"]["cqt1_pcc"] > 0.9
-  assert "cqt1_pcc ^" in out and "logmel_distance v" in out
+  assert edit["metrics"]["cqt1_pcc"] > 0.9 and edit["metrics"]["f0_chroma_accuracy"] > 0.9
+  for shown in ("f0_chroma_accuracy ^", "cqt1_pcc ^", "timbre_distance v", "logmel_distance v"):
+    assert shown in out, shown
 
 
 @pytest.mark.parametrize("args,message", [

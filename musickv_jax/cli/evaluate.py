@@ -4,10 +4,12 @@
       [--plain plain.wav] [--edit_prompts "Acoustic guitar, country, soft"] --output_path eval/
 
 Writes eval/metrics.json:
-  {"edits": [{"file": "...", "metrics": {"cqt1_pcc": 0.93, ...}}], "higher_is_better": {"cqt1_pcc": true, ...}}
-and prints a table. Melody (cqt1_pcc, chroma_match), harmony (chroma_cosine), form
-(form_ssm_correlation) and rhythm (onset_correlation) say how much of the source an edit kept;
-logmel_distance and mrstft_distance how far its sound moved. --plain: the edit prompt generated
+  {"edits": [{"file": "...", "metrics": {"f0_chroma_accuracy": 0.93, ...}}],
+   "higher_is_better": {"f0_chroma_accuracy": true, ...}}
+and prints a table. Melody (f0_chroma_accuracy; cqt1_pcc, the papers' CQT1-PCC, which misleads on
+real instruments; chroma_match), harmony (chroma_cosine), form (form_ssm_correlation) and rhythm
+(onset_correlation) say how much of the source an edit kept; timbre_distance how far its timbre
+moved, logmel_distance and mrstft_distance how far its audio moved. --plain: the edit prompt generated
 without injection; adds editability (how far the edit moved toward it; see docs/research.md).
 --scorer=package.module:Name plugs in a learned scorer such as CLAP (musickv_jax.metrics.scorers).
 """

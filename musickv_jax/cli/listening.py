@@ -15,8 +15,8 @@ import numpy as np
 import jax.numpy as jnp
 from musickv_jax.metrics import Analysis, compare_jit
 
-PAGE_METRICS = (("cqt1_pcc", "melody (CQT1-PCC)"), ("chroma_cosine", "harmony (chroma)"),
-                ("form_ssm_correlation", "form"), ("onset_correlation", "rhythm"))
+PAGE_METRICS = (("f0_chroma_accuracy", "melody (pitch)"), ("cqt1_pcc", "melody (CQT1-PCC)"),
+                ("chroma_cosine", "harmony (chroma)"), ("form_ssm_correlation", "form"), ("onset_correlation", "rhythm"))
 ANALYSIS_SEGMENT_S = 60.0  # longer clips are compared a minute at a time (see structure_kept)
 MIN_ANALYSIS_RATE = 16000  # the metrics' constant-Q analysis reaches 4 kHz; below this the page shows none
 

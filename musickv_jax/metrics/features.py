@@ -25,18 +25,27 @@ TOP_DB = 80.0
 class Analysis:
   """The analysis settings every feature uses (hashable: a static argument of jitted functions).
 
-  The mel / chroma / onset settings are librosa's defaults at this sample rate, so those features
-  agree with librosa's. The constant-Q analysis is ours: semitone bins from `cqt_fmin` (C2, 65.4 Hz)
-  over `cqt_bins` semitones (6 octaves), from an STFT long enough (`cqt_n_fft`) to separate
-  semitones at C2. Form is compared on chroma pooled over `form_pool_s` seconds."""
+  The mel / chroma / onset / MFCC settings are librosa's defaults at this sample rate, so those
+  features agree with librosa's. The constant-Q analysis is ours: semitone bins from `cqt_fmin`
+  (C2, 65.4 Hz) over `cqt_bins` semitones (6 octaves), from an STFT long enough (`cqt_n_fft`) to
+  separate semitones at C2. The pitch salience (musickv_jax.metrics.pitch) has candidate
+  fundamentals from `pitch_fmin` (C2) over `pitch_octaves` octaves (to C7, 2093 Hz),
+  `pitch_bins_per_octave` to the octave (10 cents), read from a `pitch_n_fft` STFT: it resolves
+  partials 55 Hz apart (5 bins at 44.1 kHz) while smearing note changes over half as long as
+  the constant-Q window. Form is compared on chroma pooled over `form_pool_s` seconds."""
 
   sample_rate: int = 44100
   n_fft: int = 2048
   hop_length: int = 512
   n_mels: int = 128
+  n_mfcc: int = 13
   cqt_n_fft: int = 8192
   cqt_fmin: float = 65.406
   cqt_bins: int = 72
+  pitch_n_fft: int = 4096
+  pitch_fmin: float = 65.406
+  pitch_octaves: int = 5
+  pitch_bins_per_octave: int = 120
   form_pool_s: float = 1.0
 
   def frames(self, n_samples: int) -> int:
@@ -76,6 +85,8 @@ def mel_power(signal: Array, analysis: Analysis) -> Array:
 
 
 SMOOTH_DB = 1.0  # dB: the width of the soft floors and rectifiers of the `smooth` variants
+SOUNDING_DB = 30.0  # a frame sounds if it is within this of the clip's loudest frame ...
+SILENCE_DBFS = -90.0  # ... and above this (below the dither noise of 16-bit audio, about -98 dBFS)
 
 
 def _soft_relu(x: Array, width: float) -> Array:
@@ -127,3 +138,33 @@ def constant_q(signal: Array, analysis: Analysis) -> Array:
   bank = jnp.asarray(filterbanks.semitone_filterbank(analysis.sample_rate, analysis.cqt_n_fft, analysis.cqt_fmin,
                                                      analysis.cqt_bins), signal.dtype)
   return magnitude(signal, analysis.cqt_n_fft, analysis.hop_length) @ bank.T
+
+
+def mfcc(mel: Array, analysis: Analysis, smooth: bool = False) -> Array:
+  """MFCCs (..., frames, n_mfcc) of a mel power spectrogram (mel_power's output): the orthonormal
+  DCT-II of its dB values floored 80 dB below the clip's peak, librosa.feature.mfcc's quantity.
+  Coefficient 0 is the frame's overall level; the others describe the spectral envelope's shape.
+  smooth: soft dB floors (for gradients)."""
+  basis = jnp.asarray(filterbanks.dct_matrix(analysis.n_mfcc, mel.shape[-1]), mel.dtype)
+  return power_to_db(mel, smooth=smooth) @ basis.T
+
+
+def level_db(signal: Array, analysis: Analysis) -> Array:
+  """Loudness of each frame (..., frames) in dB re full scale: the Hann-weighted mean square of the
+  n_fft-sample frame (a full-scale sine is -3 dB), floored at -100 dB."""
+  window = jnp.asarray(filterbanks.hann(analysis.n_fft), signal.dtype)
+  weighted = frame(signal, analysis.n_fft, analysis.hop_length) * window
+  mean_square = jnp.sum(weighted * weighted, axis=-1) / jnp.sum(window * window)
+  return 10.0 * jnp.log10(mean_square + AMIN)
+
+
+def sounding(level: Array, smooth: bool = False) -> Array:
+  """Which frames sound (..., frames) -> weights in [0, 1]: 1 within SOUNDING_DB of the clip's
+  loudest frame and above SILENCE_DBFS, else 0. Left out are silence, rests and the deep tails of
+  decays, where pitch and spectrum belong to the reverb and the noise more than to the
+  instrument. smooth: sigmoids SMOOTH_DB wide instead of steps (for gradients)."""
+  above_floor = level - (jnp.max(level, axis=-1, keepdims=True) - SOUNDING_DB)
+  above_silence = level - SILENCE_DBFS
+  if smooth:
+    return jax.nn.sigmoid(above_floor / SMOOTH_DB) * jax.nn.sigmoid(above_silence / SMOOTH_DB)
+  return ((above_floor >= 0) & (above_silence >= 0)).astype(level.dtype)

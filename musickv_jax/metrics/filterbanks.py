@@ -7,6 +7,10 @@
                                                   construction, base C, A440 tuning)
   semitone_filterbank  (n_bins, 1 + n_fft // 2)   a constant-Q spectrum from an STFT: one triangular
                                                   filter per semitone on a log-frequency axis
+  harmonic_filterbank  (n_bins, 1 + n_fft // 2)   harmonic-summation pitch salience: each row reads
+                                                  the first partials of one candidate fundamental
+  dct_matrix           (n_out, n_in)              the orthonormal DCT-II (mel spectrum to MFCC, what
+                                                  scipy.fft.dct(type=2, norm="ortho") computes)
 """
 
 from __future__ import annotations
@@ -94,3 +98,36 @@ def semitone_filterbank(sample_rate: float, n_fft: int, fmin: float, n_bins: int
   for k in np.flatnonzero(weights.sum(axis=1) == 0):
     weights[k, np.argmin(np.abs(freqs - center_hz[k]))] = 1.0
   return weights / weights.sum(axis=1, keepdims=True)
+
+
+@functools.lru_cache(maxsize=16)
+def harmonic_filterbank(sample_rate: float, n_fft: int, fmin: float, n_bins: int, bins_per_octave: int,
+                        n_harmonics: int, decay: float) -> np.ndarray:
+  """Row k sums the magnitude spectrum at the partials h * f0_k (h = 1 .. n_harmonics) of the
+  candidate fundamental f0_k = fmin * 2^(k / bins_per_octave), partial h weighted decay^(h - 1).
+  Each partial is read through a triangle of unit height centred on it that reaches zero at the
+  same partial of the neighbouring candidates (so they overlap by half and no partial falls
+  between candidates), or one FFT bin away where that is wider (then it is linear interpolation
+  between the two nearest bins). Partials at or above the Nyquist frequency are left out."""
+  freqs = fft_frequencies(sample_rate, n_fft)
+  f0 = fmin * 2.0 ** (np.arange(n_bins) / bins_per_octave)
+  if f0[-1] >= sample_rate / 2:
+    raise ValueError(f"the top pitch candidate ({f0[-1]:.0f} Hz) is above the Nyquist frequency "
+                     f"({sample_rate / 2:.0f} Hz); use fewer octaves or a higher sample rate")
+  step = 2.0 ** (1.0 / bins_per_octave) - 1.0  # the candidates' relative spacing
+  weights = np.zeros((n_bins, freqs.size))
+  for h in range(1, n_harmonics + 1):
+    centre = h * f0
+    half_width = np.maximum(sample_rate / n_fft, centre * step)
+    bump = np.maximum(0.0, 1.0 - np.abs(freqs[None, :] - centre[:, None]) / half_width[:, None])
+    weights += decay ** (h - 1) * np.where((centre < sample_rate / 2)[:, None], bump, 0.0)
+  return weights
+
+
+@functools.lru_cache(maxsize=16)
+def dct_matrix(n_out: int, n_in: int) -> np.ndarray:
+  """The first n_out rows of the orthonormal DCT-II of length n_in: y = x @ dct_matrix(...).T."""
+  k, n = np.arange(n_out)[:, None], np.arange(n_in)[None, :]
+  basis = np.sqrt(2.0 / n_in) * np.cos(np.pi * k * (2 * n + 1) / (2 * n_in))
+  basis[0] /= np.sqrt(2.0)
+  return basis

@@ -4,7 +4,7 @@ For every prompt and seed, the model generates the piece in full and with one la
 self-attention bypassed (its residual only), each bypassed layer a row of the same batch (the
 bypass mask is data: one compiled program serves every layer). Each variant is compared with the
 full model's piece by the structure metrics (musickv_jax.metrics.music):
-  melody  = mean(cqt1_pcc, chroma_cosine),  form = form_ssm_correlation,  rhythm = onset_correlation
+  melody  = mean(f0_chroma_accuracy, chroma_cosine),  form = form_ssm_correlation,  rhythm = onset_correlation
   score   = 1 - (melody + form + rhythm) / 3
 averaged over prompts and seeds. A layer whose bypass leaves the piece unchanged scores 0; the
 more structure changes without it, the higher its score. The highest-scoring layers are the
