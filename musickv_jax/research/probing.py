@@ -76,7 +76,9 @@ class ProbeSettings:
         self.generation(prompt, seed).validate(config)
 
   def to_json_dict(self) -> dict:
-    return dataclasses.asdict(self) | {"prompts": list(self.prompts), "seeds": list(self.seeds)}
+    # the metrics are part of what decides the results: a probe saved with others does not resume
+    return dataclasses.asdict(self) | {"prompts": list(self.prompts), "seeds": list(self.seeds),
+                                       "metrics": list(STRUCTURE_METRICS)}
 
 
 @dataclasses.dataclass(frozen=True)
