@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from scipy.signal import firwin, resample_poly
 
 from musickv_jax.errors import AudioError
 from musickv_jax.files import write_atomic
@@ -65,7 +66,6 @@ def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarra
   exact sine (amplitude 0.5); see tests/test_audio.py."""
   if source_rate == target_rate:
     return np.asarray(audio, np.float32)
-  from scipy.signal import firwin, resample_poly
 
   g = math.gcd(int(source_rate), int(target_rate))
   up, down = int(target_rate) // g, int(source_rate) // g

@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from musickv_jax import files
 from musickv_jax.config import ModelConfig, to_jnp_dtype
@@ -82,9 +83,6 @@ def orbax_checkpointer():
   """(orbax.checkpoint, a synchronous checkpointer that works on this process alone). Every
   process of a multi-host job reads and writes its own files: Orbax must not wait for the others
   (their work differs), so this process is its own primary host and the only active one."""
-  import jax
-  import orbax.checkpoint as ocp  # heavy: only when a checkpoint is read or written
-
   me = jax.process_index()
   options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
                                                barrier_sync_key_prefix=f"musickv-process-{me}")

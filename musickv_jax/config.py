@@ -18,7 +18,6 @@ import jax.numpy as jnp
 from musickv_jax import resources
 from musickv_jax.errors import ConfigError, SettingsError
 
-
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "blocked", "cudnn", "splash")  # see models/attention_kernels.py
 
 # float64 is for research only (finite-difference gradient checks; needs jax_enable_x64).

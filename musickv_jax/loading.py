@@ -18,8 +18,8 @@ from pathlib import Path
 
 import jax
 
-from musickv_jax.config import ATTENTION_IMPLEMENTATIONS, to_jnp_dtype
 from musickv_jax.checkpoint import LoadedModel, is_converted_checkpoint, load_converted
+from musickv_jax.config import ATTENTION_IMPLEMENTATIONS, to_jnp_dtype
 from musickv_jax.convert.pipeline import convert_checkpoint
 from musickv_jax.convert.sources import is_hub_id
 from musickv_jax.errors import ConversionError, SettingsError

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from transformers import T5TokenizerFast
 
 from musickv_jax.errors import TokenizerError
 
@@ -21,7 +22,6 @@ def load_tokenizer(directory: str | Path, max_length: int | None = None):
   # Deferred, and the T5 class directly: AutoTokenizer would import far more of transformers.
   # Only its tokenizer is used here, so its notice that PyTorch is absent is noise.
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-  from transformers import T5TokenizerFast
 
   try:
     tokenizer = T5TokenizerFast.from_pretrained(str(directory))

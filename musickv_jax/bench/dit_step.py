@@ -21,8 +21,8 @@ import numpy as np
 
 from musickv_jax.bench.measure import dit_flops, jax_matmul_peak, time_calls, torch_matmul_peak
 from musickv_jax.config import ModelConfig
-from musickv_jax.pipeline import kv_schedules
 from musickv_jax.models.dit import StableAudioDiT
+from musickv_jax.pipeline import kv_schedules
 from musickv_jax.sampling import guided, kv, sampler, schedules
 
 VITAL_LAYERS = (20, 3, 4)

@@ -22,8 +22,7 @@ import numpy as np
 
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig
-from musickv_jax.pipeline import kv_schedules
-from musickv_jax.pipeline import EditSettings, GenerationSettings, edit
+from musickv_jax.pipeline import EditSettings, GenerationSettings, edit, kv_schedules
 
 JOB_STEPS = 100
 SOURCE = "Piano solo, classical, gentle"
@@ -62,8 +61,8 @@ def reference_run(pipe, model_config: ModelConfig, steps: int, edit_prompt: str,
   """One run of the authors' way: source + one edit, full window, KV-blending processors."""
   import torch
 
-  from musickv_jax.bench.torch_reference import KVBlendProcessor
   from musickv_jax.bench.scheduler import reference_scheduler
+  from musickv_jax.bench.torch_reference import KVBlendProcessor
 
   dit = pipe.transformer
   layers = vital_layers(model_config)

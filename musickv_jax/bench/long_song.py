@@ -14,9 +14,15 @@ import time
 import numpy as np
 
 from musickv_jax.config import ModelConfig
-from musickv_jax.pipeline import kv_schedules
-from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings, WindowSettings
-from musickv_jax.pipeline import common, long_recording
+from musickv_jax.pipeline import (
+  EditSettings,
+  GenerationSettings,
+  InversionSettings,
+  WindowSettings,
+  common,
+  kv_schedules,
+  long_recording,
+)
 from musickv_jax.pipeline.recording import encode_audio
 from musickv_jax.pipeline.results import SOURCE_GUIDANCE
 
@@ -44,7 +50,7 @@ def run(config: ModelConfig, *, seconds: float = 120.0, steps: int = 2, windows:
     raise ValueError("the long-recording benchmark needs at least 2 steps to extrapolate (steps and 1)")
   import jax
 
-  from musickv_jax.bench.job import SOURCE, EDITS, random_model, vital_layers
+  from musickv_jax.bench.job import EDITS, SOURCE, random_model, vital_layers
   from musickv_jax.bench.measure import cpu_name
 
   windows = windows or WindowSettings()

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from absl import flags
 
+from musickv_jax.checkpoint import is_converted_checkpoint
 from musickv_jax.cli import edit
 from musickv_jax.cli.runner import Command, Flags, entry_point, run
-from musickv_jax.checkpoint import is_converted_checkpoint
 from musickv_jax.config import named_config
 from musickv_jax.convert.export import build_tiny_tokenizer, write_diffusers_checkpoint
 from musickv_jax.convert.pipeline import convert_checkpoint

@@ -20,8 +20,8 @@ from absl import flags
 
 from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
-from musickv_jax.research.evaluation import evaluate
 from musickv_jax.metrics.scorers import load_scorer
+from musickv_jax.research.evaluation import evaluate
 
 
 def define(fv: Flags) -> None:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import re
 import time
 
+from musickv_jax import pipeline
+from musickv_jax.audio import save_wav
 from musickv_jax.cli import options
 from musickv_jax.cli.outputs import OutputSet, write_json, write_npy
 from musickv_jax.cli.progress import progress_bar
 from musickv_jax.cli.record import provenance
 from musickv_jax.cli.runner import Command, Flags, entry_point
-from musickv_jax import pipeline
-from musickv_jax.audio import save_wav
 
 
 def slug(text: str, limit: int = 40) -> str:

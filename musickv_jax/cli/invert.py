@@ -14,12 +14,12 @@ import time
 
 from absl import flags
 
+from musickv_jax import pipeline
 from musickv_jax.cli import options
 from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json, write_npy
 from musickv_jax.cli.progress import progress_bar
 from musickv_jax.cli.record import provenance
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
-from musickv_jax import pipeline
 
 
 def define(fv: Flags) -> None:

@@ -11,14 +11,16 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
+
 from musickv_jax.metrics import Analysis, compare_jit
+from musickv_jax.metrics.features import MIN_SAMPLE_RATE
 
 PAGE_METRICS = (("f0_chroma_accuracy", "melody (pitch)"), ("cqt1_pcc", "melody (CQT1-PCC)"),
                 ("chroma_cosine", "harmony (chroma)"), ("form_ssm_correlation", "form"), ("onset_correlation", "rhythm"))
 ANALYSIS_SEGMENT_S = 60.0  # longer clips are compared a minute at a time (see structure_kept)
-MIN_ANALYSIS_RATE = 16000  # the metrics' constant-Q analysis reaches 4 kHz; below this the page shows none
+MIN_ANALYSIS_RATE = MIN_SAMPLE_RATE  # below this the page shows no metrics
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }

@@ -21,18 +21,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 from absl import flags
 
+from musickv_jax import pipeline
 from musickv_jax.cli import charts, options
 from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json, write_npy
-from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
-from musickv_jax import pipeline
-from musickv_jax.research import optimization
 from musickv_jax.cli.progress import progress_bar
+from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
+from musickv_jax.research import optimization
 
+DEFAULT_SECONDS = 15.0  # the reference's length, cut to the model's window
 CHECKPOINT = "checkpoint"
 RUN = "run.json"  # the settings of the run, beside the checkpoint: --resume must match them
 
@@ -46,12 +46,14 @@ def define(fv: Flags) -> None:
                        flag_values=fv)
   flags.DEFINE_integer("iterations", 50, "Optimiser iterations (with --resume: the total to reach).", flag_values=fv)
   flags.DEFINE_float("learning_rate", 0.02, "Adam's learning rate on the logits.", flag_values=fv)
-  flags.DEFINE_integer("time_bins", 8, "Learned points per layer, interpolated over the steps.", flag_values=fv)
+  flags.DEFINE_integer("time_bins", None, f"Learned points per layer, interpolated over the steps (default: "
+                       f"{optimization.DEFAULT_TIME_BINS}, at most the steps).", flag_values=fv)
   flags.DEFINE_float("fidelity_weight", 1.0, "Weight of the structure kept (melody, form, rhythm).", flag_values=fv)
   flags.DEFINE_float("editability_weight", 1.0, "Weight of the move toward the plain edit.", flag_values=fv)
   flags.DEFINE_float("smoothness_weight", 0.1, "Weight of the step-to-step change of the schedule.", flag_values=fv)
   flags.DEFINE_float("guidance_scale", 7.0, "Classifier-free guidance scale of the edits.", flag_values=fv)
-  flags.DEFINE_float("audio_end_in_s", 15.0, "Length of the generated source and edits, seconds.", flag_values=fv)
+  flags.DEFINE_float("audio_end_in_s", None, f"Length of the generated source and edits, seconds (default: "
+                     f"{DEFAULT_SECONDS:g}, at most the model's window).", flag_values=fv)
   flags.DEFINE_string("latent_length", "fit", "fit (faster, the default here) or full (the reference's window).",
                       flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of the shared initial noise.", flag_values=fv)
@@ -71,8 +73,9 @@ def _run_settings(fv: Flags) -> dict:
 def _problem(fv: Flags, model) -> optimization.Problem:
   """The edit's plan (every prompt after the first an edit) and the audio span: of a generated
   source, or of --input_audio, inverted first."""
+  seconds = options.length_for_model(fv.audio_end_in_s, DEFAULT_SECONDS, model.config)
   gen = pipeline.GenerationSettings(prompts=tuple(fv.prompts), num_inference_steps=fv.num_inference_steps,
-                                    guidance_scale=fv.guidance_scale, audio_end_in_s=fv.audio_end_in_s,
+                                    guidance_scale=fv.guidance_scale, audio_end_in_s=seconds,
                                     seed=fv.seed, latent_length=fv.latent_length)
   settings = pipeline.EditSettings(gen, vital_layers=options.int_list(fv.vital_layers, "vital_layers"), edit_all=True)
   if fv.input_audio:
@@ -111,7 +114,7 @@ def body(fv: Flags) -> None:
     raise UsageError(f"--output_path {out_dir} holds an earlier optimisation; pass --resume to continue it, or "
                      "choose another folder")
   layers = options.int_list(fv.vital_layers, "vital_layers")
-  params = optimization.ScheduleParameters(fv.num_inference_steps, len(layers), fv.time_bins)
+  params = optimization.ScheduleParameters.for_steps(fv.num_inference_steps, len(layers), fv.time_bins)
   params.validate()
   model = options.load_model(fv)
   problem = _problem(fv, model)

@@ -21,8 +21,14 @@ from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.cli.outputs import check_output_dir
 from musickv_jax.cli.runner import Flags, UsageError
 from musickv_jax.loading import load_model as load_any_model
-from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings, WindowSettings, presets
-from musickv_jax.pipeline import kv_schedules
+from musickv_jax.pipeline import (
+  EditSettings,
+  GenerationSettings,
+  InversionSettings,
+  WindowSettings,
+  kv_schedules,
+  presets,
+)
 
 FLAG_OF_FIELD = {
     "start_s": "input_start_s", "end_s": "input_end_s",  # recording segment (audio.load_audio)
@@ -231,6 +237,17 @@ def edit_settings(values: Values) -> EditFlags:
                           injection_mode=fv.injection_mode, edit_all=fv.edit_all,
                           allow_unbounded_schedule=fv.allow_unbounded_schedule)
   return EditFlags(settings=settings, preset=preset, schedule_name=schedule_name)
+
+
+def length_for_model(given: float | None, preferred: float, config) -> float:
+  """A length flag: as given, else `preferred` cut to the model's window (said in one line)."""
+  if given is not None:
+    return given
+  if preferred > config.max_audio_seconds:
+    print(f"info: {preferred:g} s is longer than this model's {config.max_audio_seconds:.2f} s window; using "
+          f"{config.max_audio_seconds:.2f} s (--audio_end_in_s sets the length)", file=sys.stderr)
+    return config.max_audio_seconds
+  return preferred
 
 
 @dataclasses.dataclass(frozen=True)

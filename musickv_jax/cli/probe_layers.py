@@ -23,10 +23,10 @@ from absl import flags
 
 from musickv_jax.cli import charts, options
 from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json
-from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
-from musickv_jax.research.probing import ProbeSettings
 from musickv_jax.cli.progress import progress_bar
+from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 from musickv_jax.research import probing
+from musickv_jax.research.probing import ProbeSettings
 
 RESULTS = "results.jsonl"
 SETTINGS = "probe_settings.json"
@@ -41,7 +41,8 @@ def define(fv: Flags) -> None:
   flags.DEFINE_list("layers", None, "Layers to probe (default: all).", flag_values=fv)
   flags.DEFINE_integer("num_inference_steps", 50, "Sampling steps of each generation.", flag_values=fv)
   flags.DEFINE_float("guidance_scale", 7.0, "Classifier-free guidance scale.", flag_values=fv)
-  flags.DEFINE_float("audio_end_in_s", 10.0, "Length of each generation, seconds.", flag_values=fv)
+  flags.DEFINE_float("audio_end_in_s", None, f"Length of each generation, seconds (default: {probing.PROBE_SECONDS:g}, "
+                     "at most the model's window).", flag_values=fv)
   flags.DEFINE_string("latent_length", "fit", "fit (just long enough, faster) or full (the model's window).",
                       flag_values=fv)
   flags.DEFINE_integer("variants_per_call", 8, "Bypassed layers per sampling run (batch rows: (1 + this) x 2).",

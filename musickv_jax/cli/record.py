@@ -6,9 +6,10 @@ from __future__ import annotations
 import shlex
 from importlib import metadata
 
+import jax
+
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.cli.runner import invocation
-import jax
 
 
 def _version(package: str) -> str | None:

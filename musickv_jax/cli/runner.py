@@ -23,11 +23,11 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
+import jax
 from absl import flags
 from absl import logging as absl_logging
 
 from musickv_jax.errors import MusicKVError
-import jax
 from musickv_jax.loading import default_cache_dir
 
 Flags = flags.FlagValues

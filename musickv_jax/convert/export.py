@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import T5TokenizerFast
 
+from musickv_jax.config import ModelConfig
 from musickv_jax.convert import tables
 from musickv_jax.convert.rules import export_rules
-from musickv_jax.config import ModelConfig
 from musickv_jax.models.sao import ModelParams
 
 DIFFUSERS_VERSION = "0.42.1"
@@ -30,10 +32,8 @@ _TINY_WORDS = (
 
 def build_tiny_tokenizer(model_max_length: int, vocab_size: int = 128):
   """An offline T5TokenizerFast: <pad>=0, </s>=1, <unk>=2, then '▁word' pieces and characters."""
-  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no PyTorch notice: only the tokenizer is used
-  from transformers import T5TokenizerFast
 
   vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
   vocab += [(f"▁{w}", -3.0 - 0.01 * i) for i, w in enumerate(_TINY_WORDS)]

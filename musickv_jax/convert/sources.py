@@ -19,10 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from huggingface_hub import snapshot_download
 
+from musickv_jax.config import ConditionerConfig, ConfigError, DiTConfig, ModelConfig, OobleckConfig, T5Config
 from musickv_jax.convert.tables import DIFFUSERS, SAT, t5_ignored
 from musickv_jax.convert.tensors import ConversionError, read_sharded, read_weights
-from musickv_jax.config import ConditionerConfig, ConfigError, DiTConfig, ModelConfig, OobleckConfig, T5Config
 
 DIFFUSERS_PARTS = ("transformer", "vae", "text_encoder", "projection_model", "tokenizer")
 SAT_WEIGHT_FILES = ("model.safetensors", "model.ckpt")
@@ -315,10 +316,6 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def download_from_hub(repo_id: str, token: str | None, cache_dir: Path | None = None) -> Path:
   """Downloads the diffusers files of a hub repo (e.g. stabilityai/stable-audio-open-1.0)."""
-  try:
-    from huggingface_hub import snapshot_download
-  except ImportError:
-    raise ConversionError("downloading from the hub needs the huggingface_hub package") from None
   patterns = ["model_index.json", "*/config.json", "*/*.safetensors", "*/*.safetensors.index.json",
               "tokenizer/*", "scheduler/*"]
   try:

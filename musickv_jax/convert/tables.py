@@ -7,9 +7,20 @@ from the config, never from constants.
 
 from __future__ import annotations
 
-from musickv_jax.convert.rules import (Conv, Conv1x1, ConvTranspose, Expect, Fused, Linear, Reshape, Rule, Target,
-                           WeightNorm, rule)
 from musickv_jax.config import ConditionerConfig, DiTConfig, OobleckConfig, T5Config
+from musickv_jax.convert.rules import (
+  Conv,
+  Conv1x1,
+  ConvTranspose,
+  Expect,
+  Fused,
+  Linear,
+  Reshape,
+  Rule,
+  Target,
+  WeightNorm,
+  rule,
+)
 
 DIFFUSERS, SAT = "diffusers", "sat"
 

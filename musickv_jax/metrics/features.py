@@ -12,11 +12,14 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+
+from musickv_jax.errors import SettingsError
 import numpy as np
 
 from musickv_jax.metrics import filterbanks
 
 Array = jax.Array
+MIN_SAMPLE_RATE = 16000  # the highest constant-Q and pitch bins (C8, 4.2 kHz) lie below its Nyquist frequency
 AMIN = 1e-10  # power floor of the dB scale
 TOP_DB = 80.0
 
@@ -50,6 +53,13 @@ class Analysis:
 
   def frames(self, n_samples: int) -> int:
     return 1 + n_samples // self.hop_length
+
+  def check_rate(self) -> None:
+    """Raises SettingsError when the audio's rate is too low for these features (the constant-Q
+    and pitch analyses reach C8, 4.2 kHz)."""
+    if self.sample_rate < MIN_SAMPLE_RATE:
+      raise SettingsError(f"the music metrics need audio at {MIN_SAMPLE_RATE} Hz or more (their pitch analysis "
+                          f"reaches 4.2 kHz); this audio is at {self.sample_rate} Hz", field=None)
 
 
 def mono(audio: Array) -> Array:

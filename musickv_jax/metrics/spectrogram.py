@@ -10,9 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 
 from musickv_jax.metrics import filterbanks
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 MAX_COLUMNS = 2000
 N_MELS = 128
@@ -47,10 +51,6 @@ def _downsample(db: np.ndarray, columns: int) -> np.ndarray:
 
 def save_comparison(path: str | Path, audios: Sequence[np.ndarray], labels: Sequence[str], sample_rate: int) -> None:
   """One row per audio, shared colour scale (the loudest 80 dB), written to `path` as PNG."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   specs = [mel_spectrogram_db(a, sample_rate) for a in audios]
   top = max(float(s[0].max()) for s in specs)
   fig, axes = plt.subplots(len(specs), 1, figsize=(10, 2.4 * len(specs)), squeeze=False, sharex=True)

@@ -25,6 +25,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
 from musickv_jax.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
 from musickv_jax.models.layers import matmul_precision, wide
@@ -105,7 +106,6 @@ def blocked_attention(q: Array, k: Array, v: Array) -> Array:
 
 @functools.lru_cache(maxsize=8)
 def _splash_kernel(heads: int, padded: int, block: int):
-  from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
   mask = splash.MultiHeadMask([splash.FullMask((padded, padded)) for _ in range(heads)])
   sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block)
@@ -115,7 +115,6 @@ def _splash_kernel(heads: int, padded: int, block: int):
 def splash_attention(q: Array, k: Array, v: Array, block: int = 128) -> Array:
   """TPU splash attention for self-attention: the sequence padded to a multiple of `block`, the
   padding kept apart by segment ids (real tokens segment 0, padding segment 1)."""
-  from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
   batch, length, heads, head_dim = q.shape
   padded = -(-length // block) * block

@@ -23,7 +23,7 @@ import numpy as np
 
 from musickv_jax.config import DiTConfig, to_jnp_dtype
 from musickv_jax.models.attention import CrossAttention, SelfAttention, blend_kv, rotary_tables
-from musickv_jax.models.layers import Dense, LayerNorm, MLP2, dense_apply, dense_init, in_row_blocks, wide
+from musickv_jax.models.layers import MLP2, Dense, LayerNorm, dense_apply, dense_init, in_row_blocks, wide
 
 Array = jax.Array
 

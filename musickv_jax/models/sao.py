@@ -8,7 +8,6 @@ jit and device_put take it whole). On disk (Orbax) it is the plain dict {'dit', 
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Mapping
 from typing import Any
 

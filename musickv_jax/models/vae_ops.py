@@ -11,8 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from musickv_jax.config import OobleckConfig
-from musickv_jax.models.oobleck import (LatentDistribution, OobleckVAE, decoder_receptive_radius,
-                                        encoder_receptive_radius, windows)
+from musickv_jax.models.oobleck import (
+  LatentDistribution,
+  OobleckVAE,
+  decoder_receptive_radius,
+  encoder_receptive_radius,
+  windows,
+)
 
 DECODE_CHUNK_FRAMES = 128
 ENCODE_CHUNK_FRAMES = 128

@@ -18,17 +18,37 @@ Every function validates its settings first and raises musickv_jax.errors.Settin
 the offending field) before any work is done.
 """
 
-from musickv_jax.pipeline.common import (check_init_latents, initial_latents, latent_frames, output_span,
-                                         shared_initial_latents, step_plan)
+from musickv_jax.pipeline.common import (
+                                         check_init_latents,
+                                         initial_latents,
+                                         latent_frames,
+                                         output_span,
+                                         shared_initial_latents,
+                                         step_plan,
+)
 from musickv_jax.pipeline.conditioning import guided_conditioning, text_conditioning
 from musickv_jax.pipeline.editing import edit
 from musickv_jax.pipeline.generation import generate
 from musickv_jax.pipeline.plan import EditPlan, PlanRow, build_plan
-from musickv_jax.pipeline.recording import (check_edit, check_inversion, edit_audio, edit_recording, encode_audio,
-                                            invert_audio, invert_latents, load_inversion)
+from musickv_jax.pipeline.recording import (
+                                         check_edit,
+                                         check_inversion,
+                                         edit_audio,
+                                         edit_recording,
+                                         encode_audio,
+                                         invert_audio,
+                                         invert_latents,
+                                         load_inversion,
+)
 from musickv_jax.pipeline.results import SOURCE_GUIDANCE, EditResult, Generation, Inversion
-from musickv_jax.pipeline.settings import (DEFAULT_OVERLAP_S, REFERENCE_VITAL_LAYERS, EditSettings, GenerationSettings,
-                                           InversionSettings, WindowSettings)
+from musickv_jax.pipeline.settings import (
+                                         DEFAULT_OVERLAP_S,
+                                         REFERENCE_VITAL_LAYERS,
+                                         EditSettings,
+                                         GenerationSettings,
+                                         InversionSettings,
+                                         WindowSettings,
+)
 
 __all__ = [
     "DEFAULT_OVERLAP_S", "EditPlan", "EditResult", "EditSettings", "Generation", "GenerationSettings", "Inversion",

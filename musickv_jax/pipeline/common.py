@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musickv_jax.models import vae_ops
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig
 from musickv_jax.errors import SettingsError
+from musickv_jax.models import vae_ops
 from musickv_jax.pipeline.settings import GenerationSettings
 from musickv_jax.sampling import sampler, schedules
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from musickv_jax.models import vae_ops
 from musickv_jax.checkpoint import LoadedModel
+from musickv_jax.models import vae_ops
 from musickv_jax.pipeline import common
 from musickv_jax.pipeline.plan import EditPlan, build_plan, run_from_cache, run_plan
 from musickv_jax.pipeline.results import EditResult, edit_result

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from musickv_jax.models import vae_ops
 from musickv_jax.checkpoint import LoadedModel
+from musickv_jax.models import vae_ops
 from musickv_jax.pipeline import common
 from musickv_jax.pipeline.plan import build_plan, run_plan
 from musickv_jax.pipeline.results import Generation

@@ -32,7 +32,8 @@ from musickv_jax.models.dit import KVCache
 from musickv_jax.pipeline import common
 from musickv_jax.pipeline.conditioning import guided_conditioning
 from musickv_jax.pipeline.settings import EditSettings, GenerationSettings
-from musickv_jax.sampling import guided, kv as kv_lib
+from musickv_jax.sampling import guided
+from musickv_jax.sampling import kv as kv_lib
 from musickv_jax.sampling import rows as rows_lib
 from musickv_jax.sampling.rows import Role
 from musickv_jax.sampling.sampler import StepPlan

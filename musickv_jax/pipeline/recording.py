@@ -8,7 +8,6 @@ edited many times later: `load_inversion` reads and checks such a file.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -18,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musickv_jax.models import vae_ops
 from musickv_jax.audio import pad_to_hop
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig
 from musickv_jax.errors import SettingsError
+from musickv_jax.models import vae_ops
 from musickv_jax.models.dit import KVCache
 from musickv_jax.pipeline import common, long_recording
 from musickv_jax.pipeline.conditioning import text_conditioning
@@ -30,8 +29,9 @@ from musickv_jax.pipeline.editing import sample_edit
 from musickv_jax.pipeline.plan import build_plan, run_from_cache
 from musickv_jax.pipeline.results import SOURCE_GUIDANCE, EditResult, Inversion, edit_result
 from musickv_jax.pipeline.settings import EditSettings, InversionSettings, WindowSettings
-from musickv_jax.sampling import guided, kv as kv_lib
+from musickv_jax.sampling import guided
 from musickv_jax.sampling import inversion as inversion_lib
+from musickv_jax.sampling import kv as kv_lib
 
 # Progress of a phase ("inverting", "editing") over its steps: a context manager giving a listener.
 PhaseProgress = Callable[[str, int], AbstractContextManager]

@@ -9,8 +9,8 @@ import dataclasses
 
 import numpy as np
 
-from musickv_jax.models import vae_ops
 from musickv_jax.checkpoint import LoadedModel
+from musickv_jax.models import vae_ops
 from musickv_jax.models.dit import KVCache
 from musickv_jax.pipeline import common
 from musickv_jax.pipeline.plan import EditPlan

@@ -20,7 +20,7 @@ import numpy as np
 
 from musickv_jax.audio import load_audio
 from musickv_jax.errors import SettingsError
-from musickv_jax.metrics import Analysis, METRICS, compare_jit
+from musickv_jax.metrics import METRICS, Analysis, compare_jit
 from musickv_jax.metrics.scorers import TextAudioScorer
 
 EDITABILITY = "editability"

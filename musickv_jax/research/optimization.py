@@ -44,6 +44,7 @@ from musickv_jax.sampling import guided
 
 Array = jax.Array
 RAMP_CLIP = 0.02
+DEFAULT_TIME_BINS = 8
 TERMS = ("fidelity", "editability", "smoothness")
 
 
@@ -55,7 +56,15 @@ class ScheduleParameters:
   n_layers: int
   time_bins: int
 
+  @classmethod
+  def for_steps(cls, steps: int, n_layers: int, time_bins: int | None = None) -> "ScheduleParameters":
+    """time_bins None: DEFAULT_TIME_BINS, at most the steps (a default never exceeds what it must fit)."""
+    return cls(steps, n_layers, min(DEFAULT_TIME_BINS, steps) if time_bins is None else time_bins)
+
   def validate(self) -> None:
+    if self.steps < 2:
+      raise SettingsError("a learned schedule needs at least 2 steps (a start and an end); raise {field}",
+                          field="num_inference_steps")
     if self.time_bins < 2:
       raise SettingsError("{field} must be at least 2 (a schedule needs a start and an end)", field="time_bins")
     if self.time_bins > self.steps:

@@ -30,6 +30,7 @@ from musickv_jax.pipeline.plan import EditPlan, build_plan, run_plan
 from musickv_jax.pipeline.settings import GenerationSettings
 
 SCORE = "score"
+PROBE_SECONDS = 10.0  # long enough for form and rhythm, short enough for many prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,20 +43,26 @@ class ProbeSettings:
   layers: tuple[int, ...] | None = None  # None: every layer of the model
   num_inference_steps: int = 50
   guidance_scale: float = 7.0
-  audio_end_in_s: float = 10.0
+  audio_end_in_s: float | None = None  # None: PROBE_SECONDS, at most the model's window
   latent_length: str = "fit"
   variants_per_call: int = 8  # bypassed layers per sampling run (rows: (1 + this) x 2 with CFG)
   top_k: int = 3
 
-  def generation(self, prompt: str, seed: int) -> GenerationSettings:
+  def resolved_seconds(self, config) -> float:
+    if self.audio_end_in_s is not None:
+      return self.audio_end_in_s
+    return min(PROBE_SECONDS, config.max_audio_seconds)
+
+  def generation(self, prompt: str, seed: int, config) -> GenerationSettings:
     return GenerationSettings(prompts=(prompt,), seed=seed, num_inference_steps=self.num_inference_steps,
-                              guidance_scale=self.guidance_scale, audio_end_in_s=self.audio_end_in_s,
+                              guidance_scale=self.guidance_scale, audio_end_in_s=self.resolved_seconds(config),
                               latent_length=self.latent_length)
 
   def resolved_layers(self, depth: int) -> tuple[int, ...]:
     return tuple(range(depth)) if self.layers is None else tuple(self.layers)
 
   def validate(self, depth: int, config) -> None:
+    Analysis(sample_rate=config.sample_rate).check_rate()
     if not self.prompts:
       raise SettingsError("{field}: no prompts to probe with", field="prompts")
     if not self.seeds:
@@ -73,7 +80,7 @@ class ProbeSettings:
                           f"({len(self.resolved_layers(depth))})", field="top_k")
     for prompt in self.prompts:
       for seed in self.seeds:
-        self.generation(prompt, seed).validate(config)
+        self.generation(prompt, seed, config).validate(config)
 
   def to_json_dict(self) -> dict:
     # the metrics are part of what decides the results: a probe saved with others does not resume
@@ -95,7 +102,7 @@ def variant_plan(model: LoadedModel, settings: ProbeSettings, prompt_index: int,
                  layers: tuple[int, ...]) -> EditPlan:
   """The plan of one sampling run: row 0 the full model, row 1 + i with layers[i] bypassed; every
   row the same prompt, conditioning, initial noise and noise stream (conditioned once, repeated)."""
-  one = build_plan(model, settings.generation(settings.prompts[prompt_index], seed))
+  one = build_plan(model, settings.generation(settings.prompts[prompt_index], seed, model.config))
   plan = one.select([0] * (1 + len(layers)))
   rows = tuple(dataclasses.replace(row, skip_layers=() if i == 0 else (layers[i - 1],))
                for i, row in enumerate(plan.rows))
@@ -106,7 +113,7 @@ def variant_audio(model: LoadedModel, settings: ProbeSettings, prompt_index: int
                   layers: tuple[int, ...]) -> np.ndarray:
   """One sampling run: mono audio (1 + len(layers), samples) of the full model (row 0) and of each
   of `layers` bypassed, for one prompt and seed."""
-  gen = settings.generation(settings.prompts[prompt_index], seed)
+  gen = settings.generation(settings.prompts[prompt_index], seed, model.config)
   latents, _ = run_plan(model, variant_plan(model, settings, prompt_index, seed, layers))
   return common.decode(model, latents, *common.output_span(gen, model.config)).mean(axis=1)
 
