@@ -35,7 +35,7 @@ def _convert(source, output, **kwargs):
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> Converted:
-  """DESIGN.md's tiny configs (head_dim 8), diffusers layout, converted."""
+  """The tiny configs of docs/architecture.md (head_dim 8), diffusers layout, converted."""
   from tests.reference import build_reference
 
   root = tmp_path_factory.mktemp("tiny")

@@ -1,4 +1,4 @@
-"""Parity assertion with the tolerance of DESIGN.md section 5."""
+"""Parity assertion with the module tolerance of docs/architecture.md (Testing): max |ours - ref| <= tol x max |ref|."""
 
 from __future__ import annotations
 

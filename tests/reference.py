@@ -23,7 +23,7 @@ from transformers import T5EncoderModel
 from musickv_jax.bench.torch_reference import KVBlendProcessor  # noqa: F401  (used by the parity tests)
 from musickv_jax.convert.export import build_tiny_tokenizer
 
-# DESIGN.md section 5: tiny configs that work together.
+# Tiny configs that work together (docs/architecture.md, Testing).
 DIT_TINY = dict(sample_size=16, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
                 num_key_value_attention_heads=2, out_channels=4, cross_attention_dim=16, time_proj_dim=16,
                 global_states_input_dim=32, cross_attention_input_dim=16)

@@ -29,7 +29,7 @@ encodes text takes `t5_dtype` ("float16" = SAT as shipped, "float32" = the float
 and our JAX port run) and restores the model's dtype afterwards.
 
 The tiny T5 has d_model 768 because SAT reads the text width from its table `T5_MODEL_DIMS["t5-base"]`
-(and inserts a projection when `cond_dim` differs); its other sizes are tiny (DESIGN.md section 5).
+(and inserts a projection when `cond_dim` differs); its other sizes are tiny (docs/architecture.md, Testing).
 The conditioner is pointed at the local folder through the config key `model_path`, which
 `load_model` adds to the config in memory; the `model_config.json` on disk stays like the real one.
 """
@@ -64,7 +64,7 @@ from stable_audio_tools.models.utils import load_ckpt_state_dict  # noqa: E402
 SAT_VERSION = "0.0.20"
 OBJECTIVES = ("rf_denoiser", "rectified_flow")
 
-# DESIGN.md section 5's tiny T5, at the width SAT's T5_MODEL_DIMS gives "t5-base" (768), so the
+# The tiny T5 of docs/architecture.md (Testing), at the width SAT's T5_MODEL_DIMS gives "t5-base" (768), so the
 # conditioner's proj_out is an Identity exactly as in SAO Small (cond_dim 768).
 T5_TINY_SAT = dict(vocab_size=128, d_model=768, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                    relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,

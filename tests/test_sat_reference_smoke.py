@@ -102,7 +102,7 @@ def test_dit_forward(refs, conds, objective):
 
 
 def test_schedules(refs):
-  # DESIGN.md section 9: the default 8-step schedule of SAO Small
+  # the default 8-step schedule of SAO Small (docs/sao_small_spec.md, section 5)
   expected = [1, .9944, .9845, .9579, .8909, .7455, .5125, .2739, 0]
   np.testing.assert_allclose(S.rf_schedule(8), expected, atol=1e-4)
   np.testing.assert_array_equal(S.rf_schedule(8, ref=refs["rf_denoiser"]), S.rf_schedule(8))
