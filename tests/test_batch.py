@@ -22,6 +22,7 @@ from musickv_jax.cli import edit_batch
 from musickv_jax.cli.runner import run
 from musickv_jax.jobs import batching
 from musickv_jax.jobs.manifest import read_manifest
+from tests import tolerances
 from tests.test_cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,7 +159,8 @@ def test_each_job_equals_a_standalone_edit(tiny44k, workspace, batch_run, tmp_pa
   alone, batched = np.load(tmp_path / "alone.npy"), np.load(out / job_id / "latents.npy")
   error = np.abs(alone - batched).max() / np.abs(alone).max()
   print(f"{job_id}: batch vs standalone edit {error:.1e}")
-  assert error <= 1e-4
+  cfg = tiny44k.model.config  # batches of other sizes round in other orders: the derived bound
+  assert error <= tolerances.run_to_run(cfg.dit, alone.shape[-1], cfg.t5.max_length + 2, 7.0)
   a, _ = sf.read(tmp_path / "alone" / "edit_1.wav")
   b, _ = sf.read(out / job_id / "edit_1.wav")
   assert a.shape == b.shape
@@ -210,7 +212,9 @@ def test_four_simulated_devices_equal_one(tiny44k, workspace, batch_run, tmp_pat
     one, four = np.load(out / job_id / "latents.npy"), np.load(tmp_path / "four" / job_id / "latents.npy")
     worst = max(worst, float(np.abs(one - four).max() / np.abs(one).max()))
   print(f"4 devices vs 1: {worst:.1e}")
-  assert worst <= 1e-4
+  cfg = tiny44k.model.config  # other rows per device round in other orders: the derived bound
+  frames = max(np.load(out / job_id / "latents.npy").shape[-1] for job_id in ("piano", "recording"))
+  assert worst <= tolerances.run_to_run(cfg.dit, frames, cfg.t5.max_length + 2, 7.0)
 
 
 def test_a_killed_batch_resumes_without_recomputing(tiny44k, tmp_path):

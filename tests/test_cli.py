@@ -216,22 +216,31 @@ def _edit_command(model, out):
           "--vital_layers=1", "--num_inference_steps", "400", "--audio_end_in_s", "2", "--output_path", str(out)]
 
 
-@pytest.mark.parametrize("moment", ["while loading", "while sampling"])
+def _wait_for(text: str, chunks: list, proc) -> None:
+  deadline = time.time() + 120
+  while text not in "".join(chunks) and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.02)
+  assert proc.poll() is None, f"the edit ended before it could be interrupted (waiting for {text!r})"
+
+
+@pytest.mark.parametrize("moment", ["while importing", "while loading", "while sampling"])
 def test_ctrl_c_prints_one_line_and_leaves_nothing(tiny, tmp_path, moment):
   out = tmp_path / "out"
   env = {**os.environ, "MUSICKV_PROGRESS": "1", "MUSICKV_COMPILATION_CACHE": "0"}
   proc = subprocess.Popen(_edit_command(tiny.path, out), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           env=env, text=True)
-  chunks = []
+  chunks, said = [], []
   reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
   reader.start()
-  if moment == "while loading":
-    time.sleep(2.0)
-  else:  # the progress bar shows steps once sampling runs
-    deadline = time.time() + 120
-    while "step/s" not in "".join(chunks) and time.time() < deadline and proc.poll() is None:
-      time.sleep(0.05)
-    assert proc.poll() is None, "the edit ended before it could be interrupted"
+  listener = threading.Thread(target=lambda: said.extend(iter(lambda: proc.stdout.read(1), "")), daemon=True)
+  listener.start()
+  if moment == "while importing":
+    # the interpreter is up (a tenth of that) and the command's module is importing the library (well over a second)
+    time.sleep(1.0)
+  elif moment == "while loading":
+    _wait_for("loading ", said, proc)  # the command says when it starts reading the checkpoint
+  else:
+    _wait_for("step/s", chunks, proc)  # the progress bar shows steps once sampling runs
   proc.send_signal(signal.SIGINT)
   proc.wait(timeout=120)
   reader.join(timeout=10)

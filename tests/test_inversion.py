@@ -123,7 +123,10 @@ def test_round_trip_error_shrinks_with_steps(tiny, variant):
   print(f"round trip ({variant}) 10/25/100 steps: full {full}, ODE only {ode}")
   assert full[0] > full[1] > full[2]
   assert ode[0] > ode[1] > ode[2]
-  assert ode[2] < (0.02 if variant == "consistent" else 0.1)
+  # the order of convergence, not an observed error: from 25 to 100 steps (4x) a p-th order method's
+  # error falls by 4^p; at least half of that is asked (p = 2 consistent, p = 1 reference)
+  order = 2 if variant == "consistent" else 1
+  assert ode[1] / ode[2] >= 4 ** order / 2
 
 
 def test_edit_from_inverted_latent_regenerates_the_source_with_guidance_one(tiny):

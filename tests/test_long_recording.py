@@ -19,6 +19,7 @@ from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSett
 from musickv_jax.pipeline import long_recording
 from musickv_jax.sampling import guided, sampler, schedules
 from musickv_jax.sampling import windows as windows_lib
+from tests import tolerances
 
 WINDOWS = WindowSettings(window_s=4.0, overlap_s=1.0)  # tiny: 16 frames, 4 frames of overlap
 
@@ -61,6 +62,13 @@ def test_group_rows_follow_the_windows():
   # prompt 1 blends from prompt 0 of its own branch; in window g, from window g's prompt 0
   source = np.asarray([0, 0, 2, 2])
   np.testing.assert_array_equal(windows_lib.group_source_index(source, 3, 2), [0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10])
+
+
+def _bound(model, latents, guidance: float) -> float:
+  """The derived float32 bound of two runs rounding in different orders (tests/tolerances.py), for
+  windows of the tiny model's full 16 frames, in units of the latents."""
+  cfg = model.config
+  return tolerances.run_to_run(cfg.dit, cfg.dit.sample_size, cfg.t5.max_length + 2, guidance) * float(np.abs(latents).max())
 
 
 def _song(model, seconds: float = 10.0, seed: int = 0) -> np.ndarray:
@@ -113,11 +121,14 @@ def test_a_long_recording_is_edited_whole_and_the_identity_holds_across_windows(
   assert result.roles == ["source", "edit", "edit"]
   identity = max(float(np.max(np.abs(result.latents[p] - result.latents[0]))) for p in (1, 2))
   print(f"identity across 3 windows: max |edit - source reconstruction| = {identity:.2e}")
-  assert identity <= 1e-6 * float(np.max(np.abs(result.latents[0])))
+  # exact: the blend own + w (source - own) is own when the two are equal, and equal rows of one
+  # batch run the same arithmetic
+  assert identity == 0.0
   # a real edit moves away from the source
   edited = pipeline.edit_recording(model, inversion, _edit_settings(("piano solo", "acoustic guitar"), 6))
   assert not np.allclose(edited.latents[1], edited.latents[0], atol=1e-3)
-  np.testing.assert_allclose(edited.latents[0], result.latents[0], rtol=1e-5, atol=1e-5)  # the source is the same
+  # the source row is the same, in a batch of another size (2 prompts instead of 3; guidance 1)
+  np.testing.assert_allclose(edited.latents[0], result.latents[0], rtol=0, atol=_bound(model, result.latents, 1.0))
 
 
 def test_windows_in_different_groupings_give_the_same_result(tiny):
@@ -129,7 +140,7 @@ def test_windows_in_different_groupings_give_the_same_result(tiny):
     inversion = pipeline.invert_audio(model, audio, InversionSettings("piano solo", 5), windows=windows)
     results.append(pipeline.edit_recording(model, inversion, _edit_settings(("piano solo", "jazz"), 5)).latents)
   for other in results[1:]:
-    np.testing.assert_allclose(other, results[0], rtol=1e-5, atol=1e-5 * np.abs(results[0]).max())
+    np.testing.assert_allclose(other, results[0], rtol=0, atol=_bound(model, results[0], 7.0))
 
 
 def _round_trip_error(model, x0, steps, n_samples, windows):
@@ -227,4 +238,4 @@ np.save({str(tmp_path / "four.npy")!r}, result.latents)
   four = np.load(tmp_path / "four.npy")
   error = float(np.abs(four - one).max() / np.abs(one).max())
   print(f"4 devices vs 1: {error:.1e}")
-  assert error <= 1e-5
+  assert error <= _bound(model, one, 7.0) / np.abs(one).max()

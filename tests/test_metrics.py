@@ -49,9 +49,12 @@ def scores(a, b):
 @pytest.mark.parametrize("rate,n_fft", [(44100, 2048), (22050, 1024)])
 def test_filterbanks_match_librosa(rate, n_fft):
   mel = filterbanks.mel_filterbank(rate, n_fft)
-  np.testing.assert_allclose(mel, librosa.filters.mel(sr=rate, n_fft=n_fft), atol=1e-7 * mel.max())
+  # both are float64 values rounded to float32 (numpy's exp and log differ by a few float64 ulps between
+  # processors): at most one float32 step apart, two allowed
+  one_step = 2.0 ** -23
+  np.testing.assert_allclose(mel, librosa.filters.mel(sr=rate, n_fft=n_fft), atol=2 * one_step * mel.max())
   chroma = filterbanks.chroma_filterbank(rate, n_fft)
-  np.testing.assert_allclose(chroma, librosa.filters.chroma(sr=rate, n_fft=n_fft, tuning=0.0), atol=1e-7)
+  np.testing.assert_allclose(chroma, librosa.filters.chroma(sr=rate, n_fft=n_fft, tuning=0.0), atol=2 * one_step)
 
 
 @pytest.mark.fast
@@ -133,7 +136,9 @@ def test_invariances(clips):
   """cqt1_pcc compares contours: a transposition shifts the contour, which a correlation ignores.
   Chroma compares pitch classes, which a transposition changes."""
   values = scores(clips["melody"], clips["transposed"])
-  assert values["cqt1_pcc"] == pytest.approx(1.0, abs=1e-6)
+  # a Pearson correlation over n frames of float32 contours: about sqrt(n) u typical, n u at worst
+  n_frames = Analysis().frames(len(clips["melody"]))
+  assert values["cqt1_pcc"] == pytest.approx(1.0, abs=n_frames * 2.0 ** -24)
   assert values["form_ssm_correlation"] > 0.95  # the repetition structure is the same
   assert values["chroma_match"] < 0.2 and values["chroma_cosine"] < 0.5
   assert values["f0_chroma_accuracy"] < 0.2  # a fourth is 500 cents: no pitch agrees

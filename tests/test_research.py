@@ -21,6 +21,7 @@ from musickv_jax.cli import optimize_schedule as optimize_cli
 from musickv_jax.cli import probe_layers as probe_cli
 from musickv_jax.research import optimization, probing
 from musickv_jax.pipeline.settings import EditSettings, GenerationSettings
+from tests import tolerances
 from tests.test_cli import assert_one_line_error, cli
 
 PROBE = dict(num_inference_steps=3, audio_end_in_s=1.5, guidance_scale=7.0)
@@ -49,18 +50,18 @@ def test_a_silent_layer_scores_zero_and_ranks_last(tiny44k):
 
 
 def test_the_batched_probe_equals_one_layer_at_a_time(tiny44k):
-  """Layers as rows of one run, or one run per layer: the same audio up to float32 reassociation
-  between batch sizes (1e-4 of the largest sample), so the same ranking. (The scores agree less
-  tightly: on a random model's noise-like audio the top-1 pitch contour flips on tiny changes.)"""
+  """Layers as rows of one run, or one run per layer: the same audio up to the float32 rounding of
+  batches of other sizes (the derived bound of tests/tolerances.py). The scores are not compared:
+  on a random model's noise-like audio a pitch contour flips on any change, so no rounding bound
+  carries over to them."""
   settings = probing.ProbeSettings(prompts=("rock drums",), seeds=(3,), layers=(1, 7, 13), **PROBE)
   batched = probing.variant_audio(tiny44k.model, settings, 0, 3, (1, 7, 13))
+  cfg = tiny44k.model.config
+  frames = pipeline.latent_frames(settings.generation("rock drums", 3, cfg), cfg)
+  bound = tolerances.decoded_run_to_run(cfg.dit, cfg.vae, frames, cfg.t5.max_length + 2, settings.guidance_scale)
   for i, layer in enumerate((1, 7, 13)):
     alone = probing.variant_audio(tiny44k.model, settings, 0, 3, (layer,))
-    scale = np.abs(alone).max()
-    np.testing.assert_allclose(batched[[0, 1 + i]], alone, rtol=0, atol=1e-4 * scale)
-  ranked = [probing.summarize(probing.run_probe(tiny44k.model, dataclasses.replace(settings, variants_per_call=n)),
-                              settings, 24).ranking for n in (3, 1)]
-  assert ranked[0] == ranked[1]
+    np.testing.assert_allclose(batched[[0, 1 + i]], alone, rtol=0, atol=bound * np.abs(alone).max())
 
 
 def test_probe_command_resume_and_preset(tiny44k, tmp_path, capsys):
@@ -124,7 +125,12 @@ def _problem(model, steps=4, layers=(20, 3)):
 
 def test_gradient_matches_finite_differences(tiny44k):
   """d(objective)/d(logits) along a random direction, jax.grad against central differences, in
-  float64 (the whole chain: sampler, VAE decode, metrics). Measured: relative error 1e-6 at h=1e-5."""
+  float64 (the whole chain: sampler, VAE decode, metrics). The bound is derived in the test:
+    truncation   the central difference's h^2 term, estimated from D(h) and D(2h) (Richardson: 4x apart)
+    rounding     float64 rounding of the loss over 2h: u64 |f| / (h |f'|)
+    float32 floor a few float32 roundings that stay in the chain (the time features and the
+                 conditioning are float32): 4 u32
+  times a safety factor of 10. A sign or term wrong in the objective changes it by far more."""
   with jax.enable_x64(True):
     model = load_converted(tiny44k.path, dtype="float64")
     problem = _problem(model)
@@ -138,12 +144,21 @@ def test_gradient_matches_finite_differences(tiny44k):
     logits = params.reference_logits().astype(jnp.float64)
     direction = jnp.asarray(np.random.default_rng(0).normal(size=logits.shape))
     analytic = float(jnp.sum(jax.jit(jax.grad(loss))(logits) * direction))
-    h = 1e-5
     loss_jit = jax.jit(loss)
-    numeric = (float(loss_jit(logits + h * direction)) - float(loss_jit(logits - h * direction))) / (2 * h)
+
+    def central(h):
+      return (float(loss_jit(logits + h * direction)) - float(loss_jit(logits - h * direction))) / (2 * h)
+
+    h = 1e-5
+    numeric, coarse = central(h), central(2 * h)
+    value = float(loss_jit(logits))
   error = abs(analytic - numeric) / abs(numeric)
-  print(f"gradient check: analytic {analytic:.8f}, central difference {numeric:.8f}, relative error {error:.1e}")
-  assert error < 1e-3
+  truncation = abs(coarse - numeric) / 3 / abs(numeric)
+  rounding = 2.0 ** -53 * abs(value) / (h * abs(numeric))
+  bound = 10 * (truncation + rounding + 4 * 2.0 ** -24)
+  print(f"gradient check: analytic {analytic:.8f}, central difference {numeric:.8f}, relative error {error:.1e} "
+        f"(bound {bound:.1e}: truncation {truncation:.1e}, rounding {rounding:.1e})")
+  assert error < bound
 
 
 def test_optimize_command_and_resume(tiny44k, tmp_path, capsys):
@@ -167,9 +182,10 @@ def test_optimize_command_and_resume(tiny44k, tmp_path, capsys):
                          "--resume")
   assert status == 0, err
   assert "resuming after iteration 2" in out
-  np.testing.assert_allclose(np.load(tmp_path / "resumed" / "schedule.npy"), schedule, rtol=0, atol=1e-6)
+  # Orbax restores the state bit for bit and the step is the same program: the same run
+  np.testing.assert_array_equal(np.load(tmp_path / "resumed" / "schedule.npy"), schedule)
   resumed = json.loads((tmp_path / "resumed" / "history.json").read_text())
-  np.testing.assert_allclose(resumed["loss"], history["loss"], rtol=1e-6)
+  assert resumed["loss"] == history["loss"]
 
   status, _, err = cli(capsys, edit_cli, "--model", tiny44k.path, "--prompts", "piano solo", "acoustic guitar",
                        "--vital_layers=20,3", "--num_inference_steps", "4", "--audio_end_in_s", "1",

@@ -31,7 +31,8 @@ def edm_scheduler(steps: int):
 
 def test_exponential_schedule_matches_diffusers():
   sched = edm_scheduler(12)
-  np.testing.assert_allclose(schedules.exponential_sigmas(12), sched.sigmas.numpy(), rtol=2e-6)
+  # exp of a float32 log: (2 |ln sigma_max| + 1) u = 7.9e-7; safety ~10
+  np.testing.assert_allclose(schedules.exponential_sigmas(12), sched.sigmas.numpy(), rtol=1e-5)
   plan = sampler.make_plan(schedules.exponential_sigmas(12))
   np.testing.assert_allclose(plan.timestep, sched.timesteps.numpy(), rtol=1e-6)
 
@@ -41,7 +42,8 @@ def test_karras_schedule_matches_diffusers():
   from diffusers import EDMDPMSolverMultistepScheduler
   sched = EDMDPMSolverMultistepScheduler(sigma_min=0.3, sigma_max=500.0, sigma_schedule="karras", rho=7.0)
   sched.set_timesteps(10)
-  np.testing.assert_allclose(schedules.karras_sigmas(10), sched.sigmas.numpy(), rtol=2e-6)
+  # torch's float32 base (2u) raised to rho = 7, plus the power's own rounding: 15u = 8.9e-7; safety ~10
+  np.testing.assert_allclose(schedules.karras_sigmas(10), sched.sigmas.numpy(), rtol=1e-5)
 
 
 @pytest.mark.fast

@@ -15,6 +15,7 @@ import pytest
 from musickv_jax.cli import benchmark as benchmark_cli
 from musickv_jax.models import attention_kernels
 from musickv_jax.models.dit import StableAudioDiT
+from tests import tolerances
 from tests.parity import max_error_ratio
 from tests.test_cli import cli
 
@@ -39,7 +40,9 @@ def test_every_cpu_implementation_matches_the_einsum_path(shape):
   q16, k16, v16 = (a.astype(jnp.bfloat16) for a in (q, k, v))
   blocked16 = np.asarray(attention_kernels.blocked_attention(q16, k16, v16), np.float32)
   reference16 = np.asarray(attention_kernels.dot_product_attention(q16, k16, v16), np.float32)
-  assert max_error_ratio(blocked16, reference16) < 2e-2
+  # bfloat16 scores (up to ~4) round to 4 * 2^-9 = 7.8e-3 in the probabilities; two paths rounding at
+  # different points differ by up to twice that plus the output's 2^-9: 1.8e-2, safety 3 -> 5e-2
+  assert max_error_ratio(blocked16, reference16) < 5e-2
 
 
 def test_grouped_cross_attention_keeps_the_einsum_path():
@@ -94,7 +97,9 @@ def test_bfloat16_stays_close_to_float32(tiny44k):
   a, b = (pipeline.edit(m, EditSettings(gen, vital_layers=(20, 3, 4))) for m in (f32, bf16))
   edit_error = float(np.linalg.norm(b.latents - a.latents) / np.linalg.norm(a.latents))
   print(f"bfloat16 vs float32: DiT call {call_error:.1e}, final latents of a 4-step edit {edit_error:.1e}")
-  assert 0 < call_error < 5e-2
+  # rms of bfloat16 roundings over ~L = depth x 10 + 5 stages: sqrt(L) 2^-9 / sqrt(3) = 1.4e-2 here; safety 7
+  stages = cfg.depth * tolerances.STAGES_PER_BLOCK + tolerances.STAGES_OUTSIDE
+  assert 0 < call_error < 7 * np.sqrt(stages) * 2.0 ** -9 / np.sqrt(3)
   assert 0 < edit_error < 1.0 and np.all(np.isfinite(b.latents))
 
 

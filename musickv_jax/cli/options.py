@@ -57,6 +57,7 @@ def load_model(fv: Flags) -> LoadedModel:
   if not fv.model:
     raise UsageError("--model is required: a converted checkpoint directory, a diffusers / stable-audio-tools "
                      "checkpoint, or a hub id")
+  print(f"loading {fv.model}", flush=True)  # a real checkpoint takes a while to read
   return load_any_model(fv.model, hf_token=fv.hf_token, t5=fv.t5, dtype=fv.dtype, attention=fv.attention)
 
 

@@ -1,5 +1,5 @@
 """`python -m musickv_jax.convert`: the same command as musickv-convert."""
 
-from musickv_jax.cli.convert import main
+from musickv_jax.cli.launch import convert
 
-main()
+convert()
