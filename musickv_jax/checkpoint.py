@@ -36,7 +36,8 @@ from musickv_jax.text import load_tokenizer
 
 FORMAT = "musickv-jax/1"
 MARKER = "musickv_checkpoint.json"
-_CONTENTS = {"params", "config.json", "tokenizer", MARKER}
+PROBE_PRESET_FILE = "probe_preset.json"  # the checkpoint's own vital layers, once probed (research/probing.py)
+_CONTENTS = {"params", "config.json", "tokenizer", MARKER, PROBE_PRESET_FILE}
 
 
 @dataclasses.dataclass

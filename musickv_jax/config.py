@@ -1,8 +1,12 @@
-"""Typed, frozen model configs for Stable Audio Open and their JSON form.
+"""Typed, frozen model configs for the Stable Audio Open family and their JSON form.
 
-One dataclass per component; `ModelConfig` bundles them and checks the couplings
-between components (latent width, conditioning widths). Named variants live as
-JSON in `configs/` (`sao-1.0`, `tiny`) and are loaded with `named_config`.
+One dataclass per component; `ModelConfig` bundles them and checks the couplings between
+components (latent width, conditioning widths). The family's members differ in options, not in
+code: Stable Audio Open 1.0 (v objective, seconds_start and seconds_total, plain attention) and
+Stable Audio Open Small (rectified flow, seconds_total only, LayerNorm on queries and keys,
+projected conditioning tokens) are two configs. The converter reads a checkpoint's own config into
+these (musickv_jax/convert/sources.py); named variants live as JSON in `configs/` (`sao-1.0`,
+`sao-small`, `tiny`) and are loaded with `named_config`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from musickv_jax import resources
 from musickv_jax.errors import ConfigError, SettingsError
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "blocked", "cudnn", "splash")  # see models/attention_kernels.py
+QK_NORMS = ("none", "ln", "rms", "l2", "dyt")  # how queries and keys are normalised per head (models/attention.py)
+OBJECTIVES = ("v", "rectified_flow", "rf_denoiser")  # what the DiT predicts and how it is sampled (DiffusionConfig)
+SHIFTS = ("logsnr", "flux", "full", "none")  # rectified flow's sampling time warps (sampling/rf_schedules.py)
+NUMBERS = ("seconds_start", "seconds_total")  # the number conditioners the family has
 
 # float64 is for research only (finite-difference gradient checks; needs jax_enable_x64).
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float64": jnp.float64}
@@ -50,6 +58,8 @@ class DiTConfig:
   rotary_base: float = 10000.0
   norm_eps: float = 1e-5
   sample_size: int = 1024  # latent frames of the model's full window
+  qk_norm: str = "none"  # normalisation of each head's queries and keys, self- and cross-attention (QK_NORMS)
+  qk_norm_eps: float = 1e-6
   dtype: str = "float32"  # matmul dtype; norms, softmax and time features stay float32
   attention: str = "auto"  # how attention is computed (models/attention_kernels.py): a speed setting
 
@@ -73,6 +83,8 @@ class DiTConfig:
     if self.attention not in ATTENTION_IMPLEMENTATIONS:
       raise SettingsError(f"{{field}} must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}",
                           field="attention")
+    if self.qk_norm not in QK_NORMS:
+      raise ConfigError(f"dit.qk_norm {self.qk_norm!r} is not supported; use one of {QK_NORMS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,17 +142,113 @@ class T5Config:
 
 @dataclasses.dataclass(frozen=True)
 class ConditionerConfig:
-  """Text projection and the seconds_start / seconds_total number conditioners."""
+  """Text projection and the number conditioners (seconds_start and / or seconds_total).
+
+  Cross-attention tokens: [text tokens, one token per entry of `numbers`, in that order]; the
+  global vector: the `global_numbers` embeddings side by side."""
 
   text_dim: int = 768  # T5 width
   cond_dim: int = 768  # width of every conditioning token
   seconds_min: float = 0.0
   seconds_max: float = 512.0
   number_features_dim: int = 256  # learned Fourier features of a number: [x, sin, cos]
+  numbers: tuple[str, ...] = NUMBERS  # the number conditioners, in cross-token order
+  global_numbers: tuple[str, ...] = NUMBERS  # those that make the global vector, in order
 
   @property
   def has_text_projection(self) -> bool:
     return self.text_dim != self.cond_dim
+
+  @property
+  def global_dim(self) -> int:
+    return len(self.global_numbers) * self.cond_dim
+
+  def validate(self) -> None:
+    for name in self.numbers:
+      if name not in NUMBERS:
+        raise ConfigError(f"conditioner.numbers: {name!r} is not a number conditioner this family has ({NUMBERS})")
+    if not self.numbers or len(set(self.numbers)) != len(self.numbers):
+      raise ConfigError(f"conditioner.numbers {self.numbers} must list each conditioner once")
+    if not self.global_numbers or any(name not in self.numbers for name in self.global_numbers):
+      raise ConfigError(f"conditioner.global_numbers {self.global_numbers} must be some of {self.numbers}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributionShift:
+  """How rectified flow warps its uniform grid of times into the sampling schedule
+  (stable-audio-tools' sampling_distribution_shift_options; sampling/rf_schedules.py has the maths).
+  Each kind reads its own fields: logsnr (rate, anchor_length, anchor_logsnr, logsnr_end), flux
+  (min_length, max_length, alpha_min, alpha_max), full (base_shift, max_shift, min_length,
+  max_length, use_sine), none."""
+
+  kind: str = "logsnr"
+  rate: float = 0.0  # 0: the same schedule at every length (stable-audio-tools' model default)
+  anchor_length: int = 2000
+  anchor_logsnr: float = -6.2
+  logsnr_end: float = 2.0
+  min_length: int = 256
+  max_length: int = 4096
+  alpha_min: float = 1.0
+  alpha_max: float = 1.0
+  base_shift: float = 0.5
+  max_shift: float = 1.15
+  use_sine: bool = False
+
+  def validate(self) -> None:
+    if self.kind not in SHIFTS:
+      raise ConfigError(f"diffusion.shift.kind {self.kind!r} is not supported; use one of {SHIFTS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingDefaults:
+  """What a user who sets nothing gets: the sampler, steps and guidance the model was made for."""
+
+  sampler: str
+  steps: int
+  guidance_scale: float
+
+
+# the samplers of each objective, the first the default, and the defaults' steps and guidance (stable-audio-tools'
+# own: v 100 steps at 7 (Stable Audio Open 1.0), rf_denoiser ping-pong 8 steps at 1 (the ARC post-trained Small),
+# rectified_flow 50 steps at 7 (its base model))
+_SAMPLERS = {"v": ("dpmpp-2m", "dpmpp-2m-sde", "dpmpp-1"), "rectified_flow": ("euler", "pingpong"),
+             "rf_denoiser": ("pingpong", "euler")}
+_DEFAULTS = {"v": (100, 7.0), "rectified_flow": (50, 7.0), "rf_denoiser": (8, 1.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+  """What the DiT predicts and how it is sampled.
+
+  v               EDM noise levels sigma, v-prediction (Stable Audio Open 1.0)
+  rectified_flow  x_t = (1 - t) x0 + t noise, the DiT predicts v = noise - x0 at time t in [0, 1]
+  rf_denoiser     the same network trained further to sample in a few steps (ping-pong)"""
+
+  objective: str = "v"
+  shift: DistributionShift = DistributionShift()
+
+  @property
+  def is_rectified_flow(self) -> bool:
+    return self.objective != "v"
+
+  @property
+  def samplers(self) -> tuple[str, ...]:
+    return _SAMPLERS[self.objective]
+
+  @property
+  def defaults(self) -> SamplingDefaults:
+    steps, guidance = _DEFAULTS[self.objective]
+    return SamplingDefaults(self.samplers[0], steps, guidance)
+
+  @property
+  def deterministic_sampler(self) -> str:
+    """The sampler whose steps an inversion runs backwards (a recording's edit uses it by default)."""
+    return "euler" if self.is_rectified_flow else "dpmpp-2m"
+
+  def validate(self) -> None:
+    if self.objective not in OBJECTIVES:
+      raise ConfigError(f"diffusion.objective {self.objective!r} is not supported; use one of {OBJECTIVES}")
+    self.shift.validate()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +259,7 @@ class ModelConfig:
   vae: OobleckConfig = OobleckConfig()
   t5: T5Config = T5Config()
   conditioner: ConditionerConfig = ConditionerConfig()
+  diffusion: DiffusionConfig = DiffusionConfig()
   name: str = "sao-1.0"
 
   def __post_init__(self):
@@ -176,11 +285,14 @@ class ModelConfig:
     self.dit.validate()
     self.vae.validate()
     self.t5.validate()
+    self.conditioner.validate()
+    self.diffusion.validate()
     couplings = [
         ("vae.latent_dim", self.vae.latent_dim, "dit.io_channels", self.dit.io_channels),
         ("t5.d_model", self.t5.d_model, "conditioner.text_dim", self.conditioner.text_dim),
         ("conditioner.cond_dim", self.conditioner.cond_dim, "dit.cond_input_dim", self.dit.cond_input_dim),
-        ("2 * conditioner.cond_dim", 2 * self.conditioner.cond_dim, "dit.global_cond_dim", self.dit.global_cond_dim),
+        ("len(conditioner.global_numbers) * conditioner.cond_dim", self.conditioner.global_dim,
+         "dit.global_cond_dim", self.dit.global_cond_dim),
     ]
     for name_a, a, name_b, b in couplings:
       if a != b:
@@ -207,19 +319,12 @@ class ModelConfig:
 
   @classmethod
   def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    """A config from its JSON form; a part left out takes its defaults (Stable Audio Open 1.0's)."""
     data = dict(data)
     parts = {}
     for field_name, part_cls in (("dit", DiTConfig), ("vae", OobleckConfig), ("t5", T5Config),
-                                 ("conditioner", ConditionerConfig)):
-      raw = dict(data.pop(field_name, {}))
-      known = {f.name: f for f in dataclasses.fields(part_cls)}
-      unknown = sorted(set(raw) - set(known))
-      if unknown:
-        raise ConfigError(f"unknown keys in the '{field_name}' config: {unknown}")
-      for key, value in raw.items():
-        if isinstance(value, list):
-          raw[key] = tuple(value)
-      parts[field_name] = part_cls(**raw)
+                                 ("conditioner", ConditionerConfig), ("diffusion", DiffusionConfig)):
+      parts[field_name] = _part_from_dict(part_cls, data.pop(field_name, {}), field_name)
     unknown = sorted(set(data) - {"name"})
     if unknown:
       raise ConfigError(f"unknown top-level keys in the model config: {unknown}")
@@ -229,6 +334,24 @@ class ModelConfig:
   def from_json_file(cls, path: str | Path) -> "ModelConfig":
     with open(path) as f:
       return cls.from_dict(json.load(f))
+
+
+def _part_from_dict(part_cls, raw, where: str):
+  """A frozen dataclass from its JSON dict: lists become tuples, nested dataclasses are built too."""
+  if not isinstance(raw, dict):
+    raise ConfigError(f"the '{where}' config must be a JSON object, got {raw!r}")
+  raw = dict(raw)
+  known = {f.name: f for f in dataclasses.fields(part_cls)}
+  unknown = sorted(set(raw) - set(known))
+  if unknown:
+    raise ConfigError(f"unknown keys in the '{where}' config: {unknown}")
+  for key, value in raw.items():
+    default = known[key].default
+    if dataclasses.is_dataclass(default):
+      raw[key] = _part_from_dict(type(default), value, f"{where}.{key}")
+    elif isinstance(value, list):
+      raw[key] = tuple(value)
+  return part_cls(**raw)
 
 
 def available_configs() -> list[str]:

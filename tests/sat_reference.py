@@ -170,6 +170,9 @@ def build_tiny_t5(directory: Path, seed: int = 3, *, max_length: int = TEXT_MAX_
 
   torch.manual_seed(seed)
   t5 = randomize_sat_(T5EncoderModel(T5Config(**T5_TINY_SAT)), seed + 1)
+  with torch.no_grad():  # float16-exact weights: SAT's cast to float16 loses nothing of them, so its T5 run
+    for parameter in t5.parameters():  # in float32 is the float32 T5 that transformers, diffusers and we run
+      parameter.copy_(parameter.half().float())
   directory = Path(directory)
   t5.save_pretrained(directory)
   build_tiny_tokenizer(max_length).save_pretrained(str(directory))

@@ -13,6 +13,7 @@ from musickv_jax.errors import SettingsError
 from musickv_jax.pipeline import kv_schedules as kv
 from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings
 from musickv_jax.sampling import guided, inversion, sampler, schedules
+from tests.test_sampler import step_at
 from tests.parity import max_error_ratio
 
 
@@ -69,7 +70,7 @@ def test_inversion_matches_numpy_transcription(tiny, variant):
   ours, _ = inversion.invert(model.params.dit, cond, jnp.asarray(x0), plan, dit_config=cfg.dit)
 
   def np_denoise(x, sigma, t):
-    d, _ = denoise(jnp.asarray(x, jnp.float32), jnp.float32(sigma), jnp.float32(t), None)
+    d, _ = denoise(jnp.asarray(x, jnp.float32), step_at(sigma, t), None)
     return np.asarray(d, np.float64)
 
   sig = np.concatenate([[0.0], schedules.exponential_sigmas(steps)[:-1][::-1].astype(np.float64)])

@@ -74,12 +74,16 @@ def _load_inversion(fv: Flags, model, settings: pipeline.EditSettings, recording
 
 def body(fv: Flags) -> None:
   values = options.Values.from_flags(fv)
-  chosen = options.edit_settings(values)
   real_audio = bool(fv.input_audio or fv.inverted_latent)
   _check_combinations(fv, real_audio)
   out_dir = options.check_output_flags(fv)
   init_latents = options.load_npy(fv.init_latents, "init_latents") if fv.init_latents else None
+  step_noise = options.load_npy(fv.step_noise, "step_noise") if fv.step_noise else None
+  if real_audio and step_noise is not None:
+    raise UsageError("--step_noise applies to generated sources (a recording is edited with the deterministic sampler "
+                     "its inversion ran backwards)")
   model = options.load_model(fv)
+  chosen = options.edit_settings(values, model)
   # validated before inverting: a bad edit request must not cost an inversion
   settings = options.fit_to_model(chosen, values, model.config, real_audio=real_audio).validated(model.config)
 
@@ -98,12 +102,13 @@ def body(fv: Flags) -> None:
   else:
     passes = 2 if settings.injection_mode == "cached" else 1
     with progress_bar(passes * settings.generation.num_inference_steps, "editing") as listener:
-      result = pipeline.edit(model, settings, init_latents=init_latents, on_step=listener)
+      result = pipeline.edit(model, settings, init_latents=init_latents, step_noise=step_noise, on_step=listener)
   elapsed = time.perf_counter() - start
 
   record = provenance(model, elapsed) | result.describe() | {
       "preset": chosen.preset.name,
       "init_latents": str(options.absolute(fv.init_latents)) if fv.init_latents else None,
+      "step_noise": str(options.absolute(fv.step_noise)) if fv.step_noise else None,
       "outputs": outputs_record(result, real_audio)}
   record["editing"]["schedule"] = chosen.schedule_name
   record["resolved"]["shared_initial_noise"] = fv.init_latents is None and not real_audio

@@ -139,7 +139,7 @@ def resolve(fv: Flags, spec: JobSpec, model) -> ResolvedJob:
   stray = sorted({"window_s", "overlap_s"} & set(spec.overrides))
   if stray and not values.input_audio:
     raise UsageError(f"{', '.join(stray)} apply to recordings (input_audio); this job has none")
-  chosen = options.edit_settings(values)
+  chosen = options.edit_settings(values, model)
   settings = options.fit_to_model(chosen, values, cfg, real_audio=bool(values.input_audio)).validated(cfg)
   if not values.input_audio:
     return ResolvedJob(spec, batching.plan_job(model, spec.id, settings), chosen, values, None)

@@ -36,15 +36,19 @@ def body(fv: Flags) -> None:
   settings = options.generation_settings(fv)
   out_dir = options.check_output_flags(fv)
   init_latents = options.load_npy(fv.init_latents, "init_latents") if fv.init_latents else None
+  step_noise = options.load_npy(fv.step_noise, "step_noise") if fv.step_noise else None
   model = options.load_model(fv)
+  settings = settings.for_model(model.config)
+  settings.validate(model.config)
 
   start = time.perf_counter()
   with progress_bar(settings.num_inference_steps, "sampling") as listener:
-    result = pipeline.generate(model, settings, init_latents=init_latents, on_step=listener)
+    result = pipeline.generate(model, settings, init_latents=init_latents, step_noise=step_noise, on_step=listener)
   elapsed = time.perf_counter() - start
 
   record = provenance(model, elapsed) | result.describe() | {
-      "init_latents": str(options.absolute(fv.init_latents)) if fv.init_latents else None}
+      "init_latents": str(options.absolute(fv.init_latents)) if fv.init_latents else None,
+      "step_noise": str(options.absolute(fv.step_noise)) if fv.step_noise else None}
   with OutputSet(out_dir) as outputs:
     for i, prompt in enumerate(settings.prompts):
       name = f"{i}_{slug(prompt)}"

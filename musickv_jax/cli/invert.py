@@ -25,8 +25,8 @@ from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 def define(fv: Flags) -> None:
   options.define_model_flags(fv)
   flags.DEFINE_multi_string("prompts", [], "The description of the recording (one prompt).", flag_values=fv)
-  flags.DEFINE_integer("num_inference_steps", 100, "Inversion steps (use the same number for the edit).",
-                       flag_values=fv)
+  flags.DEFINE_integer("num_inference_steps", None, "Inversion steps; use the same number for the edit (default: the "
+                       "model's sampling steps).", flag_values=fv)
   flags.DEFINE_float("audio_end_in_s", None, "seconds_total conditioning (default: the model's maximum, as the "
                      "reference does).", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed for --sample_latent.", flag_values=fv)
@@ -44,6 +44,7 @@ def body(fv: Flags) -> None:
   out_dir = check_output_dir(fv.output_path)
   settings = options.inversion_settings(fv, fv.prompts[0], fv.num_inference_steps, fv.audio_end_in_s)
   model = options.load_model(fv)
+  settings = settings.for_model(model.config)
   settings.validate(model.config)
   recording = options.load_recording(fv, model)
   windows = options.window_settings(fv)

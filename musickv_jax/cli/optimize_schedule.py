@@ -40,9 +40,10 @@ RUN = "run.json"  # the settings of the run, beside the checkpoint: --resume mus
 def define(fv: Flags) -> None:
   options.define_model_flags(fv)
   flags.DEFINE_multi_string("prompts", [], "The source description, then one or more edit prompts.", flag_values=fv)
-  flags.DEFINE_list("vital_layers", ["20", "3", "4"], "The layers whose injection weights are learned.",
+  flags.DEFINE_list("vital_layers", None, "The layers whose injection weights are learned (default: the model's "
+                    "preset's, 20,3,4 for Stable Audio Open 1.0).",
                     flag_values=fv)
-  flags.DEFINE_integer("num_inference_steps", 100, "Sampling steps (the schedule has one row per step).",
+  flags.DEFINE_integer("num_inference_steps", None, "Sampling steps, the schedule's rows (default: the model's).",
                        flag_values=fv)
   flags.DEFINE_integer("iterations", 50, "Optimiser iterations (with --resume: the total to reach).", flag_values=fv)
   flags.DEFINE_float("learning_rate", 0.02, "Adam's learning rate on the logits.", flag_values=fv)
@@ -51,7 +52,8 @@ def define(fv: Flags) -> None:
   flags.DEFINE_float("fidelity_weight", 1.0, "Weight of the structure kept (melody, form, rhythm).", flag_values=fv)
   flags.DEFINE_float("editability_weight", 1.0, "Weight of the move toward the plain edit.", flag_values=fv)
   flags.DEFINE_float("smoothness_weight", 0.1, "Weight of the step-to-step change of the schedule.", flag_values=fv)
-  flags.DEFINE_float("guidance_scale", 7.0, "Classifier-free guidance scale of the edits.", flag_values=fv)
+  flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale of the edits (default: the model's).",
+                     flag_values=fv)
   flags.DEFINE_float("audio_end_in_s", None, f"Length of the generated source and edits, seconds (default: "
                      f"{DEFAULT_SECONDS:g}, at most the model's window).", flag_values=fv)
   flags.DEFINE_string("latent_length", "fit", "fit (faster, the default here) or full (the reference's window).",
@@ -70,14 +72,20 @@ def _run_settings(fv: Flags) -> dict:
   return {name: fv[name].value for name in names}
 
 
-def _problem(fv: Flags, model) -> optimization.Problem:
-  """The edit's plan (every prompt after the first an edit) and the audio span: of a generated
-  source, or of --input_audio, inverted first."""
+def _settings(fv: Flags, model) -> pipeline.EditSettings:
+  """The edit whose schedule is learned (every prompt after the first an edit), resolved for the model."""
   seconds = options.length_for_model(fv.audio_end_in_s, DEFAULT_SECONDS, model.config)
   gen = pipeline.GenerationSettings(prompts=tuple(fv.prompts), num_inference_steps=fv.num_inference_steps,
-                                    guidance_scale=fv.guidance_scale, audio_end_in_s=seconds,
-                                    seed=fv.seed, latent_length=fv.latent_length)
-  settings = pipeline.EditSettings(gen, vital_layers=options.int_list(fv.vital_layers, "vital_layers"), edit_all=True)
+                                    guidance_scale=fv.guidance_scale, audio_end_in_s=seconds, seed=fv.seed,
+                                    latent_length=fv.latent_length)
+  layers = options.int_list(fv.vital_layers, "vital_layers") if fv.vital_layers is not None else None
+  settings = pipeline.EditSettings(gen, vital_layers=layers, edit_all=True)
+  return settings.for_recording(model.config) if fv.input_audio else settings.for_model(model.config)
+
+
+def _problem(fv: Flags, model, settings: pipeline.EditSettings) -> optimization.Problem:
+  """The edit's plan and the audio span: of a generated source, or of --input_audio, inverted first."""
+  gen = settings.generation
   if fv.input_audio:
     settings = dataclasses.replace(settings, generation=dataclasses.replace(gen, audio_end_in_s=None))
     settings.validate(model.config)
@@ -113,11 +121,12 @@ def body(fv: Flags) -> None:
   elif checkpoint.exists() or run_file.exists():
     raise UsageError(f"--output_path {out_dir} holds an earlier optimisation; pass --resume to continue it, or "
                      "choose another folder")
-  layers = options.int_list(fv.vital_layers, "vital_layers")
-  params = optimization.ScheduleParameters.for_steps(fv.num_inference_steps, len(layers), fv.time_bins)
-  params.validate()
   model = options.load_model(fv)
-  problem = _problem(fv, model)
+  settings = _settings(fv, model)
+  layers, steps = settings.vital_layers, settings.generation.num_inference_steps
+  params = optimization.ScheduleParameters.for_steps(steps, len(layers), fv.time_bins)
+  params.validate()
+  problem = _problem(fv, model, settings)
   weights = optimization.ObjectiveWeights(fv.fidelity_weight, fv.editability_weight, fv.smoothness_weight)
   optimizer = optimization.ScheduleOptimizer(problem, params, weights, fv.learning_rate)
   state, history = optimizer.init(), {"loss": [], "fidelity": [], "editability": []}
@@ -144,7 +153,7 @@ def body(fv: Flags) -> None:
   with OutputSet(out_dir) as outputs:
     write_npy(outputs.path("schedule.npy"), schedule)
     write_json(outputs.path("history.json"), history)
-    charts.schedule_chart(outputs.path("schedule.png"), schedule, layers, fv.num_inference_steps)
+    charts.schedule_chart(outputs.path("schedule.png"), schedule, layers, steps)
     outputs.commit()
   if history["loss"]:
     print(f"loss {history['loss'][0]:.4f} -> {history['loss'][-1]:.4f} over {len(history['loss'])} iterations "

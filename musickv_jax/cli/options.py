@@ -20,7 +20,9 @@ from musickv_jax.audio import WAV_SUBTYPES, LoadedAudio, load_audio
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.cli.outputs import check_output_dir
 from musickv_jax.cli.runner import Flags, UsageError
+from musickv_jax.cli.progress import progress_bar
 from musickv_jax.loading import load_model as load_any_model
+from musickv_jax.research import probing
 from musickv_jax.pipeline import (
   EditSettings,
   GenerationSettings,
@@ -76,15 +78,25 @@ def define_generation_flags(fv: Flags, *, audio_end_default: float | None, outpu
   flags.DEFINE_float("audio_end_in_s", audio_end_default, "End of the returned audio, seconds" +
                      (" (default: the model's maximum)." if audio_end_default is None else
                       f" (default: {audio_end_default:g}, at most the model's window)."), flag_values=fv)
-  flags.DEFINE_integer("num_inference_steps", 100, "Sampling steps.", flag_values=fv)
-  flags.DEFINE_float("guidance_scale", 7.0, "Classifier-free guidance scale (1 disables guidance).", flag_values=fv)
-  flags.DEFINE_string("sampler", "dpmpp-2m", "dpmpp-2m (deterministic), dpmpp-2m-sde, or dpmpp-1.", flag_values=fv)
-  flags.DEFINE_string("sigma_schedule", "exponential", "exponential (the references) or karras.", flag_values=fv)
-  flags.DEFINE_integer("seed", 0, "Seed of the initial noise (and of the SDE sampler's noise), 0 to 2**32 - 1.",
+  flags.DEFINE_integer("num_inference_steps", None, "Sampling steps (default: the model's: 100 for Stable Audio Open "
+                       "1.0, 8 for Stable Audio Open Small).", flag_values=fv)
+  flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale, 1 disables guidance (default: the "
+                     "preset's, else the model's: 7 for Stable Audio Open 1.0, 1 for Stable Audio Open Small).",
+                     flag_values=fv)
+  flags.DEFINE_string("sampler", None, "Stable Audio Open 1.0 (v objective): dpmpp-2m (deterministic, the default), "
+                      "dpmpp-2m-sde, dpmpp-1. Rectified flow (Stable Audio Open Small): pingpong (the default for the "
+                      "few-step model), euler (the ODE; the default for recordings).", flag_values=fv)
+  flags.DEFINE_string("sigma_schedule", "exponential", "exponential (the references) or karras (v objective).",
+                      flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the initial noise (and of a stochastic sampler's noise), 0 to 2**32 - 1.",
                        flag_values=fv)
   if per_run:
     flags.DEFINE_string("init_latents", None, ".npy of the exact initial latents x_T, shape (n_prompts, C, T), "
-                        "already at the first sigma; used as given.", flag_values=fv)
+                        "already at the first noise level (rectified flow: the noise at t = 1); used as given.",
+                        flag_values=fv)
+    flags.DEFINE_string("step_noise", None, ".npy of the noise each step of a stochastic sampler (pingpong, "
+                        "dpmpp-2m-sde) adds, shape (steps, 1, C, T), shared by every prompt (default: drawn from "
+                        "--seed).", flag_values=fv)
     flags.DEFINE_string("save_latents", None, "Write the final latents of all prompts to this .npy.", flag_values=fv)
   flags.DEFINE_string("latent_length", "full", "full: the model's whole window, trimmed after decoding (what the "
                       "references do); fit: just long enough for --audio_end_in_s (faster).", flag_values=fv)
@@ -125,11 +137,14 @@ def load_npy(path: str, flag: str) -> np.ndarray:
 
 
 def define_edit_flags(fv: Flags) -> None:
-  flags.DEFINE_string("preset", presets.DEFAULT, "Editing preset: a name from configs/presets/ or a path to a "
-                      "preset .json (vital layers, skip layers, guidance, time-varying); flags given explicitly "
-                      "override it.", flag_values=fv)
+  flags.DEFINE_string("preset", None, "Editing preset: a name from configs/presets/ (" + ", ".join(presets.available())
+                      + "), a path to a preset .json (vital layers, skip layers, guidance, time-varying), or probe "
+                      "(find this checkpoint's vital layers once with musickv-probe-layers and keep them next to the "
+                      "converted checkpoint). Default: the preset made for the model (musickv for Stable Audio Open "
+                      "1.0; musickv-small for Stable Audio Open Small, whose layers are a proportional guess). Flags "
+                      "given explicitly override it.", flag_values=fv)
   flags.DEFINE_list("vital_layers", None, "DiT blocks whose self-attention K/V come from the source "
-                    "(default from the preset: 20,3,4).", flag_values=fv)
+                    "(default from the preset: 20,3,4 for Stable Audio Open 1.0).", flag_values=fv)
   flags.DEFINE_list("skip_layers", None, "DiT blocks whose self-attention is bypassed for every sample (probing).",
                     flag_values=fv)
   flags.DEFINE_string("schedule", None, "linear_ramp (the reference's time-varying schedule), constant, cosine, "
@@ -164,23 +179,26 @@ def _float_pair(values, flag: str) -> tuple[float, float]:
   return a, b
 
 
-def build_schedule(fv: Flags | Values, name: str, steps: int, n_layers: int) -> np.ndarray:
-  kv = kv_schedules
+def schedule_spec(fv: Flags | Values, name: str, n_layers: int) -> np.ndarray | kv_schedules.ScheduleSpec:
+  """--schedule: a .npy file's weights, or a named schedule built once the steps are known."""
   if name.endswith(".npy"):
-    return kv.load_npy(name)
+    return kv_schedules.load_npy(name)
   if name == "per_layer":
     if len(fv.layer_schedules) != n_layers:
       raise UsageError(f"--schedule=per_layer needs --layer_schedules with one name per vital layer ({n_layers}), "
                        f"got {len(fv.layer_schedules)}")
-    return kv.per_layer([build_schedule(fv, n, steps, 1) for n in fv.layer_schedules])
-  params = {}
+    return kv_schedules.ScheduleSpec("per_layer", layers=tuple(schedule_spec(fv, n, 1) for n in fv.layer_schedules))
+  params: dict[str, float] = {}
   if name == "constant":
     params = {"weight": fv.schedule_weight}
   elif name in ("linear_ramp", "cosine"):
     params = dict(zip(("start", "end"), _float_pair(fv.ramp, "ramp")))
   elif name == "window":
     params = dict(zip(("start", "end"), _float_pair(fv.window, "window")), weight=fv.schedule_weight)
-  return kv.by_name(name, steps, n_layers, **params)
+  if name not in kv_schedules.NAMES:
+    raise UsageError(f"--schedule: unknown schedule {name!r}; use one of {', '.join(kv_schedules.NAMES)}, per_layer, "
+                     "or a .npy file")
+  return kv_schedules.ScheduleSpec(name, tuple(params.items()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,21 +237,39 @@ class Values:
     return Values({**self.values, **overrides}, self.explicit | frozenset(overrides))
 
 
-def edit_settings(values: Values) -> EditFlags:
-  """The edit flags over the preset: a flag given explicitly wins."""
+PROBE_PRESET = "probe"  # --preset=probe: this checkpoint's probed vital layers
+
+
+def probed_preset(model: LoadedModel) -> presets.EditPreset:
+  """This checkpoint's own preset: probed the first time (a long run: every layer over the shipped
+  probe prompts), then read from the converted checkpoint's folder."""
+  with progress_bar(1, "probing") as listener:
+    return probing.checkpoint_preset(model, on_progress=listener,
+                                     log=lambda message: print(f"info: {message}", file=sys.stderr, flush=True))
+
+
+def preset_for(values: Values, model: LoadedModel) -> presets.EditPreset:
+  """--preset: a shipped name or a file; `probe`: this checkpoint's probed preset (found once);
+  none: the model's default preset."""
+  if values.preset == PROBE_PRESET:
+    return probed_preset(model)
+  return presets.load(values.preset) if values.preset else presets.default_for(model.config)
+
+
+def edit_settings(values: Values, model: LoadedModel) -> EditFlags:
+  """The edit flags over the preset (the model's default one unless --preset names one): a flag
+  given explicitly wins, then the preset, then the model's own defaults."""
   fv = values
-  preset = presets.load(fv.preset)
+  preset = preset_for(values, model)
   generation = generation_settings(fv)
-  if not values.given("guidance_scale"):
+  if not values.given("guidance_scale") and preset.guidance_scale is not None:
     generation = dataclasses.replace(generation, guidance_scale=preset.guidance_scale)
   if not values.given("audio_end_in_s"):
     generation = dataclasses.replace(generation, audio_end_in_s=preset.audio_end_in_s)
   layers = int_list(fv.vital_layers, "vital_layers") if fv.vital_layers is not None else preset.vital_layers
   skips = int_list(fv.skip_layers, "skip_layers") if fv.skip_layers is not None else preset.skip_layers
   schedule_name = fv.schedule or ("linear_ramp" if preset.time_varying else "constant")
-  schedule = None
-  if generation.num_inference_steps >= 1 and layers:  # else the settings' own validation says what is wrong
-    schedule = build_schedule(fv, schedule_name, generation.num_inference_steps, len(layers))
+  schedule = schedule_spec(fv, schedule_name, len(layers)) if layers else None
   settings = EditSettings(generation=generation, vital_layers=layers, skip_layers=skips, schedule=schedule,
                           injection_mode=fv.injection_mode, edit_all=fv.edit_all,
                           allow_unbounded_schedule=fv.allow_unbounded_schedule)
@@ -267,22 +303,30 @@ class Fitted:
 
 
 def fit_to_model(chosen: EditFlags, values: Values, config, *, real_audio: bool = False) -> Fitted:
-  """Defaults that adapt to the model: an edit of a recording has the recording's length (its
-  seconds_total conditioning the model's maximum, as the reference); a length nobody asked for
-  (the preset's) is cut to the model's window. An explicit flag is left alone (the settings'
-  validation refuses one that does not fit)."""
+  """Defaults that adapt to the model: steps, guidance and sampler left open are the model's (a
+  recording's edit takes the deterministic sampler its inversion ran backwards); an edit of a
+  recording has the recording's length (its seconds_total conditioning the model's maximum, as the
+  reference); a length nobody asked for (the preset's) is cut to the model's window. An explicit
+  flag is left alone (the settings' validation refuses one that does not fit)."""
   settings = chosen.settings
+  notes = []
+  if real_audio and settings.generation.sampler is None and \
+      config.diffusion.defaults.sampler != config.diffusion.deterministic_sampler:
+    notes.append(f"a recording is edited with the {config.diffusion.deterministic_sampler} sampler, the ODE its "
+                 f"inversion ran backwards (--sampler chooses another)")
+  settings = settings.for_recording(config) if real_audio else settings.for_model(config)
   gen = settings.generation
   if values.given("audio_end_in_s"):
-    return Fitted(settings)
+    return Fitted(settings, tuple(notes))
   if real_audio:
-    return Fitted(dataclasses.replace(settings, generation=dataclasses.replace(gen, audio_end_in_s=None)))
+    return Fitted(dataclasses.replace(settings, generation=dataclasses.replace(gen, audio_end_in_s=None)),
+                  tuple(notes))
   maximum = config.max_audio_seconds
   if gen.audio_end_in_s is not None and gen.audio_end_in_s > maximum:
-    note = (f"the preset's {gen.audio_end_in_s:g} s is longer than this model's {maximum:.2f} s window; generating "
-            f"{maximum:.2f} s (--audio_end_in_s sets the length)")
-    return Fitted(dataclasses.replace(settings, generation=dataclasses.replace(gen, audio_end_in_s=maximum)), (note,))
-  return Fitted(settings)
+    notes.append(f"the preset's {gen.audio_end_in_s:g} s is longer than this model's {maximum:.2f} s window; "
+                 f"generating {maximum:.2f} s (--audio_end_in_s sets the length)")
+    settings = dataclasses.replace(settings, generation=dataclasses.replace(gen, audio_end_in_s=maximum))
+  return Fitted(settings, tuple(notes))
 
 
 # ----------------------------------------------------------------------------- recordings

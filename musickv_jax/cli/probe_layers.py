@@ -39,8 +39,9 @@ def define(fv: Flags) -> None:
                       flag_values=fv)
   flags.DEFINE_list("seeds", ["0"], "Seeds, comma-separated: every prompt is probed with each.", flag_values=fv)
   flags.DEFINE_list("layers", None, "Layers to probe (default: all).", flag_values=fv)
-  flags.DEFINE_integer("num_inference_steps", 50, "Sampling steps of each generation.", flag_values=fv)
-  flags.DEFINE_float("guidance_scale", 7.0, "Classifier-free guidance scale.", flag_values=fv)
+  flags.DEFINE_integer("num_inference_steps", None, f"Sampling steps of each generation (default: the model's, at most "
+                       f"{probing.PROBE_MAX_STEPS}).", flag_values=fv)
+  flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale (default: the model's).", flag_values=fv)
   flags.DEFINE_float("audio_end_in_s", None, f"Length of each generation, seconds (default: {probing.PROBE_SECONDS:g}, "
                      "at most the model's window).", flag_values=fv)
   flags.DEFINE_string("latent_length", "fit", "fit (just long enough, faster) or full (the model's window).",
@@ -56,17 +57,7 @@ def read_prompts(fv: Flags) -> tuple[str, ...]:
   if fv.prompts and fv.prompts_file:
     raise UsageError("give --prompts or --prompts_file, not both")
   if fv.prompts_file:
-    path = Path(fv.prompts_file).expanduser()
-    if not path.is_file():
-      raise UsageError(f"--prompts_file {path}: file not found")
-    try:
-      lines = [line.strip() for line in path.read_text().splitlines()]
-    except (OSError, UnicodeDecodeError) as e:
-      raise UsageError(f"--prompts_file {path}: cannot read it as text ({e})") from None
-    prompts = tuple(line for line in lines if line and not line.startswith("#"))
-    if not prompts:
-      raise UsageError(f"--prompts_file {path} has no prompts (one a line; '#' starts a comment)")
-    return prompts
+    return probing.read_prompt_file(fv.prompts_file)
   if not fv.prompts:
     raise UsageError("give prompts with --prompts or --prompts_file")
   return tuple(fv.prompts)
@@ -120,10 +111,7 @@ def body(fv: Flags) -> None:
                                 on_results=lambda batch: _append(results_path, [probing.result_to_json(r) for r in batch]),
                                 on_progress=listener)
   summary = probing.summarize(results, settings, model.config.dit.depth)
-  preset = {"description": f"vital layers found by musickv-probe-layers on {model.config.name}: "
-                           f"{len(settings.prompts)} prompt(s) x {len(settings.seeds)} seed(s)",
-            "vital_layers": list(summary.vital_layers()), "skip_layers": [],
-            "guidance_scale": settings.guidance_scale, "time_varying": True}
+  preset = summary.preset(model.config.name, model.config.dit.depth).to_json_dict()
   with OutputSet(out_dir) as outputs:
     write_json(outputs.path("probe.json"), summary.to_json_dict())
     write_json(outputs.path("preset.json"), preset)

@@ -238,6 +238,30 @@ def _flatten_paths(tree: Mapping, prefix: Path = ()) -> list[Path]:
   return out
 
 
+def tensor_problems(component: str, source: str, missing, unexpected, mismatched, unfilled) -> ConversionError:
+  """One line naming the first problem (a tensor whose shape the config does not expect, else a
+  missing one, else one the model has no place for) and how many there are in all; every problem
+  is listed in the error's `details`."""
+  total = len(missing) + len(unexpected) + len(mismatched) + len(unfilled)
+  if mismatched:
+    name, exp, found = mismatched[0]
+    first = f"tensor {name} has shape {found} but the model config needs {exp}"
+  elif missing:
+    name, exp = missing[0]
+    first = f"tensor {name} (shape {exp}) is missing"
+  elif unexpected:
+    name, shape = unexpected[0]
+    first = f"tensor {name} (shape {shape}) is not part of this model (another layout or config?)"
+  else:
+    first = f"no rule fills our parameter {unfilled[0]} (a converter bug)"
+  more = f" ({total} problems in all: {len(mismatched)} of shape, {len(missing)} missing, {len(unexpected)} " \
+         "unexpected)" if total > 1 else ""
+  error = ConversionError(f"cannot convert {component} from {source}: {first}{more}; the weights and the model "
+                          "config do not fit each other")
+  error.details = format_problems(component, source, missing, unexpected, mismatched, unfilled)
+  return error
+
+
 def format_problems(component: str, source: str, missing, unexpected, mismatched, unfilled) -> str:
   lines = [f"cannot convert {component} from {source}:"]
   if mismatched:
@@ -262,8 +286,8 @@ def apply_rules(rules: Sequence[Rule], state_dict: Mapping[str, np.ndarray], abs
 
   abstract: the ShapeDtypeStruct tree of the component (from jax.eval_shape).
   ignore: names that may be present and are skipped (e.g. a full T5's decoder).
-  Returns (params, unexpected names that were allowed). Raises ConversionError listing every
-  missing, unexpected and mis-shaped tensor at once.
+  Returns (params, unexpected names that were allowed). Raises ConversionError naming the first
+  mis-shaped, missing or unexpected tensor in one line, every one of them in its `details`.
   """
   used: set[str] = set()
   missing, mismatched = [], []
@@ -290,10 +314,9 @@ def apply_rules(rules: Sequence[Rule], state_dict: Mapping[str, np.ndarray], abs
   target_paths = {t.path for r in rules for t in r.targets}
   unfilled = ["/".join(p) for p in _flatten_paths(abstract) if p not in target_paths]
   if missing or mismatched or unfilled or (unexpected and not allow_unexpected):
-    raise ConversionError(format_problems(component, source, missing,
-                                          [] if allow_unexpected else
-                                          [(n, tuple(state_dict[n].shape)) for n in unexpected],
-                                          mismatched, unfilled))
+    raise tensor_problems(component, source, missing,
+                          [] if allow_unexpected else [(n, tuple(state_dict[n].shape)) for n in unexpected],
+                          mismatched, unfilled)
 
   # Stacked leaves are allocated once and filled layer by layer (no second copy for stacking).
   params: dict = {}

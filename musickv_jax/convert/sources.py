@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from huggingface_hub import snapshot_download
 
-from musickv_jax.config import ConditionerConfig, ConfigError, DiTConfig, ModelConfig, OobleckConfig, T5Config
+from musickv_jax.config import (NUMBERS, OBJECTIVES, QK_NORMS, ConditionerConfig, ConfigError, DiffusionConfig, DiTConfig,
+                                DistributionShift, ModelConfig, OobleckConfig, T5Config)
 from musickv_jax.convert.tables import DIFFUSERS, SAT, t5_ignored
 from musickv_jax.convert.tensors import ConversionError, read_sharded, read_weights
 
@@ -203,8 +204,62 @@ def _conditioning_by_id(mc: dict, where: str) -> dict[str, dict]:
     raise ConversionError(f"{where}: expected model.conditioning.configs (a list of conditioners)") from None
 
 
+# DiT options of stable-audio-tools that we read; any other key must keep stable-audio-tools' default
+_DIT_READ = {"io_channels", "embed_dim", "depth", "num_heads", "cond_token_dim", "global_cond_dim",
+             "project_cond_tokens", "project_global_cond", "transformer_type", "attn_kwargs", "timestep_features_dim"}
+_DIT_DEFAULTS = {"patch_size": 1, "global_cond_type": "prepend", "input_concat_dim": 0, "prepend_cond_dim": 0,
+                 "timestep_cond_type": "global", "timestep_features_type": "learned", "timestep_features_logsnr": False,
+                 "timestep_embed_dim": None, "use_sinusoidal_emb": False, "use_abs_pos_emb": False,
+                 "num_memory_tokens": 0, "rotary_pos_emb": True, "cross_attn_rotary_pos_emb": False, "causal": False,
+                 "conformer": False, "layer_scale": False, "norm_type": "layer_norm", "use_checkpointing": False,
+                 "zero_init_branch_outputs": True}
+_ATTN_READ = {"qk_norm", "qk_norm_eps"}
+# stable-audio-tools' classes' own defaults for each kind of sampling shift (inference/sampling.py)
+_SHIFT_DEFAULTS = {"logsnr": {"rate": 1.0}, "flux": {}, "full": {}, "none": {}}
+_SHIFT_KEYS = {"logsnr": ("rate", "anchor_length", "anchor_logsnr", "logsnr_end"),
+               "flux": ("min_length", "max_length", "alpha_min", "alpha_max"),
+               "full": ("base_shift", "max_shift", "min_length", "max_length", "use_sine"), "none": ()}
+
+
+def _dit_options(dc: dict, where: str) -> None:
+  """Every DiT option of the config is one we implement, or at stable-audio-tools' default."""
+  for key, value in dc.items():
+    if key in _DIT_READ:
+      continue
+    if key not in _DIT_DEFAULTS:
+      raise ConversionError(f"{where}: diffusion.config option {key!r} is not supported by this converter")
+    if value != _DIT_DEFAULTS[key]:
+      raise ConversionError(f"{where}: diffusion.config {key} = {value!r} is not supported (only "
+                            f"{_DIT_DEFAULTS[key]!r})")
+  attn = dc.get("attn_kwargs") or {}
+  if not isinstance(attn, dict) or set(attn) - _ATTN_READ:
+    raise ConversionError(f"{where}: attn_kwargs {attn!r}: only qk_norm and qk_norm_eps are supported")
+  if attn.get("qk_norm", "none") not in QK_NORMS:
+    raise ConversionError(f"{where}: qk_norm {attn.get('qk_norm')!r} is not supported (one of {QK_NORMS})")
+
+
+def _shift(diffusion: dict, where: str) -> DistributionShift:
+  """The sampling shift: stable-audio-tools' model default (LogSNR at rate 0) when the config has
+  none; else the kind it names (`full` when it names none, as stable-audio-tools reads it)."""
+  options = diffusion.get("sampling_distribution_shift_options")
+  if options is None:
+    return DistributionShift()
+  if not isinstance(options, dict):
+    raise ConversionError(f"{where}: sampling_distribution_shift_options must be an object, got {options!r}")
+  options = dict(options)
+  kind = options.pop("type", "full")
+  if kind not in _SHIFT_KEYS:
+    raise ConversionError(f"{where}: sampling shift type {kind!r} is not supported (one of {tuple(_SHIFT_KEYS)})")
+  unknown = sorted(set(options) - set(_SHIFT_KEYS[kind]))
+  if unknown:
+    raise ConversionError(f"{where}: sampling shift {kind!r} has no option(s) {unknown}")
+  return DistributionShift(kind=kind, **(_SHIFT_DEFAULTS[kind] | options))
+
+
 def sat_config(mc: dict, where: str, t5: T5Config) -> ModelConfig:
-  """Our ModelConfig from a stable-audio-tools model_config.json (diffusion_cond, DiT, Oobleck)."""
+  """Our ModelConfig from a stable-audio-tools model_config.json (diffusion_cond, DiT, Oobleck):
+  Stable Audio Open 1.0, Stable Audio Open Small (model_config.json or base_model_config.json) and
+  their fine-tunes. Every option is read from the file; one we do not implement is refused by name."""
   try:
     model = mc["model"]
     pre = model["pretransform"]["config"]
@@ -218,27 +273,41 @@ def sat_config(mc: dict, where: str, t5: T5Config) -> ModelConfig:
     raise ConversionError(f"{where}: diffusion type {diffusion.get('type')!r} is not supported (only 'dit')")
   if dc.get("transformer_type", "continuous_transformer") != "continuous_transformer":
     raise ConversionError(f"{where}: transformer_type {dc.get('transformer_type')!r} is not supported")
-  if dc.get("global_cond_type", "prepend") != "prepend":
-    raise ConversionError(f"{where}: global_cond_type {dc.get('global_cond_type')!r} is not supported (only prepend)")
-  if int(dc.get("patch_size", 1)) != 1:
-    raise ConversionError(f"{where}: patch_size {dc.get('patch_size')} is not supported (only 1)")
+  _dit_options(dc, where)
+  objective = diffusion.get("diffusion_objective", "v")
+  if objective not in OBJECTIVES:
+    raise ConversionError(f"{where}: diffusion_objective {objective!r} is not supported (one of {OBJECTIVES})")
 
   conds = _conditioning_by_id(mc, where)
-  for key in ("seconds_start", "seconds_total"):
-    if key not in conds or conds[key].get("type") != "number":
-      raise ConversionError(f"{where}: expected a number conditioner '{key}'")
-  s0, s1 = conds["seconds_start"]["config"], conds["seconds_total"]["config"]
-  if (s0.get("min_val"), s0.get("max_val")) != (s1.get("min_val"), s1.get("max_val")):
-    raise ConversionError(f"{where}: seconds_start and seconds_total have different ranges; not supported")
-  if list(diffusion.get("cross_attention_cond_ids", [])) != ["prompt", "seconds_start", "seconds_total"] or \
-     list(diffusion.get("global_cond_ids", [])) != ["seconds_start", "seconds_total"]:
-    raise ConversionError(f"{where}: conditioning ids differ from Stable Audio Open's "
-                          "(cross: prompt, seconds_start, seconds_total; global: seconds_start, seconds_total)")
+  cross_ids = list(diffusion.get("cross_attention_cond_ids", []))
+  global_ids = list(diffusion.get("global_cond_ids", []))
+  if not cross_ids or cross_ids[0] != "prompt":
+    raise ConversionError(f"{where}: cross_attention_cond_ids {cross_ids} must start with the text 'prompt'")
+  numbers = tuple(cross_ids[1:])
+  for key in numbers:
+    if key not in NUMBERS or conds.get(key, {}).get("type") != "number":
+      raise ConversionError(f"{where}: cross-attention conditioner {key!r} is not a number conditioner this family "
+                            f"has ({', '.join(NUMBERS)})")
+  if not global_ids or any(key not in numbers for key in global_ids):
+    raise ConversionError(f"{where}: global_cond_ids {global_ids} must be number conditioners of "
+                          f"cross_attention_cond_ids ({list(numbers)})")
+  for key in ("input_concat_ids", "prepend_cond_ids", "local_add_cond_ids"):
+    if diffusion.get(key):
+      raise ConversionError(f"{where}: {key} {diffusion[key]} is not supported")
+  ranges = {(conds[key]["config"].get("min_val", 0), conds[key]["config"].get("max_val", 512)) for key in numbers}
+  if len(ranges) != 1:
+    raise ConversionError(f"{where}: the number conditioners {list(numbers)} have different ranges; not supported")
+  low, high = ranges.pop()
 
   embed, heads = _int(dc, "embed_dim", where), _int(dc, "num_heads", where)
   head_dim = embed // heads
   token_dim = _int(dc, "cond_token_dim", where)
-  projected = embed if dc.get("project_cond_tokens", False) else token_dim
+  global_dim = _int(dc, "global_cond_dim", where)
+  projected = embed if dc.get("project_cond_tokens", True) else token_dim  # stable-audio-tools' default: project
+  if not dc.get("project_global_cond", True) and global_dim != embed:
+    raise ConversionError(f"{where}: project_global_cond false needs global_cond_dim ({global_dim}) = embed_dim "
+                          f"({embed})")
+  attn = dc.get("attn_kwargs") or {}
   downsampling = _int(pre, "downsampling_ratio", where)
   latent = _int(dec, "latent_dim", where)
   if _int(enc, "latent_dim", where) != 2 * latent:
@@ -251,18 +320,20 @@ def sat_config(mc: dict, where: str, t5: T5Config) -> ModelConfig:
   dit = DiTConfig(
       io_channels=_int(dc, "io_channels", where), embed_dim=embed, depth=_int(dc, "depth", where), num_heads=heads,
       cross_kv_heads=projected // head_dim, cond_token_dim=projected, cond_input_dim=token_dim,
-      global_cond_dim=_int(dc, "global_cond_dim", where),
-      time_features_dim=_int(dc, "timestep_features_dim", where, 256),
-      rotary_dim=max(head_dim // 2, 32), sample_size=_int(mc, "sample_size", where) // downsampling)
+      global_cond_dim=global_dim, time_features_dim=_int(dc, "timestep_features_dim", where, 256),
+      rotary_dim=max(head_dim // 2, 32), sample_size=_int(mc, "sample_size", where) // downsampling,
+      qk_norm=attn.get("qk_norm", "none"), qk_norm_eps=float(attn.get("qk_norm_eps", 1e-6)))
   vae = OobleckConfig(
       audio_channels=_int(pre, "io_channels", where), encoder_channels=_int(enc, "channels", where),
       decoder_channels=_int(dec, "channels", where), latent_dim=latent, strides=_int_list(enc, "strides", where),
       channel_mults=_int_list(enc, "c_mults", where), sample_rate=_int(mc, "sample_rate", where))
   if _int_list(dec, "strides", where) != vae.strides or _int_list(dec, "c_mults", where) != vae.channel_mults:
     raise ConversionError(f"{where}: encoder and decoder strides / c_mults differ; not supported")
-  conditioner = ConditionerConfig(text_dim=t5.d_model, cond_dim=int(cond_dim),
-                                  seconds_min=float(s0.get("min_val", 0)), seconds_max=float(s0.get("max_val", 512)))
-  return _model_config(dit=dit, vae=vae, t5=t5, conditioner=conditioner, name="stable-audio-tools")
+  conditioner = ConditionerConfig(text_dim=t5.d_model, cond_dim=int(cond_dim), seconds_min=float(low),
+                                  seconds_max=float(high), numbers=numbers, global_numbers=tuple(global_ids))
+  return _model_config(dit=dit, vae=vae, t5=t5, conditioner=conditioner,
+                       diffusion=DiffusionConfig(objective=objective, shift=_shift(diffusion, where)),
+                       name=f"stable-audio-tools {objective}, depth {dit.depth}")
 
 
 def _sat_max_length(mc: dict, where: str) -> int:
@@ -272,15 +343,39 @@ def _sat_max_length(mc: dict, where: str) -> int:
   return _int(prompt.get("config", {}), "max_length", where, 128)
 
 
+TRAINING_PREFIX, EMA_PREFIX = "diffusion.", "diffusion_ema.ema_model."
+
+
+def unwrap_training_snapshot(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A stable-audio-tools Lightning training snapshot -> the single-file layout. The snapshot holds
+  the online model under `diffusion.model.*` and its exponential moving average under
+  `diffusion_ema.ema_model.*`: the EMA weights are the ones to use (what stable-audio-tools'
+  unwrap_model exports); the conditioner and the VAE come from `diffusion.*`. A snapshot without
+  an EMA gives its online weights. A single file passes through unchanged."""
+  if not any(k.startswith(TRAINING_PREFIX) for k in state):
+    return state
+  ema = {k[len(EMA_PREFIX):]: v for k, v in state.items() if k.startswith(EMA_PREFIX)}
+  out = {k[len(TRAINING_PREFIX):]: v for k, v in state.items()
+         if k.startswith(TRAINING_PREFIX) and not (ema and k.startswith(TRAINING_PREFIX + "model."))}
+  out.update({f"model.{k}": v for k, v in ema.items()})
+  return out
+
+
+def _config_beside(weights_file: Path) -> Path:
+  """model_config.json beside the weights; base_model_config.json beside base_model.ckpt (SAO Small's pre-ARC model)."""
+  paired = weights_file.parent / f"{weights_file.stem}_config.json"
+  return paired if paired.is_file() else weights_file.parent / "model_config.json"
+
+
 def read_sat(weights_file: Path, model_config: Path | None, t5_dir: Path | None) -> SourceCheckpoint:
-  config_path = model_config or weights_file.parent / "model_config.json"
+  config_path = model_config or _config_beside(weights_file)
   if not config_path.is_file():
     raise ConversionError(f"{weights_file}: no model_config.json beside it; pass {{field}}", field="model_config")
   mc = _read_json(config_path)
   t5_root, tokenizer_dir = _find_t5(t5_dir)
   t5_hf = _read_json(t5_root / "config.json")
   t5 = t5_config_from_hf(t5_hf, str(t5_root / "config.json"), _sat_max_length(mc, str(config_path)))
-  state = read_weights(weights_file)
+  state = unwrap_training_snapshot(read_weights(weights_file))
 
   def take(prefix: str) -> dict[str, np.ndarray]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -297,7 +392,7 @@ def read_sat(weights_file: Path, model_config: Path | None, t5_dir: Path | None)
   config = sat_config(mc, str(config_path), t5)
   config = config.replace(conditioner=dataclasses.replace(
       config.conditioner, number_features_dim=_number_features_dim(
-          cond_sd, "seconds_start.embedder.embedding.0.weights", str(weights_file))))
+          cond_sd, f"{config.conditioner.numbers[0]}.embedder.embedding.0.weights", str(weights_file))))
   t5_sd, t5_files = read_sharded(t5_root, ("model", "pytorch_model"))
   if leftovers:
     # Report them with the DiT, whose prefix is the usual home of stray tensors.

@@ -110,7 +110,19 @@ def dit_rules(cfg: DiTConfig, layout: str) -> list[Rule]:
     for ours, theirs in norms.items():
       rules += [rule(f"{b}.{theirs}.{norm_keys[0]}", blk(ours, "scale")),
                 rule(f"{b}.{theirs}.{norm_keys[1]}", blk(ours, "bias"))]
+    if cfg.qk_norm != "none":
+      if layout != SAT:
+        raise ValueError(f"qk_norm {cfg.qk_norm!r} exists only in the stable-audio-tools layout")
+      for attention in ("self_attn", "cross_attn"):
+        for norm in ("q_norm", "k_norm"):
+          rules += [rule(f"{b}.{attention}.{norm}.{theirs}", blk(attention, norm, ours))
+                    for ours, theirs in _QK_NORM_PARAMS[cfg.qk_norm]]
   return rules
+
+
+# our parameter names -> stable-audio-tools' for each q/k norm (torch LayerNorm, its RMSNorm, DynamicTanh)
+_QK_NORM_PARAMS = {"ln": (("scale", "weight"), ("bias", "bias")), "rms": (("scale", "gamma"),), "l2": (),
+                   "dyt": (("alpha", "alpha"), ("scale", "gamma"), ("bias", "beta"))}
 
 
 # ----------------------------------------------------------------------------- Oobleck VAE
@@ -216,7 +228,8 @@ def conditioner_rules(cfg: ConditionerConfig, layout: str) -> list[Rule]:
   if cfg.has_text_projection:
     rules += [rule(f"{text}.weight", _t("text_projection", "kernel"), Linear()),
               rule(f"{text}.bias", _t("text_projection", "bias"))]
-  for ours, theirs in numbers.items():
+  for ours in cfg.numbers:
+    theirs = numbers[ours]
     rules += [rule(f"{theirs}.0.weights", _t(ours, "weights")),
               rule(f"{theirs}.1.weight", _t(ours, "proj", "kernel"), Linear()),
               rule(f"{theirs}.1.bias", _t(ours, "proj", "bias"))]

@@ -69,6 +69,7 @@ class EditJob:
 def plan_job(model: LoadedModel, job_id: str, settings: EditSettings, recording: Inversion | None = None) -> EditJob:
   """A job of a generated source (its initial noise from the seed) or of an inverted recording."""
   settings = dataclasses.replace(settings, injection_mode="joint")  # a batch is one joint run per job
+  settings = settings.for_recording(model.config) if recording is not None else settings.for_model(model.config)
   settings.validate(model.config)
   if recording is not None and recording.windows is not None:
     long_recording.check_edit(model, settings, recording.windows, recording.n_samples)

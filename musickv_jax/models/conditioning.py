@@ -1,9 +1,12 @@
-"""Conditioning of Stable Audio Open: text projection, seconds conditioners, and the assembly
-of the DiT's cross-attention tokens and global vector.
+"""Conditioning of the Stable Audio Open family: text projection, number conditioners, and the
+assembly of the DiT's cross-attention tokens and global vector (ConditionerConfig says which
+numbers there are). Stable Audio Open 1.0:
 
   cross_tokens = [T5 tokens projected, padded positions zeroed (not masked),
                   seconds_start token, seconds_total token]          (B, N + 2, cond_dim)
   global_cond  = concat(seconds_start, seconds_total)                 (B, 2 * cond_dim)
+
+Stable Audio Open Small: cross_tokens [T5 tokens, seconds_total] and global_cond seconds_total.
 """
 
 from __future__ import annotations
@@ -53,12 +56,12 @@ class Conditioner(nn.Module):
   def setup(self):
     cfg = self.config
     self.text_projection = Dense(cfg.cond_dim, dtype=jnp.float32) if cfg.has_text_projection else None
-    self.seconds_start = NumberConditioner(cfg)
-    self.seconds_total = NumberConditioner(cfg)
+    for name in cfg.numbers:  # named by the conditioner they are (their parameters' place in the tree)
+      setattr(self, name, NumberConditioner(cfg))
 
   def __call__(self, text_hidden: Array, text_mask: Array, seconds_start: Array,
                seconds_total: Array) -> Conditioning:
-    return self.assemble(self.project_text(text_hidden, text_mask), *self.seconds(seconds_start, seconds_total))
+    return self.assemble(self.project_text(text_hidden, text_mask), self.seconds(seconds_start, seconds_total))
 
   def project_text(self, text_hidden: Array, text_mask: Array) -> Array:
     """(B, N, text_dim), mask (B, N) -> (B, N, cond_dim) with padded positions zeroed."""
@@ -69,12 +72,14 @@ class Conditioner(nn.Module):
       x = self.text_projection(x)
     return x * text_mask[..., None].astype(jnp.float32)
 
-  def seconds(self, seconds_start: Array, seconds_total: Array) -> tuple[Array, Array]:
-    """(B,), (B,) seconds -> two (B, cond_dim) embeddings."""
-    return self.seconds_start(seconds_start), self.seconds_total(seconds_total)
+  def seconds(self, seconds_start: Array, seconds_total: Array) -> dict[str, Array]:
+    """(B,), (B,) seconds -> a (B, cond_dim) embedding per number conditioner the model has."""
+    values = {"seconds_start": seconds_start, "seconds_total": seconds_total}
+    return {name: getattr(self, name)(values[name]) for name in self.config.numbers}
 
-  @staticmethod
-  def assemble(text_tokens: Array, start: Array, total: Array) -> Conditioning:
-    chex.assert_equal_shape([start, total])
-    cross = jnp.concatenate([text_tokens, start[:, None, :], total[:, None, :]], axis=1)
-    return Conditioning(cross_tokens=cross, global_cond=jnp.concatenate([start, total], axis=-1))
+  def assemble(self, text_tokens: Array, numbers: dict[str, Array]) -> Conditioning:
+    cfg = self.config
+    chex.assert_equal_shape([numbers[name] for name in cfg.numbers])
+    cross = jnp.concatenate([text_tokens] + [numbers[name][:, None, :] for name in cfg.numbers], axis=1)
+    return Conditioning(cross_tokens=cross,
+                        global_cond=jnp.concatenate([numbers[name] for name in cfg.global_numbers], axis=-1))

@@ -142,7 +142,8 @@ class DiTBlock(nn.Module):
     dtype = to_jnp_dtype(cfg.dtype)
     h, record_k, record_v = carry
 
-    attn = SelfAttention(cfg.embed_dim, cfg.num_heads, dtype=dtype, implementation=cfg.attention, name="self_attn")
+    attn = SelfAttention(cfg.embed_dim, cfg.num_heads, dtype=dtype, implementation=cfg.attention, qk_norm=cfg.qk_norm,
+                         qk_norm_eps=cfg.qk_norm_eps, name="self_attn")
     q, k, v = attn.qkv(LayerNorm(cfg.norm_eps, name="self_norm")(h))
     own_k, own_v = k, v
 
@@ -173,7 +174,8 @@ class DiTBlock(nn.Module):
     h = jnp.where(jnp.reshape(layer.bypass, (-1, 1, 1)), h, h + attn_out)
 
     cross = CrossAttention(cfg.embed_dim, cfg.num_heads, cfg.cross_kv_heads, dtype=dtype,
-                           implementation=cfg.attention, name="cross_attn")
+                           implementation=cfg.attention, qk_norm=cfg.qk_norm, qk_norm_eps=cfg.qk_norm_eps,
+                           name="cross_attn")
     h = h + cross(LayerNorm(cfg.norm_eps, name="cross_norm")(h), shared.context)
 
     # the GLU feed-forward as a function of its parameters (Dense-shaped dicts), so that it can run

@@ -17,7 +17,7 @@ from musickv_jax.config import ModelConfig
 from musickv_jax.errors import SettingsError
 from musickv_jax.models import vae_ops
 from musickv_jax.pipeline.settings import GenerationSettings
-from musickv_jax.sampling import sampler, schedules
+from musickv_jax.sampling import rf_schedules, sampler, schedules
 
 FIT_BUCKET_FRAMES = 64  # `fit` rounds the latent length up to a multiple of this (few compiled shapes)
 
@@ -35,8 +35,11 @@ def latent_frames(settings: GenerationSettings, config: ModelConfig) -> int:
 
 
 def initial_latents(settings: GenerationSettings, config: ModelConfig, n: int, frames: int) -> jax.Array:
-  """Unit Gaussian noise from the seed, one independent draw per prompt, scaled to sigma_max."""
+  """Unit Gaussian noise from the seed, one independent draw per prompt, scaled to the first noise
+  level (sigma_max for the v objective; rectified flow starts from the noise itself, at t = 1)."""
   noise = jax.random.normal(jax.random.key(settings.seed), (n, config.dit.io_channels, frames), jnp.float32)
+  if config.diffusion.is_rectified_flow:
+    return noise
   return noise * schedules.init_noise_scale(settings.sigma_max, settings.noise_convention)
 
 
@@ -70,10 +73,40 @@ def check_init_latents(latents: np.ndarray, n: int, settings: GenerationSettings
   return latents.astype(np.float32)
 
 
-def step_plan(settings: GenerationSettings) -> sampler.StepPlan:
+def step_plan(settings: GenerationSettings, config: ModelConfig | None = None, frames: int | None = None
+              ) -> sampler.StepPlan:
+  """The per-step arrays of a run: the v objective's sigma schedule (the default config), or
+  rectified flow's times for a latent of `frames` frames (its shift may depend on the length)."""
+  if config is not None and config.diffusion.is_rectified_flow:
+    settings = settings.for_model(config)
+    times = rf_schedules.rf_times(settings.num_inference_steps, config.diffusion.shift,
+                                  config.dit.sample_size if frames is None else frames)
+    return sampler.make_plan(times, settings.sampler, config.diffusion.objective)
+  if config is not None:
+    settings = settings.for_model(config)
   sigmas = schedules.sigma_schedule(settings.sigma_schedule, settings.num_inference_steps, settings.sigma_min,
                                     settings.sigma_max)
   return sampler.make_plan(sigmas, settings.sampler)
+
+
+def step_noise(seed: int, steps: int, shape: tuple[int, ...]) -> jax.Array:
+  """(steps, *shape) the noise a stochastic sampler adds at each step, drawn from the seed (its own
+  stream: independent of the initial noise of the same seed). Every prompt of a run shares it."""
+  key = sde_key(seed)
+  return jax.vmap(lambda step: jax.random.normal(jax.random.fold_in(key, step), shape, jnp.float32))(
+      jnp.arange(steps))
+
+
+def check_step_noise(noise: np.ndarray, steps: int, frames: int, config: ModelConfig) -> np.ndarray:
+  """Given step noise must be (steps, 1, C, T) for the run's steps and latent length, finite."""
+  noise = np.asarray(noise)
+  expected = (steps, 1, config.dit.io_channels, frames)
+  if noise.shape != expected:
+    raise SettingsError(f"{{field}} has shape {noise.shape}; this run needs {expected} (steps, 1, channels, latent "
+                        "frames), shared by every prompt", field="step_noise")
+  if not np.issubdtype(noise.dtype, np.floating) or not np.all(np.isfinite(noise)):
+    raise SettingsError("{field} must hold finite floating-point values", field="step_noise")
+  return noise.astype(np.float32)
 
 
 def sde_key(seed: int) -> jax.Array:

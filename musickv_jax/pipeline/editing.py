@@ -20,11 +20,14 @@ from musickv_jax.pipeline.settings import EditSettings
 
 
 def edit(model: LoadedModel, settings: EditSettings, *, init_latents: np.ndarray | None = None,
-         decode_chunk_frames: int | None = vae_ops.DECODE_CHUNK_FRAMES,
+         step_noise: np.ndarray | None = None, decode_chunk_frames: int | None = vae_ops.DECODE_CHUNK_FRAMES,
          on_step: common.Listener | None = None) -> EditResult:
   """Generates the source and the edits. init_latents: the exact x_T (n, C, T), used as given;
-  by default one noise draw from the seed is shared by every prompt, as in the reference."""
-  plan = build_plan(model, settings, init_latents)
+  by default one noise draw from the seed is shared by every prompt, as in the reference.
+  step_noise: a stochastic sampler's noise (steps, 1, C, T), shared by every prompt (ping-pong's
+  default: drawn from the seed, shared too). Settings left open take the model's defaults."""
+  settings = settings.for_model(model.config)
+  plan = build_plan(model, settings, init_latents, step_noise=step_noise)
   latents = sample_edit(model, plan, settings.injection_mode, on_step=on_step)
   return edit_result(model, plan, settings, latents, decode_chunk_frames=decode_chunk_frames)
 

@@ -17,11 +17,13 @@ from musickv_jax.pipeline.settings import GenerationSettings
 
 
 def generate(model: LoadedModel, settings: GenerationSettings, *, init_latents: np.ndarray | None = None,
-             decode_chunk_frames: int | None = vae_ops.DECODE_CHUNK_FRAMES,
+             step_noise: np.ndarray | None = None, decode_chunk_frames: int | None = vae_ops.DECODE_CHUNK_FRAMES,
              on_step: common.Listener | None = None) -> Generation:
-  """Generates one clip per prompt. init_latents: the exact x_T (n, C, T), used as given."""
+  """Generates one clip per prompt. init_latents: the exact x_T (n, C, T), used as given.
+  step_noise: a stochastic sampler's noise (steps, 1, C, T), shared by every prompt."""
   cfg = model.config
-  plan = build_plan(model, settings, init_latents)
+  settings = settings.for_model(cfg)
+  plan = build_plan(model, settings, init_latents, step_noise=step_noise)
   with common.progress(on_step):
     latents, _ = run_plan(model, plan)
   audio = common.decode(model, latents, *common.output_span(settings, cfg), decode_chunk_frames)

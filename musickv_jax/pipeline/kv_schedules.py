@@ -8,6 +8,7 @@ them as data, so a new schedule never recompiles and `jax.grad` can flow into on
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,6 +73,25 @@ def by_name(name: str, steps: int, n_layers: int, **params) -> np.ndarray:
     return builders[name](steps, n_layers, **params)
   except TypeError as e:
     raise ScheduleError(f"{{field}} {name!r}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleSpec:
+  """A schedule by name, built once the steps and layers are known (they may come from the model):
+  `linear_ramp`, `constant`, `cosine`, `window` with their parameters, or `per_layer` with one such
+  spec per vital layer."""
+
+  name: str
+  params: tuple[tuple[str, float], ...] = ()
+  layers: tuple["ScheduleSpec", ...] = ()  # per_layer: one spec per vital layer
+
+  def build(self, steps: int, n_layers: int) -> np.ndarray:
+    if self.name == "per_layer":
+      if len(self.layers) != n_layers:
+        raise ScheduleError(f"{{field}} per_layer needs one schedule per vital layer ({n_layers}), got "
+                            f"{len(self.layers)}")
+      return per_layer([spec.build(steps, 1) for spec in self.layers])
+    return by_name(self.name, steps, n_layers, **dict(self.params))
 
 
 def load_npy(path: str | Path) -> np.ndarray:

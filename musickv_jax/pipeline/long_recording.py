@@ -55,6 +55,7 @@ def check_edit(model: LoadedModel, settings: EditSettings, window_settings: Wind
   """Raises SettingsError, before any work, for a long edit that the long path would refuse:
   settings that do not apply per window, and a memory budget that cannot hold its rows."""
   cfg = model.config
+  settings = settings.for_recording(cfg)
   gen = settings.generation
   check_recording(cfg, n_samples, window_settings)
   _check_generation(settings)
@@ -134,8 +135,8 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, win
   with common.progress(on_step):
     inverted, _ = inversion_lib.invert_in_chunks(
         placement.replicate(model.params.dit, mesh),
-        *placement.replicate((cond, jnp.asarray(latents, jnp.float32), settings.plan(), windows), mesh),
-        dit_config=cfg.dit, mesh=mesh)
+        *placement.replicate((cond, jnp.asarray(latents, jnp.float32), settings.plan(cfg, layout.width), windows),
+                             mesh), dit_config=cfg.dit, mesh=mesh)
   return common.to_host(inverted)
 
 
@@ -145,8 +146,10 @@ def edit_latents(model: LoadedModel, settings: EditSettings, x_init, window_sett
                  dit_params=None) -> tuple[np.ndarray, EditPlan]:
   """The sampling part of a long edit (joint mode, windows as rows, spread over the devices of
   `mesh`, default every local device): x_init (n, C, L) -> final latents (n, C, L) and the plan of
-  the first window (its rows, roles and schedule are every window's). dit_params: the DiT parameters already placed on the mesh (default: placed here)."""
+  the first window (its rows, roles and schedule are every window's). dit_params: the DiT
+  parameters already placed on the mesh (default: placed here)."""
   cfg = model.config
+  settings = settings.for_recording(cfg)
   gen = settings.generation
   n = len(gen.prompts)
   if layout is None:
@@ -163,10 +166,14 @@ def edit_latents(model: LoadedModel, settings: EditSettings, x_init, window_sett
   cond, kv = grouped(plans, windows)
   keys = jax.random.wrap_key_data(jnp.asarray(first.keys()))
   sample_ids = jnp.asarray([row.noise_stream for row in first.rows], jnp.int32)
+  noise = None
+  if first.step_noise is not None:  # the whole latent's noise (the windows' plans drew theirs for their frames)
+    noise = jnp.repeat(common.step_noise(first.seed, first.steps.steps, (1, cfg.dit.io_channels, layout.frames)), n,
+                       axis=1)
   with common.progress(on_step):
     params = dit_params if dit_params is not None else placement.replicate(model.params.dit, mesh)
-    cond, x, steps, keys, sample_ids, kv, windows = placement.replicate(
-        (cond, jnp.asarray(x_init), first.steps, keys, sample_ids, kv, windows), mesh)
-    latents, _ = guided.sample_in_chunks(params, cond, x, steps, keys, kv, sample_ids, windows, dit_config=cfg.dit,
-                                         solver=first.solver, use_cfg=first.use_cfg, mesh=mesh)
+    cond, x, steps, keys, sample_ids, kv, windows, noise = placement.replicate(
+        (cond, jnp.asarray(x_init), first.steps, keys, sample_ids, kv, windows, noise), mesh)
+    latents, _ = guided.sample_in_chunks(params, cond, x, steps, keys, kv, sample_ids, windows, noise,
+                                         dit_config=cfg.dit, solver=first.solver, use_cfg=first.use_cfg, mesh=mesh)
   return common.to_host(latents), first

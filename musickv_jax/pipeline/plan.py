@@ -32,7 +32,8 @@ from musickv_jax.models.dit import KVCache
 from musickv_jax.pipeline import common
 from musickv_jax.pipeline.conditioning import guided_conditioning
 from musickv_jax.pipeline.settings import EditSettings, GenerationSettings
-from musickv_jax.sampling import guided
+from musickv_jax.errors import SettingsError
+from musickv_jax.sampling import guided, solvers
 from musickv_jax.sampling import kv as kv_lib
 from musickv_jax.sampling import rows as rows_lib
 from musickv_jax.sampling.rows import Role
@@ -59,7 +60,10 @@ class EditPlan:
   """Everything one sampler run of one job needs. Generation is a plan without edits.
 
   conditioning: the rows as the DiT sees them ([branch][row], sampling.rows), guidance (n,).
-  x_init (n, C, T) at the first step's noise level. schedule: (steps, n_vital, n_edits) or None."""
+  x_init (n, C, T) at the first step's noise level. schedule: (steps, n_vital, n_edits) or None.
+  step_noise (steps, n, C, T): the noise a stochastic sampler adds at each step (ping-pong: drawn
+  once from the seed and shared by every prompt, so sources and edits see the same noise), or
+  None (the SDE sampler then draws it from the key, a stream per row)."""
 
   rows: tuple[PlanRow, ...]
   use_cfg: bool
@@ -72,6 +76,7 @@ class EditPlan:
   key_data: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((2,), np.uint32))  # stochastic samplers
   vital_layers: tuple[int, ...] = ()
   schedule: Array | None = None
+  step_noise: Array | None = None
 
   @property
   def n(self) -> int:
@@ -119,7 +124,8 @@ class EditPlan:
     conditioning = guided.GuidedConditioning(jnp.take(cond.cross_tokens, dit_rows, axis=0),
                                              jnp.take(cond.global_cond, dit_rows, axis=0),
                                              jnp.take(cond.guidance, jnp.asarray(indices, jnp.int32), axis=0))
-    return dataclasses.replace(self, rows=rows, conditioning=conditioning,
+    noise = None if self.step_noise is None else jnp.take(self.step_noise, jnp.asarray(indices, jnp.int32), axis=1)
+    return dataclasses.replace(self, rows=rows, conditioning=conditioning, step_noise=noise,
                                x_init=jnp.take(jnp.asarray(self.x_init), jnp.asarray(indices, jnp.int32), axis=0))
 
 
@@ -144,15 +150,18 @@ def edit_rows(n_prompts: int, edit_all: bool, guidance: float, source_guidance: 
 
 def build_plan(model: LoadedModel, settings: EditSettings | GenerationSettings, x_init=None, *,
                source_guidance: float | None = None, seconds: tuple[float, float] | None = None,
-               check_coverage: bool = True) -> EditPlan:
+               check_coverage: bool = True, step_noise=None) -> EditPlan:
   """The plan of a generation (GenerationSettings: every prompt plain) or an edit (EditSettings).
 
   x_init (n, C, T): the exact initial latents, used as given (an inverted recording, --init_latents);
   None: drawn from the seed (one draw shared by every prompt of an edit, as the reference; one
   per prompt of a generation). source_guidance: the source row's own guidance (a recording's
   reconstruction runs at 1). seconds: (seconds_start, seconds_total) conditioning instead of the
-  settings' (a window of a long recording). Validates the settings first."""
+  settings' (a window of a long recording). step_noise (steps, 1, C, T): a stochastic sampler's
+  noise, shared by every prompt (default for ping-pong: drawn from the seed). Settings left open
+  take the model's defaults; they are validated first."""
   cfg = model.config
+  settings = settings.for_model(cfg)
   if isinstance(settings, EditSettings):
     gen = settings.generation
     schedule = jnp.asarray(settings.validate(cfg))
@@ -176,10 +185,28 @@ def build_plan(model: LoadedModel, settings: EditSettings | GenerationSettings, 
   start, total = seconds if seconds is not None else (gen.audio_start_in_s, gen.resolved_end(cfg))
   conditioning = guided_conditioning(model, gen.prompts, negative_prompt=gen.negative_prompt, seconds_start=start,
                                      seconds_total=total, guidance=guidance, use_cfg=use_cfg)
+  frames = int(x_init.shape[-1])
+  noise = _step_noise(gen, cfg, n, frames, step_noise)
   return EditPlan(rows=rows, use_cfg=use_cfg, conditioning=conditioning, x_init=x_init,
-                  steps=common.step_plan(gen), solver=gen.sampler, seed=gen.seed, depth=cfg.dit.depth,
+                  steps=common.step_plan(gen, cfg, frames), solver=gen.sampler, seed=gen.seed, depth=cfg.dit.depth,
                   key_data=np.asarray(jax.random.key_data(common.sde_key(gen.seed))), vital_layers=vital,
-                  schedule=schedule)
+                  schedule=schedule, step_noise=noise)
+
+
+def _step_noise(gen: GenerationSettings, config, n: int, frames: int, given) -> Array | None:
+  """The (steps, n, C, T) step noise of a run: given, or drawn from the seed for ping-pong (shared
+  by every prompt); None for the SDE sampler's key-drawn streams and for deterministic samplers."""
+  steps = gen.num_inference_steps
+  if given is not None:
+    if gen.sampler not in solvers.STOCHASTIC:
+      raise SettingsError(f"{{field}} is the noise of a stochastic sampler ({', '.join(solvers.STOCHASTIC)}); the "
+                          f"{gen.sampler} sampler adds none", field="step_noise", mentions=("sampler",))
+    shared = jnp.asarray(common.check_step_noise(given, steps, frames, config))
+  elif gen.sampler == "pingpong":
+    shared = common.step_noise(gen.seed, steps, (1, config.dit.io_channels, frames))
+  else:
+    return None
+  return jnp.repeat(shared, n, axis=1)
 
 
 # ----------------------------------------------------------------------------- rows of a batch
@@ -190,13 +217,15 @@ class RowBlock:
   """The arrays of one sampler call over the rows of one or more plans (R = branches x n).
 
   cond: (R, ...) conditioning, guidance (n,); x_init (n, C, T); kv: the injection and bypass
-  controls of the DiT rows; keys (n, 2) uint32 key data and sample_ids (n,): each row's noise."""
+  controls of the DiT rows; keys (n, 2) uint32 key data and sample_ids (n,): each row's noise;
+  step_noise (steps, n, C, T) or None."""
 
   cond: guided.GuidedConditioning
   x_init: Array
   kv: guided.KVSteps
   keys: Array
   sample_ids: Array
+  step_noise: Array | None = None
 
   @property
   def n(self) -> int:
@@ -251,8 +280,14 @@ def block_of(plans: Sequence[EditPlan], rows: int | None = None, weights: Sequen
   x_init = jnp.concatenate([jnp.asarray(plan.x_init) for plan in plans] + pad(jnp.asarray(first.x_init)))
   keys = np.concatenate([plan.keys() for plan in plans] + [np.zeros((padding, 2), np.uint32)])
   sample_ids = np.asarray([row.noise_stream for plan in plans for row in plan.rows] + [0] * padding, np.int32)
+  noise = None
+  if any(plan.step_noise is not None for plan in plans):
+    if any(plan.step_noise is None for plan in plans):
+      raise ValueError("the plans of one batch must agree on whether their sampler's step noise is given")
+    noise = jnp.concatenate([plan.step_noise for plan in plans] + [jnp.zeros_like(first.step_noise[:, :1])] * padding,
+                            axis=1)
   return RowBlock(cond=guided.GuidedConditioning(dit_rows("cross_tokens"), dit_rows("global_cond"), guidance),
-                  x_init=x_init, kv=kv, keys=jnp.asarray(keys), sample_ids=jnp.asarray(sample_ids))
+                  x_init=x_init, kv=kv, keys=jnp.asarray(keys), sample_ids=jnp.asarray(sample_ids), step_noise=noise)
 
 
 def stack_blocks(blocks: Sequence[RowBlock]) -> RowBlock:
@@ -267,8 +302,9 @@ def stack_blocks(blocks: Sequence[RowBlock]) -> RowBlock:
                       blend_layers=jnp.any(jnp.stack([b.kv.blend_layers for b in blocks]), axis=0))
   cond = guided.GuidedConditioning(cat(*[b.cond.cross_tokens for b in blocks]), cat(*[b.cond.global_cond for b in blocks]),
                                    cat(*[b.cond.guidance for b in blocks]))
+  noise = None if blocks[0].step_noise is None else cat(*[b.step_noise for b in blocks], axis=1)
   return RowBlock(cond=cond, x_init=cat(*[b.x_init for b in blocks]), kv=kv, keys=cat(*[b.keys for b in blocks]),
-                  sample_ids=cat(*[b.sample_ids for b in blocks]))
+                  sample_ids=cat(*[b.sample_ids for b in blocks]), step_noise=noise)
 
 
 # ----------------------------------------------------------------------------- running a plan
@@ -280,8 +316,8 @@ def run_block(model: LoadedModel, block: RowBlock, plan: EditPlan, *, record_lay
   of steps at a time with progress; returns (latents (n, C, T) on the device, recorded K/V or None)."""
   return guided.sample_in_chunks(model.params.dit if dit_params is None else dit_params, block.cond, block.x_init,
                                  plan.steps, jax.random.wrap_key_data(block.keys), block.kv, block.sample_ids,
-                                 dit_config=model.config.dit, solver=plan.solver, use_cfg=plan.use_cfg,
-                                 record_layers=record_layers)
+                                 step_noise=block.step_noise, dit_config=model.config.dit, solver=plan.solver,
+                                 use_cfg=plan.use_cfg, record_layers=record_layers)
 
 
 def run_plan(model: LoadedModel, plan: EditPlan, *, record_layers: tuple[int, ...] = ()) -> tuple[np.ndarray,

@@ -50,12 +50,13 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, *, 
                    on_step: common.Listener | None = None) -> tuple[np.ndarray, KVCache | None]:
   """Clean latents (1, C, T) -> (latent at sigma_max, recorded K/V or None)."""
   cfg = model.config
-  settings.validate(cfg, int(np.shape(latents)[-1]))
+  frames = int(np.shape(latents)[-1])
+  settings.validate(cfg, frames)
   cond = text_conditioning(model, [settings.prompt], 0.0, settings.resolved_total(cfg))
   guided_cond = guided.GuidedConditioning(cond.cross_tokens, cond.global_cond, jnp.ones((1,), jnp.float32))
   with common.progress(on_step):
     inverted, kv = inversion_lib.invert_in_chunks(model.params.dit, guided_cond, jnp.asarray(latents, jnp.float32),
-                                                  settings.plan(), dit_config=cfg.dit,
+                                                  settings.plan(cfg, frames), dit_config=cfg.dit,
                                                   record_layers=tuple(record_layers))
   return common.to_host(inverted), kv
 
@@ -94,6 +95,7 @@ def invert_audio(model: LoadedModel, audio: np.ndarray, settings: InversionSetti
   than one window (`windows`, default: the model's window) is inverted over overlapping windows
   (pipeline.long_recording)."""
   n_samples = int(np.shape(audio)[-1])
+  settings = settings.for_model(model.config)
   geometry = check_inversion(model, n_samples, settings, windows, tuple(record_layers))
   encoded = encode_audio(model, audio, sample=settings.sample_latent, seed=settings.seed)
   if geometry is not None:
@@ -129,6 +131,7 @@ def edit_recording(model: LoadedModel, inversion: Inversion, settings: EditSetti
   kv_from_inversion: take the source K/V recorded during inversion (Inversion.kv, same steps and
   vital layers) instead of re-running the source branch: the source is not regenerated, so the
   result covers the prompts after the first only."""
+  settings = settings.for_recording(model.config)
   n = len(settings.generation.prompts)
   geometry = inversion.windows.running_as(windows) if inversion.windows is not None else None
   check_edit(model, settings, inversion.n_samples, geometry, kv_from_inversion=kv_from_inversion)
@@ -169,6 +172,8 @@ def edit_audio(model: LoadedModel, audio: np.ndarray, settings: EditSettings, in
   steps) gives the listener of each phase; log tells what is about to happen."""
   cfg = model.config
   n_samples = int(np.shape(audio)[-1])
+  settings = settings.for_recording(cfg)
+  inversion_settings = inversion_settings.for_model(cfg)
   record_layers = tuple(settings.vital_layers) if kv_from_inversion else ()
   check_edit(model, settings, n_samples, window_geometry(model, n_samples, windows),
              kv_from_inversion=kv_from_inversion)

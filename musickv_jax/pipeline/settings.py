@@ -12,8 +12,8 @@ import numpy as np
 
 from musickv_jax.config import ModelConfig
 from musickv_jax.errors import SettingsError
-from musickv_jax.pipeline import kv_schedules
-from musickv_jax.sampling import inversion, kv, schedules, solvers
+from musickv_jax.pipeline import kv_schedules, presets
+from musickv_jax.sampling import inversion, kv, rf_schedules, schedules, solvers
 from musickv_jax.sampling import windows as windows_lib
 
 LATENT_LENGTHS = ("full", "fit")
@@ -63,15 +63,21 @@ def _check_layers(layers: Sequence[int], depth: int, field: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class GenerationSettings:
-  """Every setting that decides a generation (the sidecar JSON holds exactly these)."""
+  """Every setting that decides a generation (the sidecar JSON holds exactly these, resolved).
+
+  num_inference_steps, guidance_scale and sampler left None take the model's own defaults
+  (ModelConfig.diffusion.defaults: Stable Audio Open 1.0 100 steps of dpmpp-2m at guidance 7,
+  Stable Audio Open Small 8 ping-pong steps at guidance 1); `for_model` fills them in. The sigma
+  settings and the noise convention apply to the v objective (rectified flow starts from pure noise
+  at t = 1 and takes its times from the model's schedule)."""
 
   prompts: tuple[str, ...]
   negative_prompt: str | None = None
   audio_start_in_s: float = 0.0
   audio_end_in_s: float | None = None  # None: the model's maximum
-  num_inference_steps: int = 100
-  guidance_scale: float = 7.0
-  sampler: str = "dpmpp-2m"
+  num_inference_steps: int | None = None  # None: the model's default
+  guidance_scale: float | None = None  # None: the model's default
+  sampler: str | None = None  # None: the model's default
   sigma_schedule: str = "exponential"
   sigma_min: float = schedules.SIGMA_MIN
   sigma_max: float = schedules.SIGMA_MAX
@@ -82,8 +88,19 @@ class GenerationSettings:
   def resolved_end(self, config: ModelConfig) -> float:
     return config.max_audio_seconds if self.audio_end_in_s is None else float(self.audio_end_in_s)
 
+  def for_model(self, config: ModelConfig) -> "GenerationSettings":
+    """These settings with every setting left open taken from the model's defaults."""
+    defaults = config.diffusion.defaults
+    return dataclasses.replace(
+        self, num_inference_steps=defaults.steps if self.num_inference_steps is None else self.num_inference_steps,
+        guidance_scale=defaults.guidance_scale if self.guidance_scale is None else self.guidance_scale,
+        sampler=defaults.sampler if self.sampler is None else self.sampler)
+
   def validate(self, config: ModelConfig) -> None:
     """Raises SettingsError for a request the model cannot serve, before any work is done."""
+    self.for_model(config)._validate(config)
+
+  def _validate(self, config: ModelConfig) -> None:
     if isinstance(self.prompts, str) or not self.prompts:
       raise SettingsError("no prompts given in {field}; give at least one", field="prompts")
     for i, prompt in enumerate(self.prompts):
@@ -92,9 +109,11 @@ class GenerationSettings:
     if self.negative_prompt is not None and not self.negative_prompt.strip():
       raise SettingsError("{field} is empty; leave it out or give text", field="negative_prompt")
     _check_steps(self.num_inference_steps)
-    if self.sampler not in solvers.SOLVERS:
-      raise SettingsError(f"{{field}}: unknown sampler {self.sampler!r}; use one of {', '.join(solvers.SOLVERS)}",
-                          field="sampler")
+    samplers = config.diffusion.samplers
+    if self.sampler not in samplers:
+      known = "" if self.sampler in solvers.SOLVERS else "unknown sampler "
+      raise SettingsError(f"{{field}}: {known}{self.sampler!r} does not sample this model ({config.diffusion.objective} "
+                          f"objective); use one of {', '.join(samplers)}", field="sampler")
     _check_sigmas(self.sigma_schedule, self.sigma_min, self.sigma_max)
     if self.latent_length not in LATENT_LENGTHS:
       raise SettingsError(f"{{field}} must be one of {LATENT_LENGTHS}, got {self.latent_length!r}",
@@ -133,16 +152,19 @@ class GenerationSettings:
 class EditSettings:
   """A MusicKV edit: prompt 0 is the source, the edits take its K/V in the vital layers.
 
-  schedule: (steps, n_vital) or (steps, n_vital, n_edits) weights (see editing.schedules);
-  None means the reference's time-varying ramp w_i = i / steps.
+  vital_layers: None takes the model's default preset's (pipeline.presets.default_for: the
+  authors' [20, 3, 4] for Stable Audio Open 1.0).
+  schedule: (steps, n_vital) or (steps, n_vital, n_edits) weights (see pipeline.kv_schedules), a
+  ScheduleSpec built once the steps are known, or None: the reference's time-varying ramp
+  w_i = i / steps.
   edit_all: every prompt after the first is an edit (default: only the second; the rest are
   generated plainly, as the reference does).
   """
 
   generation: GenerationSettings
-  vital_layers: tuple[int, ...] = REFERENCE_VITAL_LAYERS
+  vital_layers: tuple[int, ...] | None = None
   skip_layers: tuple[int, ...] = ()
-  schedule: np.ndarray | None = dataclasses.field(default=None, compare=False)
+  schedule: np.ndarray | kv_schedules.ScheduleSpec | None = dataclasses.field(default=None, compare=False)
   injection_mode: str = "joint"
   edit_all: bool = False
   allow_unbounded_schedule: bool = False
@@ -151,14 +173,36 @@ class EditSettings:
   def n_edits(self) -> int:
     return len(self.generation.prompts) - 1 if self.edit_all else 1
 
+  def for_model(self, config: ModelConfig) -> "EditSettings":
+    """These settings with every setting left open taken from the model (its sampling defaults,
+    its default preset's vital layers)."""
+    layers = presets.default_for(config).vital_layers if self.vital_layers is None else tuple(self.vital_layers)
+    return dataclasses.replace(self, generation=self.generation.for_model(config), vital_layers=layers)
+
+  def for_recording(self, config: ModelConfig) -> "EditSettings":
+    """for_model for the edit of a recording: a sampler left open is the deterministic one that
+    the inversion ran backwards (rectified flow's Euler, not the ping-pong sampler, whose fresh
+    noise at every step would undo the reconstruction)."""
+    gen = self.generation
+    if gen.sampler is None:
+      gen = dataclasses.replace(gen, sampler=config.diffusion.deterministic_sampler)
+    return dataclasses.replace(self, generation=gen).for_model(config)
+
   def resolved_schedule(self) -> np.ndarray:
+    """The schedule's weights (settings resolved for a model: the steps are known)."""
     steps = self.generation.num_inference_steps
+    n_layers = max(len(self.vital_layers), 1)
     if self.schedule is None:
-      return kv_schedules.linear_ramp(steps, max(len(self.vital_layers), 1))
+      return kv_schedules.linear_ramp(steps, n_layers)
+    if isinstance(self.schedule, kv_schedules.ScheduleSpec):
+      return self.schedule.build(steps, n_layers)
     return np.asarray(self.schedule, np.float32)
 
   def validate(self, config: ModelConfig, *, min_prompts: int = 2) -> np.ndarray:
     """Raises SettingsError for an edit that cannot run; returns the validated schedule."""
+    return self.for_model(config)._validate(config, min_prompts)
+
+  def _validate(self, config: ModelConfig, min_prompts: int) -> np.ndarray:
     gen = self.generation
     if isinstance(gen.prompts, str) or len(gen.prompts) < min_prompts:
       raise SettingsError("editing needs at least two prompts in {field}: the source description first, then "
@@ -175,7 +219,8 @@ class EditSettings:
                                  self.n_edits, allow_unbounded=self.allow_unbounded_schedule)
 
   def to_json_dict(self) -> dict:
-    return {"vital_layers": list(self.vital_layers), "skip_layers": list(self.skip_layers),
+    return {"vital_layers": None if self.vital_layers is None else list(self.vital_layers),
+            "skip_layers": list(self.skip_layers),
             "injection_mode": self.injection_mode, "edit_all": self.edit_all,
             "allow_unbounded_schedule": self.allow_unbounded_schedule}
 
@@ -186,10 +231,12 @@ class EditSettings:
 @dataclasses.dataclass(frozen=True)
 class InversionSettings:
   """How a recording is inverted. The reference inverts with the source description, no guidance
-  (scale 1), 100 deterministic DPM-Solver++(2M) steps, seconds_total = the model's maximum."""
+  (scale 1), 100 deterministic DPM-Solver++(2M) steps, seconds_total = the model's maximum.
+  Rectified flow inverts with its Euler ODE over the model's sampling times (variant and order apply
+  to the v objective's DPM-Solver++ inversion). num_inference_steps None: the model's default."""
 
   prompt: str
-  num_inference_steps: int = 100
+  num_inference_steps: int | None = None
   variant: str = "reference"  # or "consistent"
   order: int = 2  # 1: first-order (DDIM-like)
   seconds_total: float | None = None  # None: the model's maximum, as the reference
@@ -202,8 +249,16 @@ class InversionSettings:
   def resolved_total(self, config: ModelConfig) -> float:
     return config.max_audio_seconds if self.seconds_total is None else float(self.seconds_total)
 
+  def for_model(self, config: ModelConfig) -> "InversionSettings":
+    if self.num_inference_steps is not None:
+      return self
+    return dataclasses.replace(self, num_inference_steps=config.diffusion.defaults.steps)
+
   def validate(self, config: ModelConfig, frames: int | None = None) -> None:
     """frames: the clean latent's length, when known (it must fit the model's window)."""
+    self.for_model(config)._validate(config, frames)
+
+  def _validate(self, config: ModelConfig, frames: int | None) -> None:
     if not isinstance(self.prompt, str) or not self.prompt.strip():
       raise SettingsError("{field}: the source description is empty; describe the recording", field="prompt")
     _check_steps(self.num_inference_steps)
@@ -221,11 +276,14 @@ class InversionSettings:
       raise SettingsError(f"{{field}} must be a finite number, got {total}", field="seconds_total")
     _check_seconds_range(config, total, "seconds_total")
 
-  def plan(self) -> inversion.InversionPlan:
-    """The inversion's per-step arrays for these settings."""
-    return inversion.make_inversion_plan(self.num_inference_steps, variant=self.variant, order=self.order,
-                                         sigma_min=self.sigma_min, sigma_max=self.sigma_max,
-                                         schedule=self.sigma_schedule)
+  def plan(self, config: ModelConfig, frames: int) -> inversion.InversionPlan:
+    """The inversion's per-step arrays for these settings, a model and a latent of `frames` frames
+    (rectified flow's times may depend on the length)."""
+    steps = self.for_model(config).num_inference_steps
+    if config.diffusion.is_rectified_flow:
+      return inversion.make_rf_inversion_plan(rf_schedules.rf_times(steps, config.diffusion.shift, frames))
+    return inversion.make_inversion_plan(steps, variant=self.variant, order=self.order, sigma_min=self.sigma_min,
+                                         sigma_max=self.sigma_max, schedule=self.sigma_schedule)
 
   def to_json_dict(self) -> dict:
     return dataclasses.asdict(self)

@@ -21,16 +21,20 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from musickv_jax.checkpoint import LoadedModel
+from musickv_jax import files, resources
+from musickv_jax.checkpoint import PROBE_PRESET_FILE, LoadedModel
 from musickv_jax.errors import SettingsError
 from musickv_jax.metrics import Analysis, compare_jit, structure_similarity
 from musickv_jax.metrics.music import STRUCTURE_METRICS
 from musickv_jax.pipeline import common
 from musickv_jax.pipeline.plan import EditPlan, build_plan, run_plan
+from musickv_jax.pipeline import presets
+from musickv_jax.pipeline.presets import EditPreset
 from musickv_jax.pipeline.settings import GenerationSettings
 
 SCORE = "score"
 PROBE_SECONDS = 10.0  # long enough for form and rhythm, short enough for many prompts
+PROBE_MAX_STEPS = 50  # structure is settled well before the reference's 100 steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +45,8 @@ class ProbeSettings:
   prompts: tuple[str, ...]
   seeds: tuple[int, ...] = (0,)
   layers: tuple[int, ...] | None = None  # None: every layer of the model
-  num_inference_steps: int = 50
-  guidance_scale: float = 7.0
+  num_inference_steps: int | None = None  # None: the model's default steps, at most PROBE_MAX_STEPS
+  guidance_scale: float | None = None  # None: the model's default
   audio_end_in_s: float | None = None  # None: PROBE_SECONDS, at most the model's window
   latent_length: str = "fit"
   variants_per_call: int = 8  # bypassed layers per sampling run (rows: (1 + this) x 2 with CFG)
@@ -54,7 +58,10 @@ class ProbeSettings:
     return min(PROBE_SECONDS, config.max_audio_seconds)
 
   def generation(self, prompt: str, seed: int, config) -> GenerationSettings:
-    return GenerationSettings(prompts=(prompt,), seed=seed, num_inference_steps=self.num_inference_steps,
+    steps = self.num_inference_steps
+    if steps is None:
+      steps = min(PROBE_MAX_STEPS, config.diffusion.defaults.steps)
+    return GenerationSettings(prompts=(prompt,), seed=seed, num_inference_steps=steps,
                               guidance_scale=self.guidance_scale, audio_end_in_s=self.resolved_seconds(config),
                               latent_length=self.latent_length)
 
@@ -176,6 +183,13 @@ class ProbeSummary:
     return {"ranking": self.ranking, "layers": {str(k): v for k, v in sorted(self.layers.items())},
             "settings": self.settings.to_json_dict()}
 
+  def preset(self, model_name: str, depth: int) -> EditPreset:
+    """An editing preset with the top_k layers (guidance and length: the model's own unless probed with one)."""
+    s = self.settings
+    return EditPreset(name="probe", vital_layers=self.vital_layers(), guidance_scale=s.guidance_scale,
+                      description=f"vital layers found by musickv-probe-layers on {model_name}: {len(s.prompts)} "
+                                  f"prompt(s) x {len(s.seeds)} seed(s)", depth=depth)
+
 
 def summarize(results: Iterable[LayerResult], settings: ProbeSettings, depth: int) -> ProbeSummary:
   """Mean and spread of every metric per layer over prompts and seeds; ranking by mean score
@@ -214,3 +228,39 @@ def read_results(path: Path) -> list[LayerResult]:
     except (json.JSONDecodeError, TypeError):
       continue
   return results
+
+
+# ----------------------------------------------------------------------------- the probed preset of a checkpoint
+
+PRESET_FILE = PROBE_PRESET_FILE  # kept in the converted checkpoint's folder
+
+
+def read_prompt_file(path: str | Path) -> tuple[str, ...]:
+  """One prompt a line; empty lines and lines starting with '#' are skipped."""
+  path = Path(path).expanduser()
+  if not path.is_file():
+    raise SettingsError(f"{{field}} {path}: file not found", field="prompts_file")
+  try:
+    lines = [line.strip() for line in path.read_text().splitlines()]
+  except (OSError, UnicodeDecodeError) as e:
+    raise SettingsError(f"{{field}} {path}: cannot read it as text ({e})", field="prompts_file") from None
+  prompts = tuple(line for line in lines if line and not line.startswith("#"))
+  if not prompts:
+    raise SettingsError(f"{{field}} {path} has no prompts (one a line; '#' starts a comment)", field="prompts_file")
+  return prompts
+
+
+def checkpoint_preset(model: LoadedModel, *, on_progress: Callable[[int, int], None] | None = None,
+                      log: Callable[[str], None] = lambda message: None) -> EditPreset:
+  """This checkpoint's own vital layers: probed once (the default probe over the shipped prompts)
+  and kept as a preset in the converted checkpoint's folder; later calls read it."""
+  path = Path(model.path) / PRESET_FILE
+  if path.is_file():
+    return presets.load(path)
+  settings = ProbeSettings(prompts=read_prompt_file(resources.configs_dir() / "probe_prompts.txt"))
+  log(f"finding this checkpoint's vital layers once: the layer probe over {len(settings.prompts)} prompts; the preset "
+      f"is kept in {path}")
+  summary = summarize(run_probe(model, settings, on_progress=on_progress), settings, model.config.dit.depth)
+  preset = summary.preset(model.config.name, model.config.dit.depth)
+  files.write_atomic(path, lambda tmp: tmp.write_text(json.dumps(preset.to_json_dict(), indent=2) + "\n"))
+  return presets.load(path)

@@ -105,11 +105,11 @@ def windowed_denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditionin
   mesh: a 1-D mesh of several devices: the groups are spread over them (their number a multiple of
   the mesh's size), each device running its own groups one after another; the fusion then sees
   every window's prediction."""
-  def denoise(x, sigma, t, step):
+  def denoise(x, plan_step, step):
     def one_group(args):
       x_group, cross_tokens, global_cond = args
       group_cond = GuidedConditioning(cross_tokens, global_cond, cond.guidance)
-      denoised, _ = guided_denoiser(dit_params, dit_config, group_cond, use_cfg=use_cfg, kv=kv)(x_group, sigma, t,
+      denoised, _ = guided_denoiser(dit_params, dit_config, group_cond, use_cfg=use_cfg, kv=kv)(x_group, plan_step,
                                                                                              step)
       return denoised
 
@@ -139,12 +139,13 @@ def _denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditioning, windo
 
 @functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers", "remat"))
 def sample(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_lib.StepPlan, key: Array,
-           kv: KVSteps | None = None, sample_ids: Array | None = None, *, dit_config: DiTConfig,
-           solver: str = "dpmpp-2m", use_cfg: bool = True, record_layers: tuple[int, ...] = (),
+           kv: KVSteps | None = None, sample_ids: Array | None = None, step_noise: Array | None = None, *,
+           dit_config: DiTConfig, solver: str = "dpmpp-2m", use_cfg: bool = True, record_layers: tuple[int, ...] = (),
            remat: bool = False) -> tuple[Array, KVCache | None]:
   """x_init (B, C, T) at noise level plan.sigma[0] -> (x_0, recorded K/V over steps or None).
 
-  sample_ids (B,): the SDE noise stream of each sample (default 0..B-1).
+  sample_ids (B,): the stochastic sampler's noise stream of each sample (default 0..B-1).
+  step_noise (steps, B, C, T): the noise a stochastic sampler adds at each step, instead of drawing it.
   Recorded K/V, when record_layers is given: a KVCache with k, v (steps, n_layers, R, S, H, D).
   """
   batch = x_init.shape[0]
@@ -154,13 +155,14 @@ def sample(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_li
   chex.assert_shape(cond.guidance, (batch,))
   denoise = guided_denoiser(dit_params, dit_config, cond, use_cfg=use_cfg, kv=kv, record_layers=record_layers)
   return sampler_lib.run(denoise, x_init, plan, _per_step(kv), solver=solver, key=key, sample_ids=sample_ids,
-                         remat=remat)
+                         step_noise=step_noise, remat=remat)
 
 
 @functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers", "mesh"))
 def sample_chunk(dit_params, cond: GuidedConditioning, state: solvers.SolverState, plan: sampler_lib.StepPlan,
                  key: Array, kv: KVSteps | None, per_step: dict, sample_ids: Array | None, step_index: Array,
-                 windows: windows_lib.Windows | None = None, *, dit_config: DiTConfig, solver: str = "dpmpp-2m",
+                 windows: windows_lib.Windows | None = None, step_noise: Array | None = None, *,
+                 dit_config: DiTConfig, solver: str = "dpmpp-2m",
                  use_cfg: bool = True, record_layers: tuple[int, ...] = (),
                  mesh: jax.sharding.Mesh | None = None) -> tuple[solvers.SolverState, KVCache | None]:
   """Some consecutive steps of `sample` from a carried state (plan, per_step and step_index hold
@@ -169,12 +171,13 @@ def sample_chunk(dit_params, cond: GuidedConditioning, state: solvers.SolverStat
   denoise = _denoiser(dit_params, dit_config, cond, windows, use_cfg=use_cfg, kv=kv, record_layers=record_layers,
                       mesh=mesh)
   return sampler_lib.run_steps(denoise, state, plan, per_step, step_index, solver=solver, key=key,
-                               sample_ids=sample_ids)
+                               sample_ids=sample_ids, step_noise=step_noise)
 
 
 def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_lib.StepPlan, key: Array,
                      kv: KVSteps | None = None, sample_ids: Array | None = None,
-                     windows: windows_lib.Windows | None = None, *, dit_config: DiTConfig, solver: str = "dpmpp-2m",
+                     windows: windows_lib.Windows | None = None, step_noise: Array | None = None, *,
+                     dit_config: DiTConfig, solver: str = "dpmpp-2m",
                      use_cfg: bool = True, record_layers: tuple[int, ...] = (),
                      mesh: jax.sharding.Mesh | None = None) -> tuple[Array, KVCache | None]:
   """`sample`, run a chunk of steps at a time from the host, reporting progress to the listeners of
@@ -195,9 +198,11 @@ def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: 
   fixed = None if kv is None else dataclasses.replace(kv, inject_weight=None, injected=None)
 
   def run_chunk(state, chunk, step_index):
-    chunk_plan, per_step = chunk
+    chunk_plan, per_step, chunk_noise = chunk
     return sample_chunk(dit_params, cond, state, chunk_plan, key, fixed, per_step, sample_ids, step_index, windows,
-                        dit_config=dit_config, solver=solver, use_cfg=use_cfg, record_layers=record_layers, mesh=mesh)
+                        chunk_noise, dit_config=dit_config, solver=solver, use_cfg=use_cfg,
+                        record_layers=record_layers, mesh=mesh)
 
-  state, aux = sampler_lib.run_in_chunks(run_chunk, solvers.init_state(x_init), (plan, _per_step(kv)), plan.steps)
+  state, aux = sampler_lib.run_in_chunks(run_chunk, solvers.init_state(x_init), (plan, _per_step(kv), step_noise),
+                                         plan.steps)
   return state.x, aux

@@ -38,13 +38,18 @@ VARIANTS = ("reference", "consistent")
 
 @flax.struct.dataclass
 class InversionPlan:
-  """Per-step arrays (leading axis `steps`)."""
+  """Per-step arrays (leading axis `steps`). The model sees c_in x at `timestep` and its v becomes
+  D = c_skip x - c_out v (sampler.model_coefficients at model_sigma)."""
 
-  model_sigma: Array  # sigma that scales the model input and defines D
+  model_sigma: Array  # noise level (rectified flow: time) at which the model is evaluated and D defined
   timestep: Array  # the DiT's time input
   sigma: Array  # the solver's current sigma (sigma_min at the identity step 0)
   sigma_next: Array  # the solver's target sigma
   second_order: Array  # bool
+  c_in: Array
+  c_skip: Array
+  c_out: Array
+  solver: str = flax.struct.field(pytree_node=False, default="dpmpp")  # dpmpp (v) or euler (rectified flow)
 
   @property
   def steps(self) -> int:
@@ -66,16 +71,35 @@ def make_inversion_plan(steps: int, *, variant: str = "reference", order: int = 
   second = np.zeros(steps, bool)
   if order == 2:
     second[2:steps - 1] = True  # steps 0 (identity), 1 (history at sigma 0) and the last are first order
+  coefficients = sampler_lib.model_coefficients(current, "v")
   return InversionPlan(model_sigma=jnp.asarray(current, jnp.float32),
                        timestep=jnp.asarray(np.arctan(time_sigma) * 2 / np.pi, jnp.float32),
                        sigma=jnp.asarray(solver_sigma, jnp.float32), sigma_next=jnp.asarray(target, jnp.float32),
-                       second_order=jnp.asarray(second))
+                       second_order=jnp.asarray(second),
+                       **{name: jnp.asarray(coefficients[name], jnp.float32) for name in ("c_in", "c_skip", "c_out")})
+
+
+def make_rf_inversion_plan(times) -> InversionPlan:
+  """Rectified flow's inversion: Euler run backwards along the sampling times (descending, from 1 to
+  0), from the clean latent at t = 0 up to t = 1. Step k moves from t_k to t_{k+1} (ascending) and
+  evaluates the model at the time it moves to, where the sampling step that returns from there
+  evaluates it (x_{k+1} is not known yet; x_k stands for it, as DDIM inversion does)."""
+  ascending = np.asarray(times, np.float64)[::-1]  # [0, ..., 1]
+  current, target = ascending[:-1], ascending[1:]
+  coefficients = sampler_lib.model_coefficients(target, "rectified_flow")
+  as32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+  return InversionPlan(model_sigma=as32(target), timestep=as32(coefficients["timestep"]), sigma=as32(current),
+                       sigma_next=as32(target), second_order=jnp.zeros(len(current), bool),
+                       c_in=as32(coefficients["c_in"]), c_skip=as32(coefficients["c_skip"]),
+                       c_out=as32(coefficients["c_out"]), solver="euler")
 
 
 def run_inversion_steps(denoise, state: solvers.SolverState, plan: InversionPlan) -> tuple[solvers.SolverState, object]:
   """Runs the steps of `plan` (a whole plan or a chunk of one) from `state`."""
-  def step(state: solvers.SolverState, p):
-    denoised, aux = denoise(state.x, p.model_sigma, p.timestep, None)
+  def step(state: solvers.SolverState, p: InversionPlan):
+    denoised, aux = denoise(state.x, p, None)
+    if plan.solver == "euler":
+      return solvers.euler_step(state, denoised, p.sigma, p.sigma_next, p.model_sigma), aux
     return solvers.dpmpp_step(state, denoised, p.sigma, p.sigma_next, p.second_order), aux
 
   return jax.lax.scan(step, state, plan)

@@ -1,9 +1,15 @@
 """The diffusion loop as one pure function: `lax.scan` over steps.
 
-carry = SolverState (x, multistep history); per-step inputs = a `StepPlan` (sigma, next sigma,
-timestep, solver order) plus any pytree of per-step arrays a caller adds (injection weights,
-...). A `denoise(x, sigma, t, step_extra) -> (denoised, aux)` function is all the loop knows
-of the model; `aux` is stacked over steps (e.g. recorded K/V).
+carry = SolverState (x, multistep history); per-step inputs = a `StepPlan` (noise level and the
+next, the DiT's time input, solver order, and the objective's coefficients) plus any pytree of
+per-step arrays a caller adds (injection weights, a stochastic sampler's noise, ...). A
+`denoise(x, step, step_extra) -> (denoised, aux)` function is all the loop knows of the model;
+`aux` is stacked over steps (e.g. recorded K/V).
+
+The objective is data: the model sees c_in x at its time input, and its prediction v becomes the
+denoised estimate c_skip x - c_out v. The v objective (EDM noise levels sigma): c_in = 1/sqrt(s^2+1),
+c_skip = 1/(s^2+1), c_out = s/sqrt(s^2+1), time atan(s) 2/pi. Rectified flow (times t in [0, 1]):
+c_in = 1, c_skip = 1, c_out = t, time t.
 
 Progress: the program has no host callbacks (they would keep it out of JAX's persistent
 compilation cache). Drivers that want progress run the loop in chunks of steps (`run_steps` from
@@ -25,33 +31,45 @@ import numpy as np
 from musickv_jax.sampling import schedules, solvers
 
 Array = jax.Array
-Denoiser = Callable[[Array, Array, Array, Any], tuple[Array, Any]]
+Denoiser = Callable[[Array, Any, Any], tuple[Array, Any]]
 
 
 @flax.struct.dataclass
 class StepPlan:
   """Per-step arrays, each with a leading axis of length `steps`."""
 
-  sigma: Array  # noise level at the start of the step
+  sigma: Array  # noise level (rectified flow: time) at the start of the step
   sigma_next: Array  # noise level after the step (0 at the end)
-  timestep: Array  # the DiT time input for `sigma`
+  timestep: Array  # the DiT time input at `sigma`
   second_order: Array  # bool: multistep correction
+  c_in: Array  # the model sees c_in * x
+  c_skip: Array  # denoised = c_skip * x - c_out * v
+  c_out: Array
 
   @property
   def steps(self) -> int:
     return self.sigma.shape[0]
 
 
-def make_plan(sigmas, solver: str = "dpmpp-2m") -> StepPlan:
-  """StepPlan from a descending schedule of steps + 1 sigmas ending in 0."""
+def model_coefficients(levels, objective: str = "v") -> dict[str, np.ndarray]:
+  """The DiT's time input and c_in, c_skip, c_out at noise levels (v) or times (rectified flow)."""
+  s = np.asarray(levels, np.float64)
+  if objective == "v":
+    return {"timestep": np.arctan(s) * 2 / np.pi, "c_in": 1.0 / np.sqrt(s * s + 1.0), "c_skip": 1.0 / (s * s + 1.0),
+            "c_out": s / np.sqrt(s * s + 1.0)}
+  return {"timestep": s, "c_in": np.ones_like(s), "c_skip": np.ones_like(s), "c_out": s}
+
+
+def make_plan(sigmas, solver: str = "dpmpp-2m", objective: str = "v") -> StepPlan:
+  """StepPlan from a descending schedule of steps + 1 noise levels (rectified flow: times) ending in 0."""
   sigmas = np.asarray(sigmas, np.float64)
   if sigmas.ndim != 1 or len(sigmas) < 2:
     raise ValueError(f"sigmas must be a 1-D schedule of steps + 1 values, got shape {sigmas.shape}")
   steps = len(sigmas) - 1
-  return StepPlan(
-      sigma=jnp.asarray(sigmas[:-1], jnp.float32), sigma_next=jnp.asarray(sigmas[1:], jnp.float32),
-      timestep=jnp.asarray(np.arctan(sigmas[:-1]) * 2 / np.pi, jnp.float32),
-      second_order=jnp.asarray(solvers.second_order_steps(solver, steps)))
+  coefficients = {name: jnp.asarray(value, jnp.float32)
+                  for name, value in model_coefficients(sigmas[:-1], objective).items()}
+  return StepPlan(sigma=jnp.asarray(sigmas[:-1], jnp.float32), sigma_next=jnp.asarray(sigmas[1:], jnp.float32),
+                  second_order=jnp.asarray(solvers.second_order_steps(solver, steps)), **coefficients)
 
 
 # ----------------------------------------------------------------------------- progress
@@ -102,20 +120,20 @@ def run_steps(denoise: Denoiser, state: solvers.SolverState, plan: StepPlan, ste
   Returns (state after the steps, aux stacked over steps).
   """
   solvers.check_solver(solver)
-  sde = solver == "dpmpp-2m-sde"
-  if sde and key is None and step_noise is None:
-    raise ValueError("the dpmpp-2m-sde sampler needs a PRNG key or the step noise")
+  stochastic = solver in solvers.STOCHASTIC
+  if stochastic and key is None and step_noise is None:
+    raise ValueError(f"the {solver} sampler needs a PRNG key or the step noise")
   if sample_ids is None:
     sample_ids = jnp.arange(state.x.shape[0])
 
   def step(state: solvers.SolverState, xs):
     p, extra, index, given_noise = xs
-    denoised, aux = denoise(state.x, p.sigma, p.timestep, extra)
+    denoised, aux = denoise(state.x, p, extra)
     noise = None
-    if sde:
+    if stochastic:
       noise = given_noise if given_noise is not None else sde_noise(key, index, sample_ids, state.x.shape[1:],
                                                                      state.x.dtype)
-    state = solvers.dpmpp_step(state, denoised, p.sigma, p.sigma_next, p.second_order, sde=sde, noise=noise)
+    state = solvers.step(solver, state, denoised, p.sigma, p.sigma_next, p.second_order, noise)
     return state, aux
 
   if remat:
@@ -166,8 +184,9 @@ def run_in_chunks(run_chunk: Callable[[Any, Any, Array], tuple[Any, Any]], state
 
 
 def v_denoiser(v_fn: Callable[[Array, Array, Any], tuple[Array, Any]]) -> Denoiser:
-  """Wraps a v-prediction model v_fn(x * c_in, t, extra) -> (v, aux) as a data-prediction denoiser."""
-  def denoise(x, sigma, t, extra):
-    v, aux = v_fn(x * schedules.c_in(sigma), t, extra)
-    return schedules.denoised_from_v(x, v.astype(x.dtype), sigma), aux
+  """Wraps a velocity model v_fn(c_in x, time, extra) -> (v, aux) as a data-prediction denoiser
+  D = c_skip x - c_out v, the coefficients of the step's objective (see the module docstring)."""
+  def denoise(x, step, extra):
+    v, aux = v_fn(x * step.c_in.astype(x.dtype), step.timestep, extra)
+    return step.c_skip.astype(x.dtype) * x - step.c_out.astype(x.dtype) * v.astype(x.dtype), aux
   return denoise

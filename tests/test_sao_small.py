@@ -1,0 +1,138 @@
+"""MusicKV on Stable Audio Open Small (rectified flow, ping-pong sampling): the injection's exact
+properties, the two modes, real-audio inversion and its round trip, and the command lines with the
+model's own defaults. The tiny model is a converted stable-audio-tools file (tests/sat_reference.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("stable_audio_tools", reason="the stable-audio-tools reference is not installed (Makefile .test)")
+
+from musickv_jax import pipeline  # noqa: E402
+from musickv_jax.checkpoint import load_converted  # noqa: E402
+from musickv_jax.cli import edit as edit_cli  # noqa: E402
+from musickv_jax.cli import generate as generate_cli  # noqa: E402
+from musickv_jax.convert.pipeline import convert_checkpoint  # noqa: E402
+from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings, kv_schedules  # noqa: E402
+from tests import sat_reference as S  # noqa: E402
+from tests import tolerances  # noqa: E402
+from tests.test_cli import cli  # noqa: E402
+
+PROMPTS = ("piano solo", "acoustic guitar, country")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+  """rf_denoiser (ARC) and rectified_flow (base) tiny models, converted; {objective: (path, model)}."""
+  root = tmp_path_factory.mktemp("small")
+  out = {}
+  for seed, objective in enumerate(S.OBJECTIVES):
+    ref = S.build_tiny(root / objective, objective, seed=seed + 5)
+    convert_checkpoint(root / objective / "model.safetensors", root / f"{objective}-converted", t5_dir=ref.t5_dir,
+                       log=lambda message: None)
+    out[objective] = (root / f"{objective}-converted", load_converted(root / f"{objective}-converted"))
+  return out
+
+
+def _edit(model, weight: float, **kwargs):
+  steps = model.config.diffusion.defaults.steps
+  layers = (0, 1)
+  settings = EditSettings(GenerationSettings(prompts=PROMPTS, **kwargs), vital_layers=layers,
+                          schedule=kv_schedules.constant(steps, len(layers), weight))
+  return pipeline.edit(model, settings)
+
+
+def test_the_defaults_are_the_models(small):
+  _, model = small["rf_denoiser"]
+  result = _edit(model, 0.5)
+  gen = result.settings.generation
+  assert (gen.sampler, gen.num_inference_steps, gen.guidance_scale) == ("pingpong", 8, 1.0)
+  assert result.audio.shape[-1] == int(model.config.max_audio_seconds * model.config.sample_rate)
+
+
+def test_weight_zero_is_a_plain_generation_with_the_same_noise(small):
+  """Source and edit share the initial noise and every step's noise: weight 0 gives each prompt's
+  plain generation (the same batch, bit for bit), and the source row is the source's generation."""
+  _, model = small["rf_denoiser"]
+  edited = _edit(model, 0.0)
+  x_init = np.repeat(pipeline.shared_initial_latents(GenerationSettings(prompts=PROMPTS), model.config, 1,
+                                                     model.config.dit.sample_size), 2, axis=0)
+  plain = pipeline.generate(model, GenerationSettings(prompts=PROMPTS), init_latents=x_init)
+  np.testing.assert_array_equal(edited.latents, plain.latents)
+  moved = _edit(model, 1.0)
+  np.testing.assert_array_equal(moved.latents[0], edited.latents[0])  # the source is never modified
+  assert np.abs(moved.latents[1] - edited.latents[1]).max() > 1e-3  # full injection changes the edit
+
+
+@pytest.mark.parametrize("objective", S.OBJECTIVES)
+def test_joint_equals_cached(small, objective):
+  _, model = small[objective]
+  joint = _edit(model, 0.6, guidance_scale=3.0)
+  settings = EditSettings(GenerationSettings(prompts=PROMPTS, guidance_scale=3.0), vital_layers=(0, 1),
+                          schedule=kv_schedules.constant(model.config.diffusion.defaults.steps, 2, 0.6),
+                          injection_mode="cached")
+  cached = pipeline.edit(model, settings)
+  cfg = model.config
+  bound = tolerances.run_to_run(cfg.dit, cfg.dit.sample_size, cfg.t5.max_length + 1, 3.0)
+  np.testing.assert_allclose(cached.latents, joint.latents, rtol=0, atol=bound * np.abs(joint.latents).max())
+
+
+def _round_trip(model, steps: int) -> float:
+  """Invert clean latents with the rectified-flow ODE, regenerate with Euler at guidance 1 from the
+  inverted latent: the relative L2 error of the latent."""
+  x0 = np.random.default_rng(0).standard_normal((1, model.config.dit.io_channels, model.config.dit.sample_size))
+  x0 = x0.astype(np.float32)
+  inverted, _ = pipeline.invert_latents(model, x0, InversionSettings("piano solo", steps))
+  gen = GenerationSettings(prompts=("piano solo",), num_inference_steps=steps, guidance_scale=1.0, sampler="euler")
+  out = pipeline.generate(model, gen, init_latents=inverted)
+  return float(np.linalg.norm(out.latents - x0) / np.linalg.norm(x0))
+
+
+@pytest.mark.parametrize("objective", S.OBJECTIVES)
+def test_the_inversion_round_trip_shrinks_with_steps(small, objective):
+  """Invert, then regenerate with guidance 1: the error falls as the steps grow (the figures go to
+  docs/performance.md; a random model's velocity field is far rougher than a trained one's, so
+  only the direction is asserted)."""
+  _, model = small[objective]
+  errors = {steps: _round_trip(model, steps) for steps in (8, 25, 50)}
+  print(f"{objective} inversion round trip (relative L2 of the latent) at 8 / 25 / 50 steps: "
+        + " / ".join(f"{e:.4f}" for e in errors.values()))
+  assert errors[8] > errors[25] > errors[50]
+
+
+def test_edit_command_with_the_models_defaults(small, tmp_path, capsys):
+  path, model = small["rf_denoiser"]
+  status, out, err = cli(capsys, edit_cli, "--model", path, "--prompts", *PROMPTS, "--output_path", tmp_path / "out")
+  assert status == 0, err
+  record = json.loads((tmp_path / "out" / "edit.json").read_text())
+  assert record["settings"]["sampler"] == "pingpong" and record["settings"]["num_inference_steps"] == 8
+  assert record["settings"]["guidance_scale"] == 1.0
+  assert record["editing"]["vital_layers"]  # the model's default preset: its layers fit its depth
+  assert all(0 <= layer < model.config.dit.depth for layer in record["editing"]["vital_layers"])
+  audio, rate = sf.read(tmp_path / "out" / "edit_1.wav", always_2d=True)
+  assert audio.shape[0] == int(model.config.max_audio_seconds * rate)
+
+
+def test_edit_a_recording_uses_the_ode(small, tmp_path, capsys):
+  path, model = small["rectified_flow"]
+  rate = model.config.sample_rate
+  recording = (0.3 * np.sin(2 * np.pi * 440 * np.arange(60) / rate)).astype(np.float32)
+  sf.write(tmp_path / "in.wav", np.stack([recording, recording], axis=1), rate)
+  status, out, err = cli(capsys, edit_cli, "--model", path, "--input_audio", tmp_path / "in.wav", "--prompts", *PROMPTS,
+                         "--num_inference_steps", "6", "--output_path", tmp_path / "out")
+  assert status == 0, err
+  record = json.loads((tmp_path / "out" / "edit.json").read_text())
+  assert record["settings"]["sampler"] == "euler"
+  assert sf.read(tmp_path / "out" / "edit_1.wav", always_2d=True)[0].shape[0] == 60
+
+
+def test_generate_refuses_a_sampler_of_the_other_family(small, tmp_path, capsys):
+  path, _ = small["rf_denoiser"]
+  status, _, err = cli(capsys, generate_cli, "--model", path, "--prompts", "a", "--sampler", "dpmpp-2m",
+                       "--output_path", tmp_path / "out")
+  assert status == 1 and "'dpmpp-2m' does not sample this model (rf_denoiser objective); use one of pingpong, euler" \
+      in err
