@@ -26,7 +26,6 @@ from musickv_jax.pipeline import kv_schedules
 from musickv_jax.sampling import guided, kv, sampler, schedules
 
 VITAL_LAYERS = (20, 3, 4)
-CROSS_TOKENS = 130  # 128 T5 tokens + seconds_start + seconds_total
 
 
 @dataclasses.dataclass
@@ -37,12 +36,23 @@ class Inputs:
   glob: np.ndarray  # (rows, global_cond_dim)
 
 
+def cross_tokens(config: ModelConfig) -> int:
+  """Text tokens and one token per number conditioner: 130 for Stable Audio Open 1.0, 65 for Small."""
+  return config.t5.max_length + len(config.conditioner.numbers)
+
+
+def has_diffusers_class(config: ModelConfig) -> bool:
+  """diffusers' StableAudioDiTModel is Stable Audio Open 1.0's DiT; the other family members
+  (q/k norms, other number conditioners) are timed against stable-audio-tools' own DiT."""
+  return config.dit.qk_norm == "none" and config.conditioner.numbers == ("seconds_start", "seconds_total")
+
+
 def make_inputs(config: ModelConfig, rows: int, frames: int) -> Inputs:
   rng = np.random.default_rng(0)
   d = config.dit
   return Inputs(x=rng.normal(size=(rows, d.io_channels, frames)).astype(np.float32),
                 t=np.full((rows,), 0.5, np.float32),
-                cross=rng.normal(size=(rows, CROSS_TOKENS, d.cond_input_dim)).astype(np.float32),
+                cross=rng.normal(size=(rows, cross_tokens(config), d.cond_input_dim)).astype(np.float32),
                 glob=rng.normal(size=(rows, d.global_cond_dim)).astype(np.float32))
 
 
@@ -100,6 +110,27 @@ def ours(config: ModelConfig, dit_params, inputs: Inputs, repeats: int, peak: fl
   return results
 
 
+def stable_audio_tools(config: ModelConfig, params, inputs: Inputs, repeats: int, peak: float,
+                       ours: np.ndarray | None = None) -> dict:
+  """stable-audio-tools' DiT call (the reference of the family members diffusers lacks); with `ours`
+  (our output on the same inputs) also the largest difference, relative to the largest value."""
+  import torch
+
+  from musickv_jax.bench.torch_reference import sat_dit
+
+  rows, _, frames = inputs.x.shape
+  model = sat_dit(config, params)
+  args = (torch.from_numpy(inputs.x), torch.from_numpy(inputs.t))
+  kwargs = dict(cross_attn_cond=torch.from_numpy(inputs.cross), global_embed=torch.from_numpy(inputs.glob))
+  with torch.no_grad():
+    result = {"dit": _result(time_calls(lambda: model(*args, **kwargs), repeats), dit_flops(config.dit, rows, frames),
+                             peak)}
+    if ours is not None:
+      theirs = model(*args, **kwargs).numpy()
+      result["dit"]["max_error_ratio"] = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+  return result
+
+
 def diffusers(config: ModelConfig, params: dict, inputs: Inputs, repeats: int, peak: float) -> dict:
   """diffusers' DiT call, and the same with KV-blending processors in the vital layers."""
   import torch
@@ -145,14 +176,25 @@ def run(config: ModelConfig, lengths, *, batch: int = 4, repeats: int = 3, compa
   for frames in lengths:
     inputs = make_inputs(config, batch, frames)
     entry = {"ours": ours(config, dit_params, inputs, repeats, report["matmul_peak_gflop_per_s"]["jax"] * 1e9)}
-    if compare_torch:
+    if compare_torch and has_diffusers_class(config):
       entry["diffusers"] = diffusers(config, params, inputs, repeats,
                                      report["matmul_peak_gflop_per_s"]["torch"] * 1e9)
-      entry["ours_over_diffusers"] = {case: round(entry["ours"][case]["seconds"] / entry["diffusers"][case]["seconds"], 3)
-                                      for case in ("dit", "edit_step")}
+    elif compare_torch:
+      out, _ = StableAudioDiT(config.dit).apply({"params": dit_params}, *map(jnp.asarray, (inputs.x, inputs.t,
+                                                                                          inputs.cross, inputs.glob)))
+      entry["stable_audio_tools"] = stable_audio_tools(config, params, inputs, repeats,
+                                                       report["matmul_peak_gflop_per_s"]["torch"] * 1e9,
+                                                       np.asarray(out, np.float32))
+    for name in REFERENCES:
+      if name in entry:
+        entry[f"ours_over_{name}"] = {case: round(entry["ours"][case]["seconds"] / entry[name][case]["seconds"], 3)
+                                      for case in entry[name]}
     report["lengths"][str(frames)] = entry
     log(f"T={frames}: " + table_row(entry))
   return report
+
+
+REFERENCES = ("diffusers", "stable_audio_tools")  # the torch side: SAO 1.0's diffusers class, else SAT's own DiT
 
 
 def table_row(entry: dict) -> str:
@@ -160,23 +202,25 @@ def table_row(entry: dict) -> str:
   for case in ("dit", "edit_step"):
     ours_s = entry["ours"][case]["seconds"]
     text = f"{case} ours {ours_s:.2f} s"
-    if "diffusers" in entry:
-      text += f" vs diffusers {entry['diffusers'][case]['seconds']:.2f} s ({entry['ours_over_diffusers'][case]:.3f})"
+    for name in REFERENCES:
+      if case in entry.get(name, {}):
+        text += f" vs {name} {entry[name][case]['seconds']:.2f} s ({entry[f'ours_over_{name}'][case]:.3f})"
     parts.append(text)
   return "; ".join(parts)
 
 
 def markdown_table(report: dict) -> str:
   """The report as the table in docs/performance.md."""
-  lines = ["| T | case | framework | seconds | compile s | GFLOP/s | of matmul peak | peak RSS + MiB | ours / diffusers |",
+  lines = ["| T | case | framework | seconds | compile s | GFLOP/s | of matmul peak | peak RSS + MiB | ours / reference |",
            "|---|---|---|---|---|---|---|---|---|"]
   for frames, entry in report["lengths"].items():
     for case in ("dit", "edit_step"):
-      for framework in ("ours", "diffusers"):
-        if framework not in entry:
+      for framework in ("ours", *REFERENCES):
+        if case not in entry.get(framework, {}):
           continue
         r = entry[framework][case]
-        ratio = entry.get("ours_over_diffusers", {}).get(case, "") if framework == "ours" else ""
+        ratio = next((entry[f"ours_over_{name}"].get(case, "") for name in REFERENCES if f"ours_over_{name}" in entry),
+                     "") if framework == "ours" else ""
         lines.append(f"| {frames} | {case} | {framework} | {r['seconds']:.2f} | {r.get('compile_s', '')} | "
                      f"{r['gflop_per_s']} | {r['fraction_of_matmul_peak']:.2f} | {r['peak_rss_increase_mib']:.0f} | {ratio} |")
   return "\n".join(lines)

@@ -55,3 +55,31 @@ class KVBlendProcessor:
                    k[..., rot:]], dim=-1)
     out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, -1)
     return attn.to_out[0](out)
+
+def sat_dit(config: ModelConfig, params, dtype: str = "float32"):
+  """stable-audio-tools' own DiffusionTransformer (0.0.20, a test-only dependency) holding exactly
+  our DiT parameters, through the converter's stable-audio-tools name table: the torch side for the
+  family members diffusers has no class for (Stable Audio Open Small)."""
+  from stable_audio_tools.models.dit import DiffusionTransformer
+
+  from musickv_jax.convert import tables
+  from musickv_jax.convert.rules import export_rules
+
+  d = config.dit
+  model = DiffusionTransformer(
+      io_channels=d.io_channels, embed_dim=d.embed_dim, depth=d.depth, num_heads=d.num_heads,
+      cond_token_dim=d.cond_input_dim, project_cond_tokens=d.cond_token_dim != d.cond_input_dim,
+      global_cond_dim=d.global_cond_dim, transformer_type="continuous_transformer",
+      diffusion_objective=config.diffusion.objective, timestep_features_dim=d.time_features_dim,
+      attn_kwargs={"qk_norm": d.qk_norm, "qk_norm_eps": d.qk_norm_eps}).eval().requires_grad_(False)
+  dit_tree = params.dit if hasattr(params, "dit") else params["dit"]
+  as_f32 = lambda tree: {k: (as_f32(v) if isinstance(v, dict) else np.asarray(v, np.float32))  # noqa: E731
+                         for k, v in tree.items()}
+  state = {k: torch.from_numpy(np.array(v)) for k, v in export_rules(tables.dit_rules(d, tables.SAT),
+                                                                     as_f32(dit_tree)).items()}
+  missing, unexpected = model.load_state_dict(state, strict=False)
+  buffers = {name for name, _ in model.named_buffers()}
+  missing = [k for k in missing if k not in buffers]
+  if missing or unexpected:
+    raise ValueError(f"stable-audio-tools DiT does not match our parameters: missing {missing}, unexpected {unexpected}")
+  return model if dtype == "float32" else model.to(torch.bfloat16)

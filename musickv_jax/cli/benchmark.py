@@ -16,9 +16,11 @@ from pathlib import Path
 
 from absl import flags
 
+from musickv_jax.bench import breakdown, dit_step, job, long_song, precision, small_edit
 from musickv_jax.cli import options
 from musickv_jax.cli.outputs import write_json
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
+from musickv_jax.config import named_config
 
 
 def define(fv: Flags) -> None:
@@ -46,11 +48,13 @@ def define(fv: Flags) -> None:
                      flag_values=fv)
   flags.DEFINE_integer("long_steps", 2, "--long_seconds: sampling steps actually run (extrapolated to 100).",
                        flag_values=fv)
+  flags.DEFINE_bool("small_edit", False, "A whole edit with Stable Audio Open Small's defaults (--config sao-small): "
+                    "warm in one process, and the cold command line with its parts.", flag_values=fv)
+  flags.DEFINE_float("edit_seconds", 11.0, "--small_edit: seconds of audio.", flag_values=fv)
   flags.DEFINE_string("json_out", None, "Also write the results as JSON here.", flag_values=fv)
 
 
 def body(fv: Flags) -> None:
-  from musickv_jax.config import named_config
 
   if fv.repeats < 1 or fv.batch < 2 or fv.batch % 2:
     raise UsageError("--repeats must be positive and --batch an even number of at least 2 (CFG rows)")
@@ -63,31 +67,29 @@ def body(fv: Flags) -> None:
       raise UsageError(f"--depth must be between 1 and {config.dit.depth}")
     config = config.replace(dit=dataclasses.replace(config.dit, depth=fv.depth))
   if fv.breakdown:
-    from musickv_jax.bench import breakdown
 
     report = {"layers": [breakdown.run(config.dit, frames, batch=fv.batch, repeats=fv.repeats, compare_torch=fv.torch)
                          for frames in lengths]}
     print(breakdown.markdown(report["layers"]))
   elif fv.precision:
-    from musickv_jax.bench import precision
 
     report = precision.run(config.with_dtype("float32"), frames=lengths[-1], repeats=fv.repeats)
     print(report)
   elif fv.long_seconds is not None:
-    from musickv_jax.bench import long_song
 
     if fv.long_seconds <= 0 or fv.long_steps < 2:
       raise UsageError("--long_seconds must be positive and --long_steps at least 2")
     report = long_song.run(config, seconds=fv.long_seconds, steps=fv.long_steps)
     print(long_song.summary(report))
+  elif fv.small_edit:
+    report = small_edit.run(config, seconds=fv.edit_seconds, repeats=fv.repeats)
+    print(small_edit.summary(report))
   elif fv.job:
-    from musickv_jax.bench import job
 
     report = job.run(config, steps=fv.job_steps, edits=fv.job_edits, seconds=fv.job_seconds,
                      compare_torch=fv.torch)
     print(job.summary(report))
   else:
-    from musickv_jax.bench import dit_step
 
     report = dit_step.run(config, lengths, batch=fv.batch, repeats=fv.repeats, compare_torch=fv.torch)
     print(dit_step.markdown_table(report))

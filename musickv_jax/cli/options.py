@@ -19,10 +19,9 @@ from absl import flags
 from musickv_jax.audio import WAV_SUBTYPES, LoadedAudio, load_audio
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.cli.outputs import check_output_dir
-from musickv_jax.cli.runner import Flags, UsageError
 from musickv_jax.cli.progress import progress_bar
+from musickv_jax.cli.runner import Flags, UsageError
 from musickv_jax.loading import load_model as load_any_model
-from musickv_jax.research import probing
 from musickv_jax.pipeline import (
   EditSettings,
   GenerationSettings,
@@ -31,6 +30,7 @@ from musickv_jax.pipeline import (
   kv_schedules,
   presets,
 )
+from musickv_jax.research import probing
 
 FLAG_OF_FIELD = {
     "start_s": "input_start_s", "end_s": "input_end_s",  # recording segment (audio.load_audio)

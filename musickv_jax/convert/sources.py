@@ -21,8 +21,19 @@ from pathlib import Path
 import numpy as np
 from huggingface_hub import snapshot_download
 
-from musickv_jax.config import (NUMBERS, OBJECTIVES, QK_NORMS, ConditionerConfig, ConfigError, DiffusionConfig, DiTConfig,
-                                DistributionShift, ModelConfig, OobleckConfig, T5Config)
+from musickv_jax.config import (
+  NUMBERS,
+  OBJECTIVES,
+  QK_NORMS,
+  ConditionerConfig,
+  ConfigError,
+  DiffusionConfig,
+  DistributionShift,
+  DiTConfig,
+  ModelConfig,
+  OobleckConfig,
+  T5Config,
+)
 from musickv_jax.convert.tables import DIFFUSERS, SAT, t5_ignored
 from musickv_jax.convert.tensors import ConversionError, read_sharded, read_weights
 

@@ -12,10 +12,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-
-from musickv_jax.errors import SettingsError
 import numpy as np
 
+from musickv_jax.errors import SettingsError
 from musickv_jax.metrics import filterbanks
 
 Array = jax.Array

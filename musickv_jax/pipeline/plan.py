@@ -28,11 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from musickv_jax.checkpoint import LoadedModel
+from musickv_jax.errors import SettingsError
 from musickv_jax.models.dit import KVCache
 from musickv_jax.pipeline import common
 from musickv_jax.pipeline.conditioning import guided_conditioning
 from musickv_jax.pipeline.settings import EditSettings, GenerationSettings
-from musickv_jax.errors import SettingsError
 from musickv_jax.sampling import guided, solvers
 from musickv_jax.sampling import kv as kv_lib
 from musickv_jax.sampling import rows as rows_lib

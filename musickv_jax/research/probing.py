@@ -26,9 +26,8 @@ from musickv_jax.checkpoint import PROBE_PRESET_FILE, LoadedModel
 from musickv_jax.errors import SettingsError
 from musickv_jax.metrics import Analysis, compare_jit, structure_similarity
 from musickv_jax.metrics.music import STRUCTURE_METRICS
-from musickv_jax.pipeline import common
+from musickv_jax.pipeline import common, presets
 from musickv_jax.pipeline.plan import EditPlan, build_plan, run_plan
-from musickv_jax.pipeline import presets
 from musickv_jax.pipeline.presets import EditPreset
 from musickv_jax.pipeline.settings import GenerationSettings
 

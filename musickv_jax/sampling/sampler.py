@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musickv_jax.sampling import schedules, solvers
+from musickv_jax.sampling import solvers
 
 Array = jax.Array
 Denoiser = Callable[[Array, Any, Any], tuple[Array, Any]]
