@@ -115,6 +115,28 @@ def test_probe_command_errors(tiny44k, tmp_path, capsys, args, message, status):
 # ----------------------------------------------------------------------------- learned schedules
 
 
+@pytest.mark.fast
+def test_the_total_loss_is_its_documented_formula():
+  """research/optimization.py's docstring: minimised, - fidelity_weight * fidelity
+  - editability_weight * editability + smoothness_weight * smoothness (fidelity and editability
+  maximised, smoothness minimised). Fixed terms and weights that are exact in binary, so the
+  comparison is exact; the gradient check compares the loss only with itself and cannot see a sign."""
+  doc = " ".join(optimization.__doc__.split())
+  for documented in ("- fidelity_weight * fidelity", "- editability_weight * editability",
+                     "+ smoothness_weight * smoothness"):
+    assert documented in doc, documented
+  terms = {"fidelity": jnp.float32(0.75), "editability": jnp.float32(0.5), "smoothness": jnp.float32(0.25)}
+  weights = optimization.ObjectiveWeights(fidelity=2.0, editability=3.0, smoothness=5.0)
+  assert float(optimization.total_loss(terms, weights)) == -2.0 * 0.75 - 3.0 * 0.5 + 5.0 * 0.25  # -1.75
+  defaults = optimization.ObjectiveWeights()
+  # 0.1 is not exact in binary: three float32 roundings of values below 2 (2^-23 each) at most
+  assert float(optimization.total_loss(terms, defaults)) == pytest.approx(-0.75 - 0.5 + 0.1 * 0.25, abs=3 * 2.0 ** -23)
+  # each term on its own: more fidelity or editability lowers the loss, more change raises it
+  for name, sign, weight in (("fidelity", -1.0, 2.0), ("editability", -1.0, 3.0), ("smoothness", 1.0, 5.0)):
+    one = {key: jnp.float32(1.0 if key == name else 0.0) for key in terms}
+    assert float(optimization.total_loss(one, weights)) == sign * weight, name
+
+
 def _problem(model, steps=4, layers=(20, 3)):
   gen = GenerationSettings(prompts=("piano solo", "acoustic guitar"), num_inference_steps=steps,
                            audio_end_in_s=1.0, latent_length="fit")
