@@ -253,6 +253,46 @@ def test_four_simulated_devices_equal_one(tiny44k, workspace, batch_run, tmp_pat
   assert worst <= tolerances.run_to_run(cfg.dit, frames, cfg.t5.max_length + 2, 7.0)
 
 
+@pytest.mark.parametrize("moment", ["staging a WAV", "staging the latents over an earlier folder"])
+def test_ctrl_c_while_a_job_folder_is_written_leaves_no_staging(tiny44k, tmp_path, capsys, monkeypatch, moment):
+  """Ctrl-C (KeyboardInterrupt) in write_job, after part of the job's folder is staged: exit 130,
+  one line, and the output folder holds only what was there (the summary, an earlier complete
+  folder of the job untouched): no staging folder, no hidden temporary."""
+  from musickv_jax.cli import edit_outputs
+
+  manifest = write_manifest(tmp_path / "jobs.jsonl", [{"id": "piano", "prompts": ["piano solo", "guitar"], "seed": 1}])
+  out = tmp_path / "out"
+  expected = ["summary.json"]
+  if moment == "staging a WAV":
+    real, calls = edit_outputs.save_wav, []
+
+    def interrupted(path, *args, **kwargs):  # the source's WAV is staged, then Ctrl-C
+      calls.append(path)
+      if len(calls) == 2:
+        raise KeyboardInterrupt
+      return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(edit_outputs, "save_wav", interrupted)
+  else:
+    (out / "piano").mkdir(parents=True)
+    (out / "piano" / "edit.json").write_text("an earlier run")
+    expected = ["piano", "summary.json"]
+
+    def interrupted(path, array):  # every other file is staged; the latents half written
+      path.write_bytes(b"half")
+      raise KeyboardInterrupt
+
+    monkeypatch.setattr(edit_batch, "write_npy", interrupted)
+  status, _, err = cli(capsys, edit_batch, "--model", tiny44k.path, "--manifest", manifest, "--output_path", out,
+                       *COMMON)
+  assert status == 130, err
+  assert err.strip().splitlines()[-1] == "interrupted; nothing was written", err
+  assert sorted(p.name for p in out.iterdir()) == expected  # hidden names included
+  if moment != "staging a WAV":
+    assert [p.name for p in (out / "piano").iterdir()] == ["edit.json"]
+    assert (out / "piano" / "edit.json").read_text() == "an earlier run"
+
+
 def test_a_killed_batch_resumes_without_recomputing(tiny44k, tmp_path):
   """SIGKILL once the first job's folder is in place; --resume finishes the rest; nothing half
   written is ever visible, and the outputs equal an uninterrupted run."""
