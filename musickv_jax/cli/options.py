@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 from absl import flags
 
+from musickv_jax import files
 from musickv_jax.audio import WAV_SUBTYPES, LoadedAudio, load_audio
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.cli.outputs import check_output_dir
-from musickv_jax.cli.runner import Flags, UsageError
+from musickv_jax.cli.runner import Flags, UsageError, define_number_list
 from musickv_jax.loading import load_model as load_any_model
 from musickv_jax.pipeline import (
   EditSettings,
@@ -53,10 +54,14 @@ def define_model_flags(fv: Flags) -> None:
                       flag_values=fv)
 
 
-def load_model(fv: Flags) -> LoadedModel:
+def check_model_flag(fv: Flags) -> None:
   if not fv.model:
     raise UsageError("--model is required: a converted checkpoint directory, a diffusers / stable-audio-tools "
                      "checkpoint, or a hub id")
+
+
+def load_model(fv: Flags) -> LoadedModel:
+  check_model_flag(fv)
   print(f"loading {fv.model}", flush=True)  # a real checkpoint takes a while to read
   return load_any_model(fv.model, hf_token=fv.hf_token, t5=fv.t5, dtype=fv.dtype, attention=fv.attention)
 
@@ -113,8 +118,9 @@ def check_output_flags(fv: Flags) -> Path:
 
 def load_npy(path: str, flag: str) -> np.ndarray:
   file = Path(path).expanduser()
-  if not file.is_file():
-    raise UsageError(f"--{flag} {file}: file not found")
+  problem = files.not_a_file(file, f"--{flag} {file}", kind=".npy file")
+  if problem:
+    raise UsageError(problem)
   try:
     return np.load(file, allow_pickle=False)
   except (ValueError, OSError) as e:
@@ -136,9 +142,8 @@ def define_edit_flags(fv: Flags) -> None:
                       "window, per_layer, or a .npy file of shape (steps, n_vital_layers[, n_edits]). Default: "
                       "linear_ramp if the preset is time-varying, else constant.", flag_values=fv)
   flags.DEFINE_float("schedule_weight", 1.0, "Weight of the constant and window schedules.", flag_values=fv)
-  flags.DEFINE_list("ramp", ["0", "1"], "FROM,TO values of the linear_ramp / cosine schedules.", flag_values=fv)
-  flags.DEFINE_list("window", ["0", "1"], "START,END fractions of the steps for the window schedule.",
-                    flag_values=fv)
+  define_number_list("ramp", ["0", "1"], "FROM,TO values of the linear_ramp / cosine schedules.", fv)
+  define_number_list("window", ["0", "1"], "START,END fractions of the steps for the window schedule.", fv)
   flags.DEFINE_list("layer_schedules", [], "per_layer: one schedule name per vital layer.", flag_values=fv)
   flags.DEFINE_bool("allow_unbounded_schedule", False, "Accept schedule values outside [0, 1].", flag_values=fv)
   flags.DEFINE_string("injection_mode", "joint", "joint (one batch) or cached (record the source, then edit).",

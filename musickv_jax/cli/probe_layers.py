@@ -21,6 +21,7 @@ from pathlib import Path
 
 from absl import flags
 
+from musickv_jax import files
 from musickv_jax.cli import charts, options
 from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json
 from musickv_jax.cli.progress import progress_bar
@@ -57,8 +58,9 @@ def read_prompts(fv: Flags) -> tuple[str, ...]:
     raise UsageError("give --prompts or --prompts_file, not both")
   if fv.prompts_file:
     path = Path(fv.prompts_file).expanduser()
-    if not path.is_file():
-      raise UsageError(f"--prompts_file {path}: file not found")
+    problem = files.not_a_file(path, f"--prompts_file {path}")
+    if problem:
+      raise UsageError(problem)
     try:
       lines = [line.strip() for line in path.read_text().splitlines()]
     except (OSError, UnicodeDecodeError) as e:

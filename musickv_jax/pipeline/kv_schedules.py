@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from musickv_jax.errors import ScheduleError
+from musickv_jax.files import not_a_file
 
 NAMES = ("linear_ramp", "constant", "cosine", "window")
 
@@ -76,8 +77,9 @@ def by_name(name: str, steps: int, n_layers: int, **params) -> np.ndarray:
 
 def load_npy(path: str | Path) -> np.ndarray:
   path = Path(path)
-  if not path.is_file():
-    raise ScheduleError(f"{{field}} file {path} not found")
+  problem = not_a_file(path, f"{{field}} {path}", kind=".npy file")
+  if problem:
+    raise ScheduleError(problem)
   try:
     return np.asarray(np.load(path, allow_pickle=False), np.float32)
   except (ValueError, OSError) as e:
