@@ -14,7 +14,7 @@ import soundfile as sf
 from scipy.signal import firwin, resample_poly
 
 from musickv_jax.errors import AudioError
-from musickv_jax.files import write_atomic
+from musickv_jax.files import not_a_file, write_atomic
 
 WAV_SUBTYPES = ("FLOAT", "PCM_16", "PCM_24")
 
@@ -84,8 +84,9 @@ def load_audio(path: str | Path, *, sample_rate: int, max_seconds: float, start_
   infinite samples, silence, a segment outside the file, or a clip longer than the model takes.
   Clipping is reported as a warning."""
   path = Path(path).expanduser()
-  if not path.is_file():
-    raise AudioError(f"{path}: audio file not found")
+  problem = not_a_file(path, kind="audio file")
+  if problem:
+    raise AudioError(problem)
   try:
     info = sf.info(str(path))
   except (sf.LibsndfileError, RuntimeError, TypeError) as e:

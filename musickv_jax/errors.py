@@ -67,5 +67,9 @@ class ConversionError(MusicKVError):
   """A checkpoint cannot be converted; the message says what is wrong and what to do."""
 
 
+class OptimizationError(MusicKVError):
+  """An optimisation that cannot go on: its loss or its parameters are no longer finite."""
+
+
 class TokenizerError(MusicKVError, ValueError):
   """A tokenizer folder that cannot be loaded."""

@@ -107,3 +107,18 @@ def check_writable(path: str | Path) -> Path:
   probe.touch()
   probe.unlink()
   return target
+
+
+def not_a_file(path: str | Path, label: str | None = None, kind: str = "file") -> str | None:
+  """Why `path` cannot be read as a file, as an error message that starts with `label` (default:
+  the path): "LABEL: file not found", "LABEL is a directory; give a file", ...; None when it is a
+  file. `kind` names what is needed ("audio file")."""
+  path = Path(path).expanduser()
+  if path.is_file():
+    return None
+  label = str(path) if label is None else label
+  if path.is_dir():
+    return f"{label} is a directory; give {'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+  if path.exists():
+    return f"{label} is not a regular file; give {'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+  return f"{label}: {kind} not found"

@@ -62,6 +62,8 @@ def load_model(source: str | Path, *, hf_token: str | None = None, t5: str | Pat
       try:
         convert_checkpoint(text, target, hf_token=hf_token, t5_dir=t5, overwrite=True, log=log)
       except ConversionError as e:  # say both readings: a local path that is not there, a hub id that failed
+        if e.field == "source":  # the download failed: read_source's message already says both
+          raise ConversionError(e.template, field="model", mentions=e.mentions) from None
         inner = e.template.replace("{field}", "{" + e.field + "}") if e.field else e.template
         raise ConversionError(f"{{field}} {text}: no such local file or directory, and as a Hugging Face hub id it "
                               "could not be used: " + inner, field="model",

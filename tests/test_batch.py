@@ -17,11 +17,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from musickv_jax import pipeline
 from musickv_jax.cli import edit as edit_cli
 from musickv_jax.cli import edit_batch
 from musickv_jax.cli.runner import run
 from musickv_jax.jobs import batching
 from musickv_jax.jobs.manifest import read_manifest
+from musickv_jax.pipeline import kv_schedules
+from musickv_jax.sampling import placement
 from tests import tolerances
 from tests.test_cli import cli
 
@@ -166,6 +169,39 @@ def test_each_job_equals_a_standalone_edit(tiny44k, workspace, batch_run, tmp_pa
   assert a.shape == b.shape
 
 
+def test_jobs_packed_on_one_device_each_equal_their_standalone_edit(tiny44k):
+  """Three jobs share one device's rows (in the manifest batch above every job sits at row 0):
+  rows 0-1 the first, 2-4 the second (edit_all: two edits whose source is row 2 of the block),
+  5-6 the third (its own vital layer and a bypassed layer), row 7 padding. Each job equals its
+  standalone edit (pipeline.edit, the same settings) within the derived run-to-run bound: an edit
+  that blended another job's source row, or a bypass on another job's rows, moves it by far more."""
+  model, cfg = tiny44k.model, tiny44k.model.config
+
+  def settings(prompts, seed, **kwargs):
+    gen = pipeline.GenerationSettings(prompts=prompts, seed=seed, num_inference_steps=3, audio_end_in_s=1.5,
+                                      latent_length="fit")
+    return pipeline.EditSettings(gen, **kwargs)
+
+  edits = {
+      "first": settings(("piano solo", "acoustic guitar, country"), 1, vital_layers=(5, 9)),
+      "second": settings(("drums", "jazz trio", "rock band"), 2, vital_layers=(5, 9), edit_all=True,
+                         schedule=kv_schedules.constant(3, 2)),
+      "third": settings(("violin", "cello"), 3, vital_layers=(20,), skip_layers=(3,)),
+  }
+  jobs = [batching.plan_job(model, job_id, s) for job_id, s in edits.items()]
+  batches = batching.pack(jobs, rows_per_device=8, n_devices=1)
+  assert len(batches) == 1 and [[job.id for job in device] for device in batches[0].devices] == [list(edits)]
+  mesh = placement.data_mesh()
+  batched = batching.run_batch(model, placement.replicate(model.params.dit, mesh), batches[0], mesh)
+  for job_id, edit_settings in edits.items():
+    alone = pipeline.edit(model, edit_settings).latents
+    error = float(np.abs(batched[job_id] - alone).max() / np.abs(alone).max())
+    bound = tolerances.run_to_run(cfg.dit, alone.shape[-1], cfg.t5.max_length + 2, 7.0)
+    print(f"{job_id}: packed vs standalone edit {error:.1e} (bound {bound:.1e})")
+    assert batched[job_id].shape == alone.shape
+    assert error <= bound, f"{job_id}: packed vs standalone edit {error:.2e} > {bound:.2e}"
+
+
 def test_the_listening_page_links_resolve(batch_run):
   out, _, _ = batch_run
 
@@ -215,6 +251,46 @@ def test_four_simulated_devices_equal_one(tiny44k, workspace, batch_run, tmp_pat
   cfg = tiny44k.model.config  # other rows per device round in other orders: the derived bound
   frames = max(np.load(out / job_id / "latents.npy").shape[-1] for job_id in ("piano", "recording"))
   assert worst <= tolerances.run_to_run(cfg.dit, frames, cfg.t5.max_length + 2, 7.0)
+
+
+@pytest.mark.parametrize("moment", ["staging a WAV", "staging the latents over an earlier folder"])
+def test_ctrl_c_while_a_job_folder_is_written_leaves_no_staging(tiny44k, tmp_path, capsys, monkeypatch, moment):
+  """Ctrl-C (KeyboardInterrupt) in write_job, after part of the job's folder is staged: exit 130,
+  one line, and the output folder holds only what was there (the summary, an earlier complete
+  folder of the job untouched): no staging folder, no hidden temporary."""
+  from musickv_jax.cli import edit_outputs
+
+  manifest = write_manifest(tmp_path / "jobs.jsonl", [{"id": "piano", "prompts": ["piano solo", "guitar"], "seed": 1}])
+  out = tmp_path / "out"
+  expected = ["summary.json"]
+  if moment == "staging a WAV":
+    real, calls = edit_outputs.save_wav, []
+
+    def interrupted(path, *args, **kwargs):  # the source's WAV is staged, then Ctrl-C
+      calls.append(path)
+      if len(calls) == 2:
+        raise KeyboardInterrupt
+      return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(edit_outputs, "save_wav", interrupted)
+  else:
+    (out / "piano").mkdir(parents=True)
+    (out / "piano" / "edit.json").write_text("an earlier run")
+    expected = ["piano", "summary.json"]
+
+    def interrupted(path, array):  # every other file is staged; the latents half written
+      path.write_bytes(b"half")
+      raise KeyboardInterrupt
+
+    monkeypatch.setattr(edit_batch, "write_npy", interrupted)
+  status, _, err = cli(capsys, edit_batch, "--model", tiny44k.path, "--manifest", manifest, "--output_path", out,
+                       *COMMON)
+  assert status == 130, err
+  assert err.strip().splitlines()[-1] == "interrupted; nothing was written", err
+  assert sorted(p.name for p in out.iterdir()) == expected  # hidden names included
+  if moment != "staging a WAV":
+    assert [p.name for p in (out / "piano").iterdir()] == ["edit.json"]
+    assert (out / "piano" / "edit.json").read_text() == "an earlier run"
 
 
 def test_a_killed_batch_resumes_without_recomputing(tiny44k, tmp_path):

@@ -83,6 +83,29 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, unrelated.name])
 
 
+def test_another_hosts_temporaries_are_left_alone(tmp_path):
+  """A folder shared between hosts: a temporary written by another host names a PID of that host,
+  which says nothing about the processes here (dead here, it may be alive there): never stale."""
+  pid = dead_pid()
+  other_host = "another_host_7"
+  assert other_host != files._HOST
+  theirs_file = tmp_path / stale_name("source.wav", pid).replace(f"-{files._HOST}-", f"-{other_host}-")
+  theirs_file.write_bytes(b"being written on another host")
+  theirs_dir = tmp_path / stale_name("job", pid).replace(f"-{files._HOST}-", f"-{other_host}-")
+  theirs_dir.mkdir()
+  (theirs_dir / "edit.wav").write_bytes(b"x")
+  ours = tmp_path / stale_name("edit.wav", pid)  # this host, dead PID: stale
+  ours.write_bytes(b"half-written by a killed run")
+  assert files._TEMPORARY.match(theirs_file.name)["host"] == other_host  # well-formed, only the host differs
+  assert files.stale_temporaries(tmp_path) == [ours]
+  assert files.stale_temporaries(tmp_path, "source.wav") == []
+  assert files.remove_stale_temporaries(tmp_path) == [ours]
+  with OutputSet(tmp_path, announce=False) as outputs:  # what every command does before writing
+    outputs.commit()
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted([theirs_file.name, theirs_dir.name])
+  assert (theirs_dir / "edit.wav").read_bytes() == b"x"
+
+
 def test_check_writable(tmp_path):
   assert files.check_writable(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
   assert not (tmp_path / "new").exists()  # the check creates nothing

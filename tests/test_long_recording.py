@@ -17,7 +17,7 @@ from musickv_jax.pipeline import kv_schedules as kv
 from musickv_jax.errors import SettingsError
 from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings, WindowSettings
 from musickv_jax.pipeline import long_recording
-from musickv_jax.sampling import guided, sampler, schedules
+from musickv_jax.sampling import guided
 from musickv_jax.sampling import windows as windows_lib
 from tests import tolerances
 
@@ -84,10 +84,57 @@ def _edit_settings(prompts, steps, guidance=7.0, **kwargs):
                       vital_layers=(1,), schedule=kv.linear_ramp(steps, 1), **kwargs)
 
 
+def test_each_window_is_conditioned_on_its_own_start(tiny):
+  """Window i of a long recording is conditioned on seconds_start = its first frame's time in the
+  recording and seconds_total = the recording's length (SAO's training crops): its plan's rows, and
+  the rows the sampler sees for its group, equal the conditioning computed for that start (the same
+  function on the same inputs: bitwise). The starts are computed here from the frames, not taken
+  from the layout's own seconds."""
+  model, cfg = tiny.model, tiny.model.config
+  frames = 40
+  n_samples = frames * cfg.vae.hop_length
+  layout = WINDOWS.layout(cfg, frames)
+  assert layout.n_windows == 3 and layout.starts[0] == 0 and all(first > 0 for first in layout.starts[1:])
+  prompts = ("piano solo", "jazz")
+  settings = _edit_settings(prompts, 4)
+  x = np.random.default_rng(0).normal(size=(2, cfg.dit.io_channels, frames)).astype(np.float32)
+  total = n_samples / cfg.sample_rate
+  plans = long_recording.window_plans(model, settings, x, layout, long_recording.seconds_total(cfg, n_samples),
+                                      source_guidance=pipeline.SOURCE_GUIDANCE)
+  assert plans[0].use_cfg
+  expected = []
+  for i, (plan, first) in enumerate(zip(plans, layout.starts)):
+    start = first * cfg.vae.hop_length / cfg.sample_rate
+    want = pipeline.guided_conditioning(model, prompts, negative_prompt=None, seconds_start=start,
+                                        seconds_total=total, guidance=np.asarray([1.0, 7.0], np.float32),
+                                        use_cfg=True)
+    for name in ("cross_tokens", "global_cond"):
+      np.testing.assert_array_equal(getattr(plan.conditioning, name), getattr(want, name),
+                                    err_msg=f"window {i} (starts at {start:g} s): {name}")
+    np.testing.assert_array_equal(plan.x_init, x[..., first:first + layout.width])
+    expected.append(want)
+  # the starts matter: windows at other starts are conditioned differently
+  assert not np.array_equal(expected[0].global_cond, expected[1].global_cond)
+  # what the sampler sees: groups of 2 windows (the second group padded with window 0), rows
+  # [branch][window][prompt]
+  windows = layout.arrays(2)
+  cond, _ = long_recording.grouped(plans, windows)
+  n, per_group = len(prompts), windows.per_group
+  for g in range(windows.groups):
+    for w in range(per_group):
+      i = g * per_group + w
+      want = expected[i if i < len(plans) else 0]
+      for branch in range(2):
+        rows = slice(branch * per_group * n + w * n, branch * per_group * n + (w + 1) * n)
+        for name in ("cross_tokens", "global_cond"):
+          np.testing.assert_array_equal(getattr(cond, name)[g, rows], getattr(want, name)[branch * n:(branch + 1) * n],
+                                        err_msg=f"group {g}, window {i}, branch {branch}: {name}")
+
+
 def test_a_recording_that_fits_one_window_is_edited_bitwise_alike_through_the_windowed_path(tiny):
   """The windowed code, given one window covering the latent, runs exactly today's computation:
   the inversion and the edit latents are bitwise equal (same batch, weight 1)."""
-  model, cfg = tiny.model, tiny.model.config
+  model = tiny.model
   audio = _song(model, 3.0)
   inv_settings = InversionSettings("piano solo", 6)
   inversion = pipeline.invert_audio(model, audio, inv_settings)

@@ -19,6 +19,7 @@ from musickv_jax.cli import edit as edit_cli
 from musickv_jax.cli import evaluate as evaluate_cli
 from musickv_jax.cli import optimize_schedule as optimize_cli
 from musickv_jax.cli import probe_layers as probe_cli
+from musickv_jax.pipeline.plan import run_plan
 from musickv_jax.research import optimization, probing
 from musickv_jax.pipeline.settings import EditSettings, GenerationSettings
 from tests import tolerances
@@ -62,6 +63,31 @@ def test_the_batched_probe_equals_one_layer_at_a_time(tiny44k):
   for i, layer in enumerate((1, 7, 13)):
     alone = probing.variant_audio(tiny44k.model, settings, 0, 3, (layer,))
     np.testing.assert_allclose(batched[[0, 1 + i]], alone, rtol=0, atol=bound * np.abs(alone).max())
+
+
+def test_a_probe_row_equals_a_generation_with_that_layer_silent(tiny44k):
+  """The probe's row with layer L bypassed is the model without L's self-attention in both CFG
+  branches: it equals a plain generation (pipeline.build_plan + run_plan, no bypass mask at all) of
+  the model whose layer L's self-attention output projection is zeroed (h + 0 = h: the same
+  function). Batches of other sizes round in other orders: the derived bound of tests/tolerances.py.
+  A bypass in one branch only leaves the other branch's layer in, amplified by the guidance."""
+  model, cfg = tiny44k.model, tiny44k.model.config
+  layers = (1, 13)
+  settings = probing.ProbeSettings(prompts=("rock drums",), seeds=(3,), layers=layers, **PROBE)
+  plan = probing.variant_plan(model, settings, 0, 3, layers)
+  assert plan.use_cfg and [row.skip_layers for row in plan.rows] == [(), (1,), (13,)]
+  probed, _ = run_plan(model, plan)
+  gen = settings.generation("rock drums", 3, cfg)
+  full, _ = run_plan(model, pipeline.build_plan(model, gen))
+  bound = tolerances.run_to_run(cfg.dit, probed.shape[-1], cfg.t5.max_length + 2, settings.guidance_scale)
+  np.testing.assert_allclose(probed[0], full[0], rtol=0, atol=bound * np.abs(full).max(), err_msg="the full row")
+  for i, layer in enumerate(layers):
+    silent = with_silent_layer(model, layer)
+    alone, _ = run_plan(silent, pipeline.build_plan(silent, gen))
+    error = float(np.abs(probed[1 + i] - alone[0]).max() / np.abs(alone).max())
+    print(f"layer {layer}: probe row vs a generation without it {error:.1e} (bound {bound:.1e})")
+    assert error <= bound, f"layer {layer}: probe row vs a generation without it: {error:.2e} > {bound:.2e}"
+    assert np.abs(alone[0] - full[0]).max() > 10 * bound * np.abs(full).max()  # the layer matters
 
 
 def test_probe_command_resume_and_preset(tiny44k, tmp_path, capsys):
@@ -113,6 +139,28 @@ def test_probe_command_errors(tiny44k, tmp_path, capsys, args, message, status):
 
 
 # ----------------------------------------------------------------------------- learned schedules
+
+
+@pytest.mark.fast
+def test_the_total_loss_is_its_documented_formula():
+  """research/optimization.py's docstring: minimised, - fidelity_weight * fidelity
+  - editability_weight * editability + smoothness_weight * smoothness (fidelity and editability
+  maximised, smoothness minimised). Fixed terms and weights that are exact in binary, so the
+  comparison is exact; the gradient check compares the loss only with itself and cannot see a sign."""
+  doc = " ".join(optimization.__doc__.split())
+  for documented in ("- fidelity_weight * fidelity", "- editability_weight * editability",
+                     "+ smoothness_weight * smoothness"):
+    assert documented in doc, documented
+  terms = {"fidelity": jnp.float32(0.75), "editability": jnp.float32(0.5), "smoothness": jnp.float32(0.25)}
+  weights = optimization.ObjectiveWeights(fidelity=2.0, editability=3.0, smoothness=5.0)
+  assert float(optimization.total_loss(terms, weights)) == -2.0 * 0.75 - 3.0 * 0.5 + 5.0 * 0.25  # -1.75
+  defaults = optimization.ObjectiveWeights()
+  # 0.1 is not exact in binary: three float32 roundings of values below 2 (2^-23 each) at most
+  assert float(optimization.total_loss(terms, defaults)) == pytest.approx(-0.75 - 0.5 + 0.1 * 0.25, abs=3 * 2.0 ** -23)
+  # each term on its own: more fidelity or editability lowers the loss, more change raises it
+  for name, sign, weight in (("fidelity", -1.0, 2.0), ("editability", -1.0, 3.0), ("smoothness", 1.0, 5.0)):
+    one = {key: jnp.float32(1.0 if key == name else 0.0) for key in terms}
+    assert float(optimization.total_loss(one, weights)) == sign * weight, name
 
 
 def _problem(model, steps=4, layers=(20, 3)):

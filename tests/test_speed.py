@@ -16,7 +16,7 @@ from musickv_jax.cli import benchmark as benchmark_cli
 from musickv_jax.models import attention_kernels
 from musickv_jax.models.dit import StableAudioDiT
 from tests import tolerances
-from tests.parity import max_error_ratio
+from tests.parity import assert_parity, max_error_ratio
 from tests.test_cli import cli
 
 
@@ -43,6 +43,20 @@ def test_every_cpu_implementation_matches_the_einsum_path(shape):
   # bfloat16 scores (up to ~4) round to 4 * 2^-9 = 7.8e-3 in the probabilities; two paths rounding at
   # different points differ by up to twice that plus the output's 2^-9: 1.8e-2, safety 3 -> 5e-2
   assert max_error_ratio(blocked16, reference16) < 5e-2
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("shape,block", [((2, 37, 2, 64), 128), ((1, 200, 2, 64), 128)])
+def test_splash_masks_its_padding(shape, block):
+  """Splash attention at lengths that are not a multiple of its block (37 -> one block of 128,
+  200 -> two blocks, the second mostly padding), its Pallas kernel in interpret mode on the CPU,
+  against the einsum path with the module tolerance (tests/parity.py). Padding keys that were not
+  kept apart by the segment ids would take part of every real token's softmax (about half of it
+  at 37 of 128)."""
+  q, k, v = qkv(shape, seed=1)
+  reference = np.asarray(attention_kernels.dot_product_attention(q, k, v))
+  splash = np.asarray(attention_kernels.splash_attention(q, k, v, block, interpret=True))
+  assert_parity(splash, reference, what=f"splash attention, length {shape[1]} in blocks of {block}")
 
 
 def test_grouped_cross_attention_keeps_the_einsum_path():

@@ -4,7 +4,7 @@
       [--plain plain.wav] [--edit_prompts "Acoustic guitar, country, soft"] --output_path eval/
 
 Writes eval/metrics.json:
-  {"edits": [{"file": "...", "metrics": {"f0_chroma_accuracy": 0.93, ...}}],
+  {"edits": [{"file": "...", "metrics": {"f0_chroma_accuracy": 0.93, ...}, "compared_s": 15.0}],
    "higher_is_better": {"f0_chroma_accuracy": true, ...}}
 and prints a table. Melody (f0_chroma_accuracy; cqt1_pcc, the papers' CQT1-PCC, which misleads on
 real instruments; chroma_match), harmony (chroma_cosine), form (form_ssm_correlation) and rhythm
@@ -12,9 +12,13 @@ real instruments; chroma_match), harmony (chroma_cosine), form (form_ssm_correla
 moved, logmel_distance and mrstft_distance how far its audio moved. --plain: the edit prompt generated
 without injection; adds editability (how far the edit moved toward it; see docs/research.md).
 --scorer=package.module:Name plugs in a learned scorer such as CLAP (musickv_jax.metrics.scorers).
+Clips of different lengths are compared over their common first part (compared_s), said in one
+info line each.
 """
 
 from __future__ import annotations
+
+import sys
 
 from absl import flags
 
@@ -45,6 +49,8 @@ def body(fv: Flags) -> None:
   out_dir = check_output_dir(fv.output_path)
   scorers = [load_scorer(spec) for spec in fv.scorer]
   result = evaluate(fv.source, fv.edits, plain=fv.plain, edit_prompts=fv.edit_prompts, scorers=scorers)
+  for note in result.notes:
+    print(f"info: {note}", file=sys.stderr)
   with OutputSet(out_dir) as outputs:
     write_json(outputs.path("metrics.json"), result.to_json_dict())
     outputs.commit()

@@ -30,6 +30,7 @@ from musickv_jax.cli import charts, options
 from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json, write_npy
 from musickv_jax.cli.progress import progress_bar
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
+from musickv_jax.errors import OptimizationError
 from musickv_jax.research import optimization
 
 DEFAULT_SECONDS = 15.0  # the reference's length, cut to the model's window
@@ -132,29 +133,44 @@ def body(fv: Flags) -> None:
   state, history = optimizer.init(), {"loss": [], "fidelity": [], "editability": []}
   if fv.resume:
     state, history = optimization.restore_state(checkpoint, state)
-  else:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_file, run_settings)
   model_params = model.params
   done = int(state.iteration)
   if done:
     print(f"resuming after iteration {done}", flush=True)
   start = time.perf_counter()
+  stopped = None
   with progress_bar(max(fv.iterations - done, 0), "optimising") as listener:
     for i in range(done, fv.iterations):
-      state, loss, terms = optimizer.step(state, model_params)
+      new_state, loss, terms = optimizer.step(state, model_params)
+      try:
+        optimization.check_step(i + 1, loss, terms, new_state)
+      except OptimizationError as e:  # keep the last finite state: it is what the checkpoint holds
+        stopped = e
+        break
+      state = new_state
       history["loss"].append(float(loss))
       history["fidelity"].append(float(terms["fidelity"]))
       history["editability"].append(float(terms["editability"]))
+      if not run_file.exists():  # with the first checkpoint: a run that never saved one leaves nothing to resume
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_file, run_settings)
       optimization.save_state(checkpoint, state, history)
       listener(i + 1 - done, fv.iterations - done)
   elapsed = time.perf_counter() - start
+  reached = int(state.iteration)
+  if stopped is not None and reached == 0:
+    raise OptimizationError(stopped.template + "; nothing was learned or written (a lower {learning_rate} or other "
+                            "weights may help)", mentions=("learning_rate",))
   schedule = optimization.schedule_array(params, state)
   with OutputSet(out_dir) as outputs:
     write_npy(outputs.path("schedule.npy"), schedule)
     write_json(outputs.path("history.json"), history)
     charts.schedule_chart(outputs.path("schedule.png"), schedule, layers, steps)
     outputs.commit()
+  if stopped is not None:
+    raise OptimizationError(stopped.template + f"; kept the last finite schedule (iteration {reached}) in "
+                            f"{out_dir / 'schedule.npy'} and {checkpoint} (a lower {{learning_rate}} or other weights "
+                            "may help)", mentions=("learning_rate",))
   if history["loss"]:
     print(f"loss {history['loss'][0]:.4f} -> {history['loss'][-1]:.4f} over {len(history['loss'])} iterations "
           f"({elapsed:.1f} s this run)")

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 from absl import flags
 
+from musickv_jax import files
 from musickv_jax.audio import WAV_SUBTYPES, LoadedAudio, load_audio
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.cli.outputs import check_output_dir
 from musickv_jax.cli.progress import progress_bar
-from musickv_jax.cli.runner import Flags, UsageError
+from musickv_jax.cli.runner import Flags, UsageError, define_number_list
 from musickv_jax.loading import load_model as load_any_model
 from musickv_jax.pipeline import (
   EditSettings,
@@ -55,10 +56,14 @@ def define_model_flags(fv: Flags) -> None:
                       flag_values=fv)
 
 
-def load_model(fv: Flags) -> LoadedModel:
+def check_model_flag(fv: Flags) -> None:
   if not fv.model:
     raise UsageError("--model is required: a converted checkpoint directory, a diffusers / stable-audio-tools "
                      "checkpoint, or a hub id")
+
+
+def load_model(fv: Flags) -> LoadedModel:
+  check_model_flag(fv)
   print(f"loading {fv.model}", flush=True)  # a real checkpoint takes a while to read
   return load_any_model(fv.model, hf_token=fv.hf_token, t5=fv.t5, dtype=fv.dtype, attention=fv.attention)
 
@@ -125,8 +130,9 @@ def check_output_flags(fv: Flags) -> Path:
 
 def load_npy(path: str, flag: str) -> np.ndarray:
   file = Path(path).expanduser()
-  if not file.is_file():
-    raise UsageError(f"--{flag} {file}: file not found")
+  problem = files.not_a_file(file, f"--{flag} {file}", kind=".npy file")
+  if problem:
+    raise UsageError(problem)
   try:
     return np.load(file, allow_pickle=False)
   except (ValueError, OSError) as e:
@@ -151,9 +157,8 @@ def define_edit_flags(fv: Flags) -> None:
                       "window, per_layer, or a .npy file of shape (steps, n_vital_layers[, n_edits]). Default: "
                       "linear_ramp if the preset is time-varying, else constant.", flag_values=fv)
   flags.DEFINE_float("schedule_weight", 1.0, "Weight of the constant and window schedules.", flag_values=fv)
-  flags.DEFINE_list("ramp", ["0", "1"], "FROM,TO values of the linear_ramp / cosine schedules.", flag_values=fv)
-  flags.DEFINE_list("window", ["0", "1"], "START,END fractions of the steps for the window schedule.",
-                    flag_values=fv)
+  define_number_list("ramp", ["0", "1"], "FROM,TO values of the linear_ramp / cosine schedules.", fv)
+  define_number_list("window", ["0", "1"], "START,END fractions of the steps for the window schedule.", fv)
   flags.DEFINE_list("layer_schedules", [], "per_layer: one schedule name per vital layer.", flag_values=fv)
   flags.DEFINE_bool("allow_unbounded_schedule", False, "Accept schedule values outside [0, 1].", flag_values=fv)
   flags.DEFINE_string("injection_mode", "joint", "joint (one batch) or cached (record the source, then edit).",
@@ -179,12 +184,13 @@ def _float_pair(values, flag: str) -> tuple[float, float]:
   return a, b
 
 
-def schedule_spec(fv: Flags | Values, name: str, n_layers: int) -> np.ndarray | kv_schedules.ScheduleSpec:
-  """--schedule: a .npy file's weights, or a named schedule built once the steps are known."""
+def schedule_spec(fv: Flags | Values, name: str, n_layers: int | None) -> np.ndarray | kv_schedules.ScheduleSpec:
+  """--schedule: a .npy file's weights, or a named schedule built once the steps are known
+  (n_layers: the vital layers' count, None while the model's default preset is not known)."""
   if name.endswith(".npy"):
     return kv_schedules.load_npy(name)
   if name == "per_layer":
-    if len(fv.layer_schedules) != n_layers:
+    if n_layers is not None and len(fv.layer_schedules) != n_layers:
       raise UsageError(f"--schedule=per_layer needs --layer_schedules with one name per vital layer ({n_layers}), "
                        f"got {len(fv.layer_schedules)}")
     return kv_schedules.ScheduleSpec("per_layer", layers=tuple(schedule_spec(fv, n, 1) for n in fv.layer_schedules))
@@ -206,7 +212,7 @@ class EditFlags:
   """What the edit flags resolve to: the settings and where they came from."""
 
   settings: EditSettings
-  preset: presets.EditPreset
+  preset: presets.EditPreset | None  # None only while no model is given (a request, before loading)
   schedule_name: str
 
 
@@ -248,28 +254,34 @@ def probed_preset(model: LoadedModel) -> presets.EditPreset:
                                      log=lambda message: print(f"info: {message}", file=sys.stderr, flush=True))
 
 
-def preset_for(values: Values, model: LoadedModel) -> presets.EditPreset:
+def preset_for(values: Values, model: LoadedModel | None) -> presets.EditPreset | None:
   """--preset: a shipped name or a file; `probe`: this checkpoint's probed preset (found once);
-  none: the model's default preset."""
+  none: the model's default preset. None when it depends on a model that is not given."""
   if values.preset == PROBE_PRESET:
-    return probed_preset(model)
-  return presets.load(values.preset) if values.preset else presets.default_for(model.config)
+    return probed_preset(model) if model is not None else None
+  if values.preset:
+    return presets.load(values.preset)
+  return presets.default_for(model.config) if model is not None else None
 
 
-def edit_settings(values: Values, model: LoadedModel) -> EditFlags:
+def edit_settings(values: Values, model: LoadedModel | None = None) -> EditFlags:
   """The edit flags over the preset (the model's default one unless --preset names one): a flag
-  given explicitly wins, then the preset, then the model's own defaults."""
+  given explicitly wins, then the preset, then the model's own defaults. Without the model, what
+  depends on it (its default preset) is left open: what a request asks, before a model loads."""
   fv = values
   preset = preset_for(values, model)
   generation = generation_settings(fv)
-  if not values.given("guidance_scale") and preset.guidance_scale is not None:
+  if not values.given("guidance_scale") and preset is not None and preset.guidance_scale is not None:
     generation = dataclasses.replace(generation, guidance_scale=preset.guidance_scale)
-  if not values.given("audio_end_in_s"):
+  if not values.given("audio_end_in_s") and preset is not None:
     generation = dataclasses.replace(generation, audio_end_in_s=preset.audio_end_in_s)
-  layers = int_list(fv.vital_layers, "vital_layers") if fv.vital_layers is not None else preset.vital_layers
-  skips = int_list(fv.skip_layers, "skip_layers") if fv.skip_layers is not None else preset.skip_layers
-  schedule_name = fv.schedule or ("linear_ramp" if preset.time_varying else "constant")
-  schedule = schedule_spec(fv, schedule_name, len(layers)) if layers else None
+  layers = int_list(fv.vital_layers, "vital_layers") if fv.vital_layers is not None else (
+      preset.vital_layers if preset is not None else None)
+  skips = int_list(fv.skip_layers, "skip_layers") if fv.skip_layers is not None else (
+      preset.skip_layers if preset is not None else ())
+  time_varying = preset.time_varying if preset is not None else True
+  schedule_name = fv.schedule or ("linear_ramp" if time_varying else "constant")
+  schedule = schedule_spec(fv, schedule_name, None if layers is None else len(layers)) if layers != () else None
   settings = EditSettings(generation=generation, vital_layers=layers, skip_layers=skips, schedule=schedule,
                           injection_mode=fv.injection_mode, edit_all=fv.edit_all,
                           allow_unbounded_schedule=fv.allow_unbounded_schedule)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import logging as std_logging
+import math
 import os
 import signal
 import sys
@@ -41,6 +42,11 @@ def invocation() -> list[str]:
 
 class UsageError(Exception):
   """Bad command-line input (flag syntax, combinations): one line, exit status 2."""
+
+
+class Refused(Exception):
+  """A well-formed request the command will not carry out as asked (e.g. --resume over results of
+  other settings): one line, exit status 1, like a refusal of the library's."""
 
 
 class Terminated(BaseException):
@@ -99,6 +105,38 @@ def expand_multi_value_flags(argv: Sequence[str], names: Sequence[str], known: F
   return out
 
 
+class NumberListParser(flags.ListParser):
+  """A comma-separated list of numbers (`--ramp=0,1`): parsed like DEFINE_list (the command says
+  what a value that is not a number means), marked so that `check_numbers` checks its values."""
+
+
+def define_number_list(name: str, default: list[str], help_text: str, fv: Flags) -> None:
+  flags.DEFINE(NumberListParser(), name, default, help_text, flag_values=fv, serializer=flags.CsvListSerializer(","))
+
+
+def _number(text) -> float | None:
+  try:
+    return float(text)
+  except (TypeError, ValueError):
+    return None
+
+
+def check_numbers(values: Flags) -> None:
+  """Every number given to a flag of the command is finite (absl's float flags take 'nan' and
+  'inf'): checked once, before any work, for every command."""
+  for name in values:
+    flag = values[name]
+    if isinstance(flag.parser, NumberListParser):
+      given, numbers = ",".join(flag.value or []), [_number(v) for v in flag.value or []]
+    elif isinstance(flag.parser, flags.FloatParser):
+      items = flag.value if isinstance(flag.value, list) else [flag.value]
+      given, numbers = " ".join(f"{v:g}" for v in items if v is not None), items
+    else:
+      continue
+    if any(v is not None and not math.isfinite(v) for v in numbers):
+      raise UsageError(f"--{name} must be a finite number, got {given}")
+
+
 def flag_namer(command: Command, values: Flags) -> Callable[[str], str]:
   """Library field name -> `--flag` when this command has that flag (else the field itself)."""
   def name_of(field: str) -> str:
@@ -136,6 +174,7 @@ def run(command: Command, argv: Sequence[str] | None = None) -> int:
       raise UsageError(str(e).splitlines()[0]) from None
     if len(rest) > 1:
       raise UsageError(f"unexpected arguments {rest[1:]} (values with spaces need quotes; lists take commas)")
+    check_numbers(values)
     quiet_libraries()
     compilation_cache(default_compilation_cache())
     status = command.body(values) or 0
@@ -143,6 +182,8 @@ def run(command: Command, argv: Sequence[str] | None = None) -> int:
     return status
   except UsageError as e:
     return _fail(str(e), 2)
+  except Refused as e:
+    return _fail(str(e), 1)
   except MusicKVError as e:
     return _fail(e.describe(flag_namer(command, values)), 1)
   except OSError as e:  # file-system trouble the checks could not foresee (disk full, permissions)

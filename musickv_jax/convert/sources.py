@@ -446,7 +446,12 @@ def read_source(source: str | Path, *, t5_dir: Path | None = None, model_config:
                 hf_token: str | None = None) -> SourceCheckpoint:
   """Reads any supported layout; an unknown one is an error that says what was looked for."""
   if isinstance(source, str) and is_hub_id(source):
-    return read_diffusers(download_from_hub(source, hf_token))
+    try:
+      downloaded = download_from_hub(source, hf_token)
+    except ConversionError as e:  # the name could be either: say first that no such local path exists
+      raise ConversionError(f"{{field}} {source}: no such local file or directory, and as a Hugging Face hub id it "
+                            f"could not be used: {e.template}", field="source", mentions=e.mentions) from None
+    return read_diffusers(downloaded)
   path = Path(source).expanduser()
   if not path.exists():
     raise ConversionError(f"{{field}} {path}: no such file or directory", field="source")

@@ -22,6 +22,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from musickv_jax.files import not_a_file
+
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 OPTIONAL_KEYS = ("input_audio", "input_start_s", "input_end_s", "seed", "num_inference_steps", "guidance_scale",
                  "audio_end_in_s", "vital_layers", "schedule", "edit_all", "preset", "negative_prompt",
@@ -53,14 +55,19 @@ def _is_number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_finite(value) -> bool:
+  """A number that is not NaN or infinite (JSON as Python reads it takes NaN and Infinity)."""
+  return _is_number(value) and math.isfinite(value)
+
+
 def _check_value(key: str, value) -> str | None:
   """Why `value` cannot be the job's `key`, or None."""
   if key in ("seed", "num_inference_steps"):
     return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
   if key in ("guidance_scale", "input_start_s"):
-    return None if _is_number(value) else "must be a number"
+    return None if _is_finite(value) else "must be a finite number"
   if key in ("audio_end_in_s", "input_end_s", "window_s", "overlap_s"):
-    return None if value is None or (_is_number(value) and math.isfinite(value)) else "must be a number or null"
+    return None if value is None or _is_finite(value) else "must be a finite number or null"
   if key == "edit_all":
     return None if isinstance(value, bool) else "must be true or false"
   if key == "vital_layers":
@@ -109,9 +116,10 @@ def parse_line(number: int, text: str, base: Path) -> JobSpec | ManifestProblem:
     if key in _PATH_KEYS or (key == "schedule" and value.endswith(".npy")):
       path = Path(value).expanduser()
       value = str(path if path.is_absolute() else base / path)
-      if not Path(value).is_file():
-        return ManifestProblem(number, job_id, f"\"{key}\" {data[key]}: file not found (relative paths start at "
-                                               f"the manifest's folder, {base})")
+      problem = not_a_file(value, f"\"{key}\" {data[key]}")
+      if problem:
+        where = f" (relative paths start at the manifest's folder, {base})" if not Path(value).exists() else ""
+        return ManifestProblem(number, job_id, problem + where)
     overrides[key] = value
   return JobSpec(number, job_id, tuple(prompts), overrides)
 

@@ -15,7 +15,8 @@
            flash kernel does not run); splash on TPU for bfloat16 (else xla).
 
 Every implementation computes the same function; numerics differ only in rounding. xla and
-blocked are tested against each other on CPU; cudnn and splash need their hardware and are
+blocked are tested against each other on CPU; splash's padding and segment ids are tested on CPU
+with the Pallas kernel in interpret mode; cudnn, and splash's speed, need their hardware and are
 tested only where it is present (docs/performance.md says what ran where).
 """
 
@@ -105,23 +106,24 @@ def blocked_attention(q: Array, k: Array, v: Array) -> Array:
 
 
 @functools.lru_cache(maxsize=8)
-def _splash_kernel(heads: int, padded: int, block: int):
+def _splash_kernel(heads: int, padded: int, block: int, interpret: bool = False):
 
   mask = splash.MultiHeadMask([splash.FullMask((padded, padded)) for _ in range(heads)])
   sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block)
-  return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes)
+  return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes, interpret=interpret)
 
 
-def splash_attention(q: Array, k: Array, v: Array, block: int = 128) -> Array:
+def splash_attention(q: Array, k: Array, v: Array, block: int = 128, *, interpret: bool = False) -> Array:
   """TPU splash attention for self-attention: the sequence padded to a multiple of `block`, the
-  padding kept apart by segment ids (real tokens segment 0, padding segment 1)."""
+  padding kept apart by segment ids (real tokens segment 0, padding segment 1). interpret: run the
+  Pallas kernel in interpret mode (any backend, slowly: the CPU test of the padding)."""
 
   batch, length, heads, head_dim = q.shape
   padded = -(-length // block) * block
   pad = [(0, 0), (0, padded - length), (0, 0), (0, 0)]
   to_heads_first = lambda x: jnp.pad(x, pad).transpose(0, 2, 1, 3)  # noqa: E731  (B, H, S, D)
   segments = jnp.where(jnp.arange(padded) < length, 0, 1).astype(jnp.int32)
-  kernel = _splash_kernel(heads, padded, block)
+  kernel = _splash_kernel(heads, padded, block, interpret)
   scaled = to_heads_first(q * (head_dim ** -0.5))
   run = jax.vmap(lambda qq, kk, vv: kernel(qq, kk, vv, segment_ids=splash.SegmentIds(segments, segments)))
   out = run(scaled, to_heads_first(k), to_heads_first(v))  # (B, H, S_padded, D)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from musickv_jax.errors import ScheduleError
+from musickv_jax.files import not_a_file
 
 NAMES = ("linear_ramp", "constant", "cosine", "window")
 
@@ -94,10 +95,20 @@ class ScheduleSpec:
     return by_name(self.name, steps, n_layers, **dict(self.params))
 
 
+def to_json(schedule) -> list | dict | None:
+  """A schedule as it was asked for, for a record: its weights, a ScheduleSpec's recipe, or None."""
+  if schedule is None:
+    return None
+  if isinstance(schedule, ScheduleSpec):
+    return {"name": schedule.name, "params": dict(schedule.params), "layers": [to_json(s) for s in schedule.layers]}
+  return np.asarray(schedule, np.float32).tolist()
+
+
 def load_npy(path: str | Path) -> np.ndarray:
   path = Path(path)
-  if not path.is_file():
-    raise ScheduleError(f"{{field}} file {path} not found")
+  problem = not_a_file(path, f"{{field}} {path}", kind=".npy file")
+  if problem:
+    raise ScheduleError(problem)
   try:
     return np.asarray(np.load(path, allow_pickle=False), np.float32)
   except (ValueError, OSError) as e:

@@ -21,6 +21,7 @@ from musickv_jax.audio import pad_to_hop
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig
 from musickv_jax.errors import SettingsError
+from musickv_jax.files import not_a_file
 from musickv_jax.models import vae_ops
 from musickv_jax.models.dit import KVCache
 from musickv_jax.pipeline import common, long_recording
@@ -208,8 +209,9 @@ def load_inversion(path: str | Path, config: ModelConfig, *, n_samples: int | No
   """Reads an inverted latent (1, C, T) .npy and its JSON sidecar, checked against the model and,
   when given, against the length in samples of the recording it should belong to."""
   path = Path(path).expanduser()
-  if not path.is_file():
-    raise SettingsError(f"{{field}} {path}: file not found", field="inverted_latent")
+  problem = not_a_file(path, f"{{field}} {path}", kind=".npy file")
+  if problem:
+    raise SettingsError(problem, field="inverted_latent")
   try:
     latent = np.load(path, allow_pickle=False)
   except (ValueError, OSError) as e:

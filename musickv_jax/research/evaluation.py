@@ -31,15 +31,17 @@ PLAIN_DISTANCE = "plain_logmel_distance"
 class EditScores:
   file: str
   metrics: dict[str, float]
+  compared_s: float  # seconds compared with the source: the common first part when their lengths differ
 
 
 @dataclasses.dataclass
 class Evaluation:
   edits: list[EditScores]
   higher_is_better: dict[str, bool]
+  notes: list[str] = dataclasses.field(default_factory=list)  # what the caller should be told (lengths that differ)
 
   def to_json_dict(self) -> dict:
-    return {"edits": [{"file": e.file, "metrics": e.metrics} for e in self.edits],
+    return {"edits": [{"file": e.file, "metrics": e.metrics, "compared_s": e.compared_s} for e in self.edits],
             "higher_is_better": self.higher_is_better}
 
   def table(self) -> str:
@@ -56,6 +58,16 @@ def _read(path: str | Path, sample_rate: int) -> np.ndarray:
   return loaded.audio.mean(axis=0)
 
 
+def _common_part(label: str, audio: np.ndarray, source: np.ndarray, rate: int, notes: list[str]) -> float:
+  """Seconds of `audio` and the source that are compared (the metrics align clips to the shorter
+  one); when their lengths differ, a note that says so."""
+  n = min(audio.shape[-1], source.shape[-1])
+  if audio.shape[-1] != source.shape[-1]:
+    notes.append(f"{label} is {audio.shape[-1] / rate:.2f} s long and the source {source.shape[-1] / rate:.2f} s; "
+                 f"comparing their common first {n / rate:.2f} s")
+  return round(n / rate, 4)
+
+
 def evaluate(source: str | Path, edits: Sequence[str | Path], *, plain: str | Path | None = None,
              edit_prompts: Sequence[str] = (), scorers: Sequence[TextAudioScorer] = (),
              analysis: Analysis = Analysis()) -> Evaluation:
@@ -69,8 +81,9 @@ def evaluate(source: str | Path, edits: Sequence[str | Path], *, plain: str | Pa
   rate = analysis.sample_rate
   source_audio = _read(source, rate)
   plain_audio = _read(plain, rate) if plain is not None else None
-  source_to_plain = None
+  source_to_plain, notes = None, []
   if plain_audio is not None:
+    _common_part(f"plain {plain}", plain_audio, source_audio, rate, notes)
     source_to_plain = float(compare_jit(jnp.asarray(source_audio), jnp.asarray(plain_audio), analysis)[
         "logmel_distance"])
   prompts = list(edit_prompts) * len(edits) if len(edit_prompts) == 1 else list(edit_prompts)
@@ -78,6 +91,7 @@ def evaluate(source: str | Path, edits: Sequence[str | Path], *, plain: str | Pa
   results = []
   for i, path in enumerate(edits):
     audio = _read(path, rate)
+    compared_s = _common_part(str(path), audio, source_audio, rate, notes)
     values = {k: float(v) for k, v in compare_jit(jnp.asarray(source_audio), jnp.asarray(audio), analysis).items()}
     if plain_audio is not None:
       to_plain = float(compare_jit(jnp.asarray(audio), jnp.asarray(plain_audio), analysis)["logmel_distance"])
@@ -86,8 +100,8 @@ def evaluate(source: str | Path, edits: Sequence[str | Path], *, plain: str | Pa
     for scorer in scorers:
       score = scorer.score(audio[None, None], rate, [prompts[i]])
       values[scorer.name] = float(np.asarray(score).reshape(-1)[0])
-    results.append(EditScores(file=str(path), metrics=values))
+    results.append(EditScores(file=str(path), metrics=values, compared_s=compared_s))
   if plain_audio is not None:
     higher |= {PLAIN_DISTANCE: False, EDITABILITY: True}
   higher |= {s.name: bool(s.higher_is_better) for s in scorers}
-  return Evaluation(edits=results, higher_is_better=higher)
+  return Evaluation(edits=results, higher_is_better=higher, notes=notes)

@@ -34,7 +34,7 @@ import optax
 from musickv_jax import files
 from musickv_jax.checkpoint import LoadedModel, orbax_checkpointer
 from musickv_jax.config import DiTConfig, OobleckConfig, to_jnp_dtype
-from musickv_jax.errors import CheckpointError, SettingsError
+from musickv_jax.errors import CheckpointError, OptimizationError, SettingsError
 from musickv_jax.metrics import Analysis, compare, structure_similarity
 from musickv_jax.models.layers import wide
 from musickv_jax.models.oobleck import OobleckVAE
@@ -196,6 +196,19 @@ class ScheduleOptimizer:
   def init(self) -> TrainState:
     logits = self.params.reference_logits()
     return TrainState(logits, self.optimizer.init(logits), jnp.zeros((), jnp.int32))
+
+
+def check_step(iteration: int, loss, terms: dict, state: TrainState) -> None:
+  """Raises OptimizationError when step `iteration` (1-based) gave a loss, a term or logits that
+  are not finite (an overflow, a NaN weight): the state before that step is the last good one."""
+  values = {"loss": float(loss)} | {name: float(value) for name, value in terms.items()}
+  bad = {name: value for name, value in values.items() if not np.isfinite(value)}
+  if bad:
+    what = "the loss" if "loss" in bad else f"the {next(iter(bad))} term"
+    raise OptimizationError(f"{what} became {next(iter(bad.values()))} at iteration {iteration}")
+  if not bool(jnp.all(jnp.isfinite(state.logits))):
+    raise OptimizationError(f"the schedule's update became non-finite at iteration {iteration} (a gradient "
+                            "that overflowed)")
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -237,8 +237,9 @@ PRESET_FILE = PROBE_PRESET_FILE  # kept in the converted checkpoint's folder
 def read_prompt_file(path: str | Path) -> tuple[str, ...]:
   """One prompt a line; empty lines and lines starting with '#' are skipped."""
   path = Path(path).expanduser()
-  if not path.is_file():
-    raise SettingsError(f"{{field}} {path}: file not found", field="prompts_file")
+  problem = files.not_a_file(path, f"{{field}} {path}")
+  if problem:
+    raise SettingsError(problem, field="prompts_file")
   try:
     lines = [line.strip() for line in path.read_text().splitlines()]
   except (OSError, UnicodeDecodeError) as e:
