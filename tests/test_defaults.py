@@ -21,16 +21,27 @@ PROMPTS = ["--prompts", "piano solo", "acoustic guitar"]
 
 
 def test_edit_without_a_length_fits_a_short_window(tiny, tmp_path, capsys):
+  """Nothing set: the model's own preset (layers that fit its depth) and its whole window."""
   cfg = tiny.model.config
-  assert cfg.max_audio_seconds < 15.0  # the preset's length does not fit this model
-  status, out, err = cli(capsys, edit_cli, "--model", tiny.path, *PROMPTS, "--vital_layers=1",
+  status, out, err = cli(capsys, edit_cli, "--model", tiny.path, *PROMPTS, "--num_inference_steps", "2",
+                         "--output_path", tmp_path / "out")
+  assert status == 0, err
+  audio, rate = sf.read(tmp_path / "out" / "edit_1.wav", always_2d=True)
+  assert audio.shape[0] == int(cfg.max_audio_seconds * rate)
+  record = json.loads((tmp_path / "out" / "edit.json").read_text())
+  assert record["resolved"]["audio_end_in_s"] == pytest.approx(cfg.max_audio_seconds)
+  assert all(0 <= layer < cfg.dit.depth for layer in record["editing"]["vital_layers"])
+
+
+def test_a_named_presets_length_is_cut_to_a_short_window(tiny, tmp_path, capsys):
+  cfg = tiny.model.config
+  assert cfg.max_audio_seconds < 15.0  # the musickv preset's 15 s does not fit this model
+  status, out, err = cli(capsys, edit_cli, "--model", tiny.path, *PROMPTS, "--preset", "musickv", "--vital_layers=1",
                          "--num_inference_steps", "2", "--output_path", tmp_path / "out")
   assert status == 0, err
   assert "info: the preset's 15 s is longer than this model's" in err
   audio, rate = sf.read(tmp_path / "out" / "edit_1.wav", always_2d=True)
   assert audio.shape[0] == int(cfg.max_audio_seconds * rate)
-  record = json.loads((tmp_path / "out" / "edit.json").read_text())
-  assert record["settings"]["audio_end_in_s"] == pytest.approx(cfg.max_audio_seconds)
 
 
 def test_an_explicit_length_that_does_not_fit_is_still_refused(tiny, tmp_path, capsys):

@@ -15,9 +15,13 @@ pytest.importorskip("stable_audio_tools", reason="the stable-audio-tools referen
 from musickv_jax import pipeline  # noqa: E402
 from musickv_jax.checkpoint import load_converted  # noqa: E402
 from musickv_jax.cli import edit as edit_cli  # noqa: E402
+from musickv_jax.cli import edit_batch  # noqa: E402
+from musickv_jax.cli import evaluate as evaluate_cli  # noqa: E402
 from musickv_jax.cli import generate as generate_cli  # noqa: E402
+from musickv_jax.cli import optimize_schedule as optimize_cli  # noqa: E402
 from musickv_jax.convert.pipeline import convert_checkpoint  # noqa: E402
-from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings, kv_schedules  # noqa: E402
+from musickv_jax.pipeline import EditSettings, GenerationSettings, InversionSettings, kv_schedules, presets  # noqa: E402
+from musickv_jax.research import probing  # noqa: E402
 from tests import sat_reference as S  # noqa: E402
 from tests import tolerances  # noqa: E402
 from tests.test_cli import cli  # noqa: E402
@@ -136,3 +140,118 @@ def test_generate_refuses_a_sampler_of_the_other_family(small, tmp_path, capsys)
                        "--output_path", tmp_path / "out")
   assert status == 1 and "'dpmpp-2m' does not sample this model (rf_denoiser objective); use one of pingpong, euler" \
       in err
+
+
+# ----------------------------------------------------------------------------- the other commands on SAO Small
+# A tiny SAO-Small-shaped model with SAO's VAE strides (hop 2048) and a 1.49 s window: long enough for
+# the music metrics, so batch jobs, windowed recordings, the probe, evaluation and schedule
+# optimisation run on the rectified-flow family as they do on SAO 1.0.
+
+SONG_RATE = 22050
+
+
+def _sao_strides_config() -> dict:
+  config = S.tiny_config("rf_denoiser", latent_frames=32)
+  vae = config["model"]["pretransform"]["config"]
+  for part in ("encoder", "decoder"):
+    vae[part]["config"].update(c_mults=[1, 2, 4, 8, 16], strides=[2, 4, 4, 8, 8])
+  vae["downsampling_ratio"] = 2048
+  config["sample_size"] = 32 * 2048
+  return config
+
+
+@pytest.fixture(scope="module")
+def small_window(tmp_path_factory):
+  root = tmp_path_factory.mktemp("small-window")
+  ref = S.build_tiny(root / "sat", seed=11, config=_sao_strides_config())
+  convert_checkpoint(root / "sat" / "model.safetensors", root / "converted", t5_dir=ref.t5_dir, log=lambda message: None)
+  t = np.arange(int(3.2 * SONG_RATE)) / SONG_RATE
+  song = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 0.7 * t)) / 2
+  sf.write(root / "song.wav", song, SONG_RATE)
+  sf.write(root / "tone.wav", song[:SONG_RATE], SONG_RATE)
+  return root, root / "converted", load_converted(root / "converted")
+
+
+def test_a_recording_longer_than_the_window_is_edited_over_windows(small_window, tmp_path, capsys):
+  """SAO Small has no seconds_start conditioning: windows are told only the recording's length."""
+  root, path, model = small_window
+  assert "seconds_start" not in model.config.conditioner.numbers
+  status, out, err = cli(capsys, edit_cli, "--model", path, "--input_audio", root / "song.wav", "--prompts", *PROMPTS,
+                         "--output_path", tmp_path / "out")
+  assert status == 0, err
+  record = json.loads((tmp_path / "out" / "edit.json").read_text())
+  assert record["settings"]["sampler"] == "euler" and record["settings"]["num_inference_steps"] == 8
+  assert record["real_audio"]["windows"]["window_s"] == pytest.approx(model.config.max_audio_seconds)
+  edit, rate = sf.read(tmp_path / "out" / "edit_1.wav", always_2d=True)
+  assert edit.shape[0] == int(3.2 * rate) and np.all(np.isfinite(edit))
+
+  # the edit's own evaluation: the metrics read any WAV, here the rectified-flow model's
+  status, out, err = cli(capsys, evaluate_cli, "--source", tmp_path / "out" / "source_reconstruction.wav", "--edits",
+                         tmp_path / "out" / "edit_1.wav", "--output_path", tmp_path / "eval")
+  assert status == 0, err
+  metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["edits"][0]["metrics"]
+  assert metrics and all(np.isfinite(v) for v in metrics.values())
+
+
+def test_a_batch_job_equals_its_standalone_edit(small_window, tmp_path, capsys):
+  root, path, _ = small_window
+  manifest = tmp_path / "jobs.jsonl"
+  jobs = [{"id": "text", "prompts": list(PROMPTS), "seed": 3},
+          {"id": "recording", "prompts": ["a tone", "a piano"], "input_audio": str(root / "tone.wav")}]
+  manifest.write_text("".join(json.dumps(job) + "\n" for job in jobs))
+  status, _, err = cli(capsys, edit_batch, "--model", path, "--manifest", manifest, "--output_path", tmp_path / "batch")
+  assert status == 0, err
+  for job, extra in ((jobs[0], ["--seed", "3"]), (jobs[1], ["--input_audio", root / "tone.wav"])):
+    status, _, err = cli(capsys, edit_cli, "--model", path, "--prompts", *job["prompts"], *extra,
+                         "--save_latents", tmp_path / f"{job['id']}.npy", "--output_path", tmp_path / job["id"])
+    assert status == 0, err
+    alone, batched = np.load(tmp_path / f"{job['id']}.npy"), np.load(tmp_path / "batch" / job["id"] / "latents.npy")
+    record = json.loads((tmp_path / "batch" / job["id"] / "edit.json").read_text())
+    assert record["settings"]["num_inference_steps"] == 8  # the model's defaults, as standalone
+    cfg = small_window[2].config
+    bound = tolerances.run_to_run(cfg.dit, alone.shape[-1], cfg.t5.max_length + 1, 1.0)
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=bound * np.abs(alone).max(), err_msg=job["id"])
+
+
+def test_preset_probe_is_found_once_and_kept_beside_the_checkpoint(small_window, tmp_path, capsys, monkeypatch):
+  root, path, model = small_window
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("piano solo\njazz trio\n")
+  monkeypatch.setattr(probing, "default_prompts_file", lambda: prompts)
+  kept = path / probing.PRESET_FILE
+  assert not kept.exists()
+  try:
+    status, out, err = cli(capsys, edit_cli, "--model", path, "--prompts", *PROMPTS, "--preset", "probe",
+                           "--output_path", tmp_path / "first")
+    assert status == 0, err
+    preset = json.loads(kept.read_text())
+    assert len(preset["vital_layers"]) >= 1 and all(0 <= v < model.config.dit.depth for v in preset["vital_layers"])
+    first = json.loads((tmp_path / "first" / "edit.json").read_text())
+    assert first["editing"]["vital_layers"] == preset["vital_layers"]
+
+    def probe_again(*args, **kwargs):
+      raise AssertionError("the probe ran again although its preset was kept")
+
+    monkeypatch.setattr(probing, "run_probe", probe_again)
+    status, out, err = cli(capsys, edit_cli, "--model", path, "--prompts", *PROMPTS, "--preset", "probe",
+                           "--output_path", tmp_path / "second")
+    assert status == 0, err
+    assert json.loads((tmp_path / "second" / "edit.json").read_text())["editing"] == first["editing"]
+  finally:
+    kept.unlink(missing_ok=True)  # the other tests use the model's shipped preset
+
+
+def test_schedule_optimisation_on_the_rectified_flow_sampler(small_window, tmp_path, capsys):
+  _, path, model = small_window
+  status, _, err = cli(capsys, optimize_cli, "--model", path, "--prompts", *PROMPTS, "--iterations", "2",
+                       "--output_path", tmp_path / "opt")
+  assert status == 0, err
+  history = json.loads((tmp_path / "opt" / "history.json").read_text())
+  assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+  schedule = np.load(tmp_path / "opt" / "schedule.npy")
+  layers = presets.default_for(model.config).vital_layers  # neither command was given layers: the model's preset's
+  assert schedule.shape == (8, len(layers))  # ping-pong's 8 steps, the model's default
+  status, _, err = cli(capsys, edit_cli, "--model", path, "--prompts", *PROMPTS, "--schedule",
+                       tmp_path / "opt" / "schedule.npy", "--output_path", tmp_path / "edit")
+  assert status == 0, err
+  assert json.loads((tmp_path / "edit" / "edit.json").read_text())["editing"]["vital_layers"] == list(layers)

@@ -25,6 +25,7 @@ from musickv_jax.cli import charts, options
 from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json
 from musickv_jax.cli.progress import progress_bar
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
+from musickv_jax.errors import SettingsError
 from musickv_jax.research import probing
 from musickv_jax.research.probing import ProbeSettings
 
@@ -57,7 +58,10 @@ def read_prompts(fv: Flags) -> tuple[str, ...]:
   if fv.prompts and fv.prompts_file:
     raise UsageError("give --prompts or --prompts_file, not both")
   if fv.prompts_file:
-    return probing.read_prompt_file(fv.prompts_file)
+    try:
+      return probing.read_prompt_file(fv.prompts_file)
+    except SettingsError as e:  # a bad flag value: usage, like the other flag checks
+      raise UsageError(e.describe(lambda field: f"--{field}")) from None
   if not fv.prompts:
     raise UsageError("give prompts with --prompts or --prompts_file")
   return tuple(fv.prompts)

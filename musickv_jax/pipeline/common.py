@@ -82,8 +82,8 @@ def step_plan(settings: GenerationSettings, config: ModelConfig | None = None, f
     times = rf_schedules.rf_times(settings.num_inference_steps, config.diffusion.shift,
                                   config.dit.sample_size if frames is None else frames)
     return sampler.make_plan(times, settings.sampler, config.diffusion.objective)
-  if config is not None:
-    settings = settings.for_model(config)
+  # without a config: the v objective's own defaults (Stable Audio Open 1.0, the default ModelConfig)
+  settings = settings.for_model(ModelConfig() if config is None else config)
   sigmas = schedules.sigma_schedule(settings.sigma_schedule, settings.num_inference_steps, settings.sigma_min,
                                     settings.sigma_max)
   return sampler.make_plan(sigmas, settings.sampler)

@@ -250,6 +250,11 @@ def read_prompt_file(path: str | Path) -> tuple[str, ...]:
   return prompts
 
 
+def default_prompts_file() -> Path:
+  """The shipped probe prompts (configs/probe_prompts.txt): varied genres and instruments."""
+  return resources.configs_dir() / "probe_prompts.txt"
+
+
 def checkpoint_preset(model: LoadedModel, *, on_progress: Callable[[int, int], None] | None = None,
                       log: Callable[[str], None] = lambda message: None) -> EditPreset:
   """This checkpoint's own vital layers: probed once (the default probe over the shipped prompts)
@@ -257,7 +262,7 @@ def checkpoint_preset(model: LoadedModel, *, on_progress: Callable[[int, int], N
   path = Path(model.path) / PRESET_FILE
   if path.is_file():
     return presets.load(path)
-  settings = ProbeSettings(prompts=read_prompt_file(resources.configs_dir() / "probe_prompts.txt"))
+  settings = ProbeSettings(prompts=read_prompt_file(default_prompts_file()))
   log(f"finding this checkpoint's vital layers once: the layer probe over {len(settings.prompts)} prompts; the preset "
       f"is kept in {path}")
   summary = summarize(run_probe(model, settings, on_progress=on_progress), settings, model.config.dit.depth)
