@@ -147,14 +147,16 @@ def sample_on_mesh(dit_params, block: RowBlock, steps: sampler.StepPlan, *, mesh
   """guided.sample on every device's own rows (the block is the devices' blocks side by side)."""
   def local(params, block: RowBlock, steps):
     latents, _ = guided.sample(params, block.cond, block.x_init, steps, jax.random.wrap_key_data(block.keys),
-                               block.kv, block.sample_ids, dit_config=dit_config, solver=solver, use_cfg=use_cfg)
+                               block.kv, block.sample_ids, block.step_noise, dit_config=dit_config, solver=solver,
+                               use_cfg=use_cfg)
     return latents
 
   rows = P(placement.DATA_AXIS)
   spec = RowBlock(cond=guided.GuidedConditioning(rows, rows, rows), x_init=rows,
                   kv=guided.KVSteps(inject_weight=P(None, None, placement.DATA_AXIS), source_index=rows,
                                     injected=None, bypass=P(None, placement.DATA_AXIS), blend_layers=P()),
-                  keys=rows, sample_ids=rows)
+                  keys=rows, sample_ids=rows,
+                  step_noise=None if block.step_noise is None else P(None, placement.DATA_AXIS))
   # check_vma off: the rows are independent by construction, and the per-layer lax.cond of the blend
   # mixes replicated (which layers blend) and per-device (the weights) values
   return jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, P()), out_specs=rows, check_vma=False)(

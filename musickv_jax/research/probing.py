@@ -262,7 +262,9 @@ def checkpoint_preset(model: LoadedModel, *, on_progress: Callable[[int, int], N
   path = Path(model.path) / PRESET_FILE
   if path.is_file():
     return presets.load(path)
-  settings = ProbeSettings(prompts=read_prompt_file(default_prompts_file()))
+  prompts = read_prompt_file(default_prompts_file())
+  # a shallow model (fewer layers than the default top_k) keeps what it has
+  settings = ProbeSettings(prompts=prompts, top_k=min(ProbeSettings.top_k, model.config.dit.depth))
   log(f"finding this checkpoint's vital layers once: the layer probe over {len(settings.prompts)} prompts; the preset "
       f"is kept in {path}")
   summary = summarize(run_probe(model, settings, on_progress=on_progress), settings, model.config.dit.depth)
