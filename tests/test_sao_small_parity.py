@@ -26,7 +26,7 @@ from musickv_jax.models.dit import StableAudioDiT  # noqa: E402
 from musickv_jax.pipeline import GenerationSettings  # noqa: E402
 from musickv_jax.sampling import guided, rf_schedules  # noqa: E402
 from tests import sat_reference as S  # noqa: E402
-from tests.parity import assert_parity, max_error_ratio  # noqa: E402
+from tests.parity import assert_parity  # noqa: E402
 
 PROMPTS = ["piano solo", "calm ambient synth with warm bass and drums, slow and quiet"]
 SECONDS = 3.0
@@ -192,7 +192,7 @@ def test_the_pingpong_sampler_matches_given_the_same_step_noise(smalls, objectiv
   cond = S.conditioning(small.ref, PROMPTS, SECONDS, t5_dtype="float32")
   ref = S.sample(small.ref, x_init, cond, steps=steps, sampler_type="pingpong",
                  step_noise=[np.repeat(n, len(PROMPTS), axis=0) for n in noise])
-  assert max_error_ratio(ours, ref) < 1e-4
+  assert_parity(ours, ref, 1e-4, f"{objective} ping-pong, {steps} steps")
 
 
 @pytest.mark.parametrize("objective", ["rf_denoiser", "rectified_flow"])
@@ -202,7 +202,7 @@ def test_euler_with_cfg_matches(smalls, objective):
   ours = _run(small, steps, g, "euler", x_init)
   cond = S.conditioning(small.ref, PROMPTS, SECONDS, t5_dtype="float32")
   ref = S.sample(small.ref, x_init, cond, steps=steps, sampler_type="euler", cfg_scale=g, apg_scale=0.0)
-  assert max_error_ratio(ours, ref) < 1e-4
+  assert_parity(ours, ref, 1e-4, f"{objective} Euler with CFG {g:g}, {steps} steps")
 
 
 def test_musickv_generate_matches_stable_audio_tools(smalls, tmp_path):
@@ -227,4 +227,4 @@ def test_musickv_generate_matches_stable_audio_tools(smalls, tmp_path):
   for i in range(len(PROMPTS)):
     audio, rate = sf.read(next((tmp_path / "out").glob(f"{i}_*.wav")), dtype="float32", always_2d=True)
     assert rate == 44100 and audio.shape == (ref.shape[-1], 2)
-    assert max_error_ratio(audio.T, ref[i]) < 1e-4, i
+    assert_parity(audio.T, ref[i], 1e-4, f"musickv-generate audio, prompt {i + 1}")
