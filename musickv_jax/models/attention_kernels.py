@@ -111,10 +111,12 @@ def _splash_kernel(heads: int, padded: int, block: int, interpret: bool = False)
   """The kernel, its mask tables concrete arrays. Built on a thread of its own: JAX's trace state
   is per thread, and when first asked for inside the DiT's nn.scan (whose partial evaluation traces
   even constant computations) the tables would be tracers, cached, and leak into every later
-  program (found lowering for TPU, issue 17)."""
+  program (found lowering for TPU, issue 17). The backward blocks are given too: the schedule
+  optimiser differentiates through the attention."""
   def build():
     mask = splash.MultiHeadMask([splash.FullMask((padded, padded)) for _ in range(heads)])
-    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
     return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes, interpret=interpret)
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
