@@ -105,8 +105,8 @@ def summary(outcomes: Sequence[Outcome]) -> str:
   ok = sum(o.ok for o in outcomes)
   failed = [o for o in outcomes if o.failed]
   excused = [o for o in outcomes if not o.ok and not o.required]
-  lines = [f"{ok} of {len(outcomes)} (program, platform) pairs lowered; {len(failed)} failed; "
-           f"{len(excused)} not lowerable on this machine (listed with their reason)"]
+  lines = [(f"{ok} of {len(outcomes)} (program, platform) pairs lowered; {len(failed)} failed; "
+            f"{len(excused)} not lowerable on this machine (listed with their reason)")]
   lines += [f"FAILED {o.name} {o.platform}: {o.status}" for o in failed]
   reasons = sorted({o.status for o in excused})
   lines += [f"not lowerable here ({sum(o.status == r for o in excused)}x): {r}" for r in reasons]

@@ -23,11 +23,25 @@ from musickv_jax.jobs import batching
 from musickv_jax.metrics import Analysis
 from musickv_jax.models import vae_ops
 from musickv_jax.models.dit import StableAudioDiT
-from musickv_jax.models.oobleck import decoder_receptive_radius, encoder_receptive_radius
+from musickv_jax.models.oobleck import (
+  decoder_receptive_radius,
+  encoder_receptive_radius,
+)
 from musickv_jax.models.sao import ModelParams, abstract_params
 from musickv_jax.pipeline import presets
-from musickv_jax.pipeline.plan import EditPlan, PlanRow, block_of, edit_rows, stack_blocks
-from musickv_jax.research.optimization import ObjectiveWeights, Problem, ScheduleOptimizer, ScheduleParameters
+from musickv_jax.pipeline.plan import (
+  EditPlan,
+  PlanRow,
+  block_of,
+  edit_rows,
+  stack_blocks,
+)
+from musickv_jax.research.optimization import (
+  ObjectiveWeights,
+  Problem,
+  ScheduleOptimizer,
+  ScheduleParameters,
+)
 from musickv_jax.sampling import guided, inversion, placement, sampler, solvers
 from musickv_jax.sampling import rows as rows_lib
 from musickv_jax.sampling import windows as windows_lib
