@@ -19,7 +19,7 @@ def test_accelerator_check_runs_on_cpu_in_cheap_mode(tmp_path):
   env = {**os.environ, "MUSICKV_CHECK_CHEAP": "1", "MUSICKV_SKIP_INSTALL": "1", "PYTHON": sys.executable,
          "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   done = subprocess.run(["bash", str(ROOT / "scripts" / "accelerator_check.sh"), str(out)], env=env, cwd=tmp_path,
-                        capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
   data = json.loads(out.read_text())
   assert data["schema"] == accelerator_check.SCHEMA
