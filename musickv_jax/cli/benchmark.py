@@ -4,6 +4,8 @@ weights, shapes and threads; or a whole edit job done our way and the reference'
   musickv-benchmark --config sao-1.0 --lengths 1024,384 --batch 4 --torch --json_out bench.json
   musickv-benchmark --job --torch --job_steps 5 --json_out job.json
   musickv-benchmark --long_seconds 120 --json_out long.json   # a recording longer than the window
+  musickv-benchmark --lower_for=tpu,cuda --json_out lowering.json   # every program lowered, no accelerator
+  musickv-benchmark --memory_plan --json_out memory.json   # edit rows that fit each accelerator
 
 Without --torch only our side runs. Random weights of the named config (the weights do not change
 the work). torch and diffusers come with the test requirements. See docs/performance.md.
@@ -51,10 +53,50 @@ def define(fv: Flags) -> None:
   flags.DEFINE_bool("small_edit", False, "A whole edit with Stable Audio Open Small's defaults (--config sao-small): "
                     "warm in one process, and the cold command line with its parts.", flag_values=fv)
   flags.DEFINE_float("edit_seconds", 11.0, "--small_edit: seconds of audio.", flag_values=fv)
+  flags.DEFINE_list("lower_for", None, "Lower every compiled program (real sizes, shapes only) for these platforms "
+                    "(tpu, cuda) and report each: ok or the reason; exit 1 when one that must lower does not.",
+                    flag_values=fv)
+  flags.DEFINE_list("lower_models", None, "--lower_for: only these models (sao1.0, sao-small; default both).",
+                    flag_values=fv)
+  flags.DEFINE_bool("memory_plan", False, "The table of edit rows that fit each TPU / GPU, float32 and bfloat16, "
+                    "by the estimate the memory budget uses.", flag_values=fv)
   flags.DEFINE_string("json_out", None, "Also write the results as JSON here.", flag_values=fv)
 
 
-def body(fv: Flags) -> None:
+def lowering_body(fv: Flags) -> int:
+  from musickv_jax.readiness import lowering, programs
+
+  platforms = [p.strip() for p in fv.lower_for if p.strip()]
+  unknown = sorted(set(platforms) - set(programs.PLATFORMS))
+  if unknown or not platforms:
+    raise UsageError(f"--lower_for takes some of {', '.join(programs.PLATFORMS)}, got {','.join(fv.lower_for)!r}")
+  models = fv.lower_models or list(programs.MODELS)
+  if set(models) - set(programs.MODELS):
+    raise UsageError(f"--lower_models takes some of {', '.join(programs.MODELS)}, got {','.join(models)!r}")
+  outcomes = lowering.lower_all(programs.all_names(tuple(models)), platforms, log=print)
+  print(lowering.summary(outcomes))
+  if fv.json_out:
+    write_json(Path(fv.json_out), lowering.to_json(outcomes))
+    print(f"wrote {fv.json_out}")
+  return 1 if any(o.failed for o in outcomes) else 0
+
+
+def memory_plan_body(fv: Flags) -> int:
+  from musickv_jax.readiness import memory_plan
+
+  entries = memory_plan.table()
+  print(memory_plan.markdown(entries))
+  if fv.json_out:
+    write_json(Path(fv.json_out), memory_plan.to_json(entries))
+    print(f"wrote {fv.json_out}")
+  return 0
+
+
+def body(fv: Flags) -> int | None:
+  if fv.lower_for is not None:
+    return lowering_body(fv)
+  if fv.memory_plan:
+    return memory_plan_body(fv)
 
   if fv.repeats < 1 or fv.batch < 2 or fv.batch % 2:
     raise UsageError("--repeats must be positive and --batch an even number of at least 2 (CFG rows)")

@@ -449,10 +449,11 @@ def body(fv: Flags) -> int:
 
   edits = {job_id: r.job.n_edits for job_id, r in resolved.items()}
   if resolved:
-    mesh = placement.data_mesh()
-    dit_params = placement.replicate(model.params.dit, mesh)
     jobs = [r.job for r in resolved.values()]
     batches = batching.pack([job for job in jobs if not job.is_long], fv.rows_per_device, devices)
+    batching.check_memory(model, batches, fv.memory_budget_gib)  # refused here, not out of memory halfway
+    mesh = placement.data_mesh()
+    dit_params = placement.replicate(model.params.dit, mesh)
     groups = [(batch.jobs, batch.bucket.steps, batch) for batch in batches]
     groups += [([job], job.settings.generation.num_inference_steps, None) for job in jobs if job.is_long]
     total_steps = sum(steps for _, steps, _ in groups)

@@ -365,8 +365,9 @@ def define_recording_flags(fv: Flags) -> None:
                      "crossfaded over it (default: 4 s, at most a quarter of the window).", flag_values=fv)
   flags.DEFINE_integer("windows_per_batch", None, "Windows evaluated as rows of one batch (default: as many as "
                        "--memory_budget_gib holds).", flag_values=fv)
-  flags.DEFINE_float("memory_budget_gib", None, "Memory a long recording may use, GiB (default: the device's "
-                     "memory; the host's RAM on CPU).", flag_values=fv)
+  flags.DEFINE_float("memory_budget_gib", None, "Memory a long recording, or a device's batch of jobs, may use, "
+                     "GiB (default: the device's memory; the host's RAM on CPU). A run that does not fit is refused "
+                     "before it starts (musickv-benchmark --memory_plan shows the estimate).", flag_values=fv)
 
 
 def load_recording(fv: Flags | Values, model: LoadedModel, *, job: str | None = None) -> LoadedAudio:

@@ -32,9 +32,20 @@ from jax.sharding import PartitionSpec as P
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import DiTConfig
 from musickv_jax.errors import SettingsError
-from musickv_jax.pipeline import common, long_recording
-from musickv_jax.pipeline.plan import EditPlan, RowBlock, block_of, build_plan, stack_blocks
-from musickv_jax.pipeline.results import SOURCE_GUIDANCE, EditResult, Inversion, edit_result
+from musickv_jax.pipeline import common, long_recording, memory
+from musickv_jax.pipeline.plan import (
+  EditPlan,
+  RowBlock,
+  block_of,
+  build_plan,
+  stack_blocks,
+)
+from musickv_jax.pipeline.results import (
+  SOURCE_GUIDANCE,
+  EditResult,
+  Inversion,
+  edit_result,
+)
 from musickv_jax.pipeline.settings import EditSettings
 from musickv_jax.sampling import guided, placement, sampler
 
@@ -136,6 +147,16 @@ def pack(jobs: list[EditJob], rows_per_device: int, n_devices: int) -> list[Batc
       batches.append(batch)
       open_batches[bucket] = batch
   return batches
+
+
+def check_memory(model: LoadedModel, batches: list[Batch], budget_gib: float | None) -> None:
+  """Refuses (SettingsError, one line) before any sampling when a device's rows of a batch do not fit
+  the memory budget (None: the device's memory), by the estimate of pipeline.memory."""
+  model_bytes = memory.params_bytes(model)
+  for batch in batches:
+    rows = (2 if batch.bucket.use_cfg else 1) * batch.rows_per_device
+    memory.check_rows(model.config, model_bytes, rows, batch.bucket.frames, budget_gib,
+                      what=f"a device's batch ({len(batch.jobs)} job(s), {batch.rows_per_device} prompt rows)")
 
 
 # ----------------------------------------------------------------------------- sampling on a data mesh

@@ -22,6 +22,7 @@ tested only where it is present (docs/performance.md says what ran where).
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 
 import jax
@@ -107,10 +108,19 @@ def blocked_attention(q: Array, k: Array, v: Array) -> Array:
 
 @functools.lru_cache(maxsize=8)
 def _splash_kernel(heads: int, padded: int, block: int, interpret: bool = False):
+  """The kernel, its mask tables concrete arrays. Built on a thread of its own: JAX's trace state
+  is per thread, and when first asked for inside the DiT's nn.scan (whose partial evaluation traces
+  even constant computations) the tables would be tracers, cached, and leak into every later
+  program (found lowering for TPU, issue 17). The backward blocks are given too: the schedule
+  optimiser differentiates through the attention."""
+  def build():
+    mask = splash.MultiHeadMask([splash.FullMask((padded, padded)) for _ in range(heads)])
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes, interpret=interpret)
 
-  mask = splash.MultiHeadMask([splash.FullMask((padded, padded)) for _ in range(heads)])
-  sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block)
-  return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes, interpret=interpret)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    return pool.submit(build).result()
 
 
 def splash_attention(q: Array, k: Array, v: Array, block: int = 128, *, interpret: bool = False) -> Array:

@@ -5,6 +5,7 @@ refused in one line before any work, not killed out of memory halfway.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -12,7 +13,7 @@ import jax
 import numpy as np
 
 from musickv_jax.checkpoint import LoadedModel
-from musickv_jax.config import ModelConfig
+from musickv_jax.config import ModelConfig, to_jnp_dtype
 from musickv_jax.errors import SettingsError
 from musickv_jax.pipeline.settings import WindowSettings
 from musickv_jax.sampling import windows as windows_lib
@@ -32,13 +33,60 @@ def device_memory_bytes() -> int:
   return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
+FLASH_ATTENTION = ("splash", "cudnn")  # kernels that never hold a row's (heads, S, S) logits
+
+
 def dit_row_bytes(config: ModelConfig, frames: int) -> int:
   """An upper estimate of the working memory of one DiT row of `frames` frames: a layer's
-  activations (about 24 tensors of (S, width)) and its attention logits (a few (heads, S, S)
-  tensors), float32. At T = 384 it is twice what XLA reports for the compiled CPU program."""
+  activations (about 24 tensors of (S, width)) in the matmul dtype's width (float32: 4 bytes,
+  bfloat16: 2), and, unless a flash kernel computes the attention, its logits (a few (heads, S, S)
+  tensors, float32 whatever the dtype: the softmax runs in float32). At T = 384, float32, it is
+  twice what XLA reports for the compiled CPU program. The one estimate behind the memory budget of
+  long recordings, batch jobs and the accelerator table (musickv-benchmark --memory_plan)."""
   dit = config.dit
   tokens = frames + 1  # the global token in front
-  return 4 * tokens * (24 * dit.embed_dim + 3 * dit.num_heads * tokens)
+  width = 4 if dit.dtype in ("float32", "float64") else 2
+  logits = 0 if dit.attention in FLASH_ATTENTION else 4 * 3 * dit.num_heads * tokens
+  return tokens * (width * 24 * dit.embed_dim + logits)
+
+
+def dit_fixed_bytes(config: ModelConfig) -> int:
+  """Working memory of a DiT call besides its rows: the scanned layer's parameters sliced out of the
+  stacked tree (twice: the slice and its copy in the matmul layout). Measured: the compiled CPU edit
+  step of SAO Small at 2 rows holds 85 MiB of temporaries, 60 MiB of which the rows explain."""
+  per_layer = 12 * config.dit.embed_dim ** 2 + 2 * config.dit.embed_dim * config.dit.cond_token_dim
+  return 2 * per_layer * (4 if config.dit.dtype in ("float32", "float64") else 2)
+
+
+@functools.lru_cache(maxsize=16)
+def config_params_bytes(config: ModelConfig) -> int:
+  """The bytes of every parameter (DiT, VAE, T5, conditioners) as a run holds them: the DiT and VAE
+  in the model's dtype, T5 and the conditioners in float32."""
+  from musickv_jax.models.sao import (
+    abstract_params,  # eval_shape of the modules: no weights
+  )
+
+  tree = abstract_params(config.with_attention("xla"))
+  itemsize = np.dtype(to_jnp_dtype(config.dit.dtype)).itemsize
+  sizes = {name: sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(part)) for name, part in tree.items()}
+  return itemsize * (sizes["dit"] + sizes["vae"]) + 4 * (sizes["t5"] + sizes["conditioner"])
+
+
+def check_rows(config: ModelConfig, model_bytes: int, dit_rows: int, frames: int, budget_gib: float | None,
+               *, what: str = "a batch") -> None:
+  """Refuses (SettingsError, one line) `dit_rows` DiT rows of `frames` frames that, with the model,
+  do not fit the memory budget (None: the device's memory)."""
+  given = budget_gib is not None
+  budget = budget_gib * GIB if given else device_memory_bytes()
+  per_row = dit_row_bytes(config, frames)
+  fixed = model_bytes + dit_fixed_bytes(config)
+  need = fixed + dit_rows * per_row
+  if need > budget:
+    fitting = max(0, int((budget - fixed) // per_row))
+    has = f"the memory budget ({{field}}) is {gib(budget)}" if given else f"this device has {gib(budget)}"
+    raise SettingsError(f"{what} of {dit_rows} DiT rows of {frames} frames needs about {gib(need)} (model "
+                        f"{gib(model_bytes)}, {gib(per_row)} a row) but {has}; {fitting} rows fit: lower "
+                        "{rows_per_device}", field="memory_budget_gib", mentions=("rows_per_device",))
 
 
 def params_bytes(model: LoadedModel) -> int:
