@@ -193,27 +193,34 @@ def part_attention(sizes: Sizes) -> dict:
   return {"status": "ok" if all(v["ok"] for v in out.values()) else "failed", **out}
 
 
-def part_bench(sizes: Sizes) -> dict:
+def part_bench(sizes: Sizes, on_partial=lambda result: None) -> dict:
+  """The fused bfloat16 case first (the target's), then XLA bfloat16, then float32: a part cut short
+  by its timeout keeps the cases it finished (each is recorded as it ends)."""
   fused = accelerator_attention()
   cases = {}
-  for dtype in ("float32", "bfloat16"):
-    for attention in ("xla", "cudnn", "splash"):
-      key = f"{dtype}/{attention}"
-      if attention != "xla" and attention != fused:
-        cases[key] = {"status": "absent", "reason": f"{attention} attention needs its hardware (backend {backend()})"}
-        continue
-      if sizes.cheap and dtype == "bfloat16":
-        cases[key] = {"status": "skipped", "reason": "cheap mode (MUSICKV_CHECK_CHEAP=1)"}
-        continue
-      if attention == "cudnn" and dtype == "float32":
-        cases[key] = {"status": "not applicable", "reason": "cuDNN flash attention runs bfloat16/float16 only"}
-        continue
-      config = sizes.config("sao-1.0", dtype, attention)
-      result = dit_call_and_edit_step(config, sizes.sao_frames)
-      result["edit_100_steps_s"] = round(result["edit_step"]["seconds"] * sizes.edit_steps, 3)
-      cases[key] = {"status": "ok", **result}
+  for dtype, attention in (("bfloat16", "cudnn"), ("bfloat16", "splash"), ("bfloat16", "xla"), ("float32", "xla"),
+                           ("float32", "cudnn"), ("float32", "splash")):
+    key = f"{dtype}/{attention}"
+    if attention != "xla" and attention != fused:
+      cases[key] = {"status": "absent", "reason": f"{attention} attention needs its hardware (backend {backend()})"}
+      continue
+    if sizes.cheap and dtype == "bfloat16":
+      cases[key] = {"status": "skipped", "reason": "cheap mode (MUSICKV_CHECK_CHEAP=1)"}
+      continue
+    if attention == "cudnn" and dtype == "float32":
+      cases[key] = {"status": "not applicable", "reason": "cuDNN flash attention runs bfloat16/float16 only"}
+      continue
+    config = sizes.config("sao-1.0", dtype, attention)
+    result = dit_call_and_edit_step(config, sizes.sao_frames)
+    result["edit_100_steps_s"] = round(result["edit_step"]["seconds"] * sizes.edit_steps, 3)
+    cases[key] = {"status": "ok", **result}
+    on_partial(_bench_result(sizes, cases))
+  return _bench_result(sizes, cases)
+
+
+def _bench_result(sizes: Sizes, cases: dict) -> dict:
   target = cases.get("bfloat16/cudnn", {})
-  return {"status": "ok", "frames": sizes.sao_frames, "cases": cases,
+  return {"status": "ok", "frames": sizes.sao_frames, "cases": dict(cases),
           "target": {"what": "100-step 47 s SAO 1.0 edit (source + 1 edit, CFG), bf16, cuDNN, sampling seconds",
                      "limit_s": TARGETS["sao1.0_100_step_edit_bf16_cudnn_s"],
                      "measured_s": target.get("edit_100_steps_s"),
@@ -295,7 +302,8 @@ def main(argv) -> int:
   path = Path(FLAGS.json_out)
   if FLAGS.failed:
     part, _, reason = FLAGS.failed.partition(":")
-    record(path, part, {"status": "failed", "reason": reason.strip()}, 0.0)
+    kept = read(path)["parts"].get(part, {})  # what the part recorded before it was cut short stays
+    record(path, part, {**kept, "status": "failed", "reason": reason.strip()}, kept.get("seconds", 0.0))
     return 0
   if FLAGS.part == "table":
     print(table(read(path)))
@@ -305,7 +313,10 @@ def main(argv) -> int:
     return 2
   sizes = Sizes.from_env()
   start = time.perf_counter()
-  result = RUNNERS[FLAGS.part](sizes)
+  if FLAGS.part == "bench":
+    result = part_bench(sizes, lambda partial: record(path, "bench", partial, time.perf_counter() - start))
+  else:
+    result = RUNNERS[FLAGS.part](sizes)
   record(path, FLAGS.part, result, time.perf_counter() - start)
   return 0
 
