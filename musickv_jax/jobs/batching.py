@@ -33,20 +33,8 @@ from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import DiTConfig
 from musickv_jax.errors import SettingsError
 from musickv_jax.pipeline import common, long_recording
-from musickv_jax.pipeline.plan import (
-  EditPlan,
-  RowBlock,
-  block_of,
-  build_plan,
-  run_block,
-  stack_blocks,
-)
-from musickv_jax.pipeline.results import (
-  SOURCE_GUIDANCE,
-  EditResult,
-  Inversion,
-  edit_result,
-)
+from musickv_jax.pipeline.plan import EditPlan, RowBlock, block_of, build_plan, run_block, stack_blocks
+from musickv_jax.pipeline.results import SOURCE_GUIDANCE, EditResult, Inversion, edit_result
 from musickv_jax.pipeline.settings import EditSettings
 from musickv_jax.sampling import guided, placement, sampler
 
