@@ -14,18 +14,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from musickv_jax import files
+from musickv_jax.audio import load_audio
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.cli.edit_outputs import outputs_record, write_edit_outputs
 from musickv_jax.cli.outputs import OutputSet
 from musickv_jax.cli.record import provenance
 from musickv_jax.cli.studio.inversions import InversionCache
-from musickv_jax.cli.studio.request import (
-  EditRequest,
-  RequestError,
-  edit_defaults,
-  resolve,
-)
+from musickv_jax.cli.studio.request import EditRequest, RequestError, edit_defaults, one_line, resolve
 from musickv_jax.cli.studio.worker import Cancelled, Progress, Task, Worker
+from musickv_jax.errors import MusicKVError
 from musickv_jax.research.evaluation import evaluate
 
 
@@ -104,6 +101,22 @@ class Studio:
     return ModelDefaults(gen.num_inference_steps, float(gen.guidance_scale), round(gen.resolved_end(model.config), 2),
                          gen.sampler, ",".join(str(v) for v in resolved.settings.vital_layers or ()),
                          round(model.config.max_audio_seconds, 2))
+
+  def check_recording(self, path: str, model_name: str | None = None) -> str:
+    """An upload read and checked as musickv-edit --input_audio reads it: its description in one
+    line, or RequestError (one line) for a file the edit would refuse."""
+    model = self.models[model_name or self.model_names[0]]
+    try:
+      loaded = load_audio(path, sample_rate=model.config.sample_rate, max_seconds=model.config.conditioner.seconds_max,
+                          channels=model.config.vae.audio_channels)
+    except MusicKVError as e:
+      raise RequestError(one_line(e, path)) from None
+    seconds = loaded.audio.shape[-1] / model.config.sample_rate
+    window = model.config.max_audio_seconds
+    fits = "fits the model's window" if seconds <= window else f"longer than the model's {window:.2f} s window: " \
+        "edited over overlapping windows, or pick a segment"
+    notes = "".join(f"; {w}" for w in loaded.warnings)
+    return f"{Path(path).name}: {seconds:.2f} s at {loaded.source_rate} Hz, {fits}{notes}"
 
   def cancel(self, session: str) -> int:
     """Cancels the session's requests in flight; returns how many."""
