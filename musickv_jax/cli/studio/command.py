@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 
 from absl import flags
 
@@ -79,7 +80,8 @@ def body(fv: Flags) -> int:
   for source in fv.model:
     print(f"loading {source}", flush=True)
     model = load_model(source, hf_token=fv.hf_token, t5=fv.t5, dtype=fv.dtype)
-    name = model.config.name if model.config.name not in models else f"{model.config.name} ({source})"
+    name = Path(source).name or source  # the folder's name; the whole path if two share a name
+    name = source if name in models else name
     models[name] = (source, model)
   out_dir.mkdir(parents=True, exist_ok=True)
   studio = Studio(models, out_dir, gather_s=fv.gather_s, rows_per_batch=fv.rows_per_batch)
@@ -94,7 +96,7 @@ def body(fv: Flags) -> int:
     while True:  # until Ctrl-C or SIGTERM (the runner prints the one line)
       time.sleep(0.5)
   finally:
-    page.close()
+    page.close(verbose=False)
     studio.close()
     shutil.rmtree(temp, ignore_errors=True)
 
