@@ -118,8 +118,12 @@ def build(studio: Studio) -> gr.Blocks:
               str(outcome.spectrogram), gr.update(value=outcome.metrics.table(), headers=header),
               [str(p) for p in outcome.files]]
 
-    def edit_in_page(model_name, *values_and_history, request: gr.Request, progress=gr.Progress()):  # noqa: B008 (gradio's way to ask for a progress bar)
-      *values, past = values_and_history
+    def edit_in_page(model_name, source_prompt, edit_prompts, audio, start_s, duration_s, preset, vital_layers,
+                     schedule, strength, window_start, window_end, steps, guidance, seed, past, request: gr.Request,
+                     progress=gr.Progress()):  # noqa: B008 (gradio's way to ask for a progress bar)
+      # explicit parameters: gradio passes the request only to a function without *args
+      values = [source_prompt, edit_prompts, audio, start_s, duration_s, preset, vital_layers, schedule, strength,
+                window_start, window_end, steps, guidance, seed]
       unchanged = [gr.update() for _ in results]
       try:
         edit_request = _page_request(*values)
