@@ -47,6 +47,7 @@ def browser():
     options.add_argument(arg)
   driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
   driver.set_page_load_timeout(120)
+  driver.set_script_timeout(60)
   yield driver
   driver.quit()
 
@@ -66,8 +67,15 @@ def text_of(driver, elem_id) -> str:
 
 
 def audio_seconds(driver, elem_id) -> float | None:
-  return driver.execute_script(f"const a = document.querySelector('#{elem_id} audio');"
-                               "return a && a.src && isFinite(a.duration) ? a.duration : null;")
+  """The length of the audio a player holds, decoded by the browser itself (the file behind the
+  player's download link, through the Web Audio API); None while the player is empty."""
+  return driver.execute_async_script(
+      "const done = arguments[arguments.length - 1];"
+      f"const link = document.querySelector('#{elem_id} a.download-link');"
+      "if (!link) { done(null); return; }"
+      "fetch(link.href).then(r => r.arrayBuffer())"
+      ".then(b => new OfflineAudioContext(2, 1, 44100).decodeAudioData(b))"
+      ".then(audio => done(audio.duration)).catch(e => done(null));")
 
 
 def test_a_whole_edit_of_an_uploaded_wav_in_chromium(server, browser, tmp_path):
