@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test test-fast test-slow setup setup-test clean
+.PHONY: demo test test-fast test-slow test-studio test-browser setup setup-test clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ demo: $(VENV)/.runtime
 
 # The full default suite (what CI runs): parity, properties, command lines, the demo, the wheel.
 test: $(VENV)/.test
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow and not studio and not browser" -q
 
 # The library's core in under a minute: for the inner loop while changing code.
 test-fast: $(VENV)/.test
@@ -42,6 +42,14 @@ test-fast: $(VENV)/.test
 
 test-slow: $(VENV)/.test
 	$(PY) -m pytest -m slow -q -s
+
+# musickv-studio as a real server through its API: four clients at once, equality with musickv-edit.
+test-studio: $(VENV)/.test
+	$(PY) -m pytest -m studio -q -s
+
+# musickv-studio's page in headless Chromium (apt-get install chromium chromium-driver); saves docs/studio.png.
+test-browser: $(VENV)/.test
+	$(PY) -m pytest -m browser -q -s
 
 clean:
 	rm -rf $(VENV) .cache outputs build *.egg-info

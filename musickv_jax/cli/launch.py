@@ -67,3 +67,7 @@ def optimize_schedule() -> None:
 
 def edit_batch() -> None:
   launch("edit_batch")
+
+
+def studio() -> None:
+  launch("studio.command")

@@ -86,6 +86,8 @@ class Command:
   # MusicKVError / OSError for the failures it knows
   multi_value_flags: tuple[str, ...] = ("prompts",)
   flag_of_field: Mapping[str, str] = dataclasses.field(default_factory=dict)  # library field -> flag
+  interrupted: str = "interrupted; nothing was written"  # the one line of Ctrl-C (a server: that it stopped)
+  terminated: str = "terminated; nothing was written"  # the one line of SIGTERM
 
 
 def expand_multi_value_flags(argv: Sequence[str], names: Sequence[str], known: Flags) -> list[str]:
@@ -190,9 +192,9 @@ def run(command: Command, argv: Sequence[str] | None = None) -> int:
     where = f": {e.filename}" if e.filename else ""
     return _fail(f"{e.strerror or e}{where}", 1)
   except KeyboardInterrupt:
-    return _fail("interrupted; nothing was written", 130)
+    return _fail(command.interrupted, 130)
   except Terminated:
-    return _fail("terminated; nothing was written", 143)
+    return _fail(command.terminated, 143)
   finally:
     _INVOCATION.reset(token)
     sys.unraisablehook = previous_hook

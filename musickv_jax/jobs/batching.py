@@ -33,19 +33,8 @@ from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import DiTConfig
 from musickv_jax.errors import SettingsError
 from musickv_jax.pipeline import common, long_recording, memory
-from musickv_jax.pipeline.plan import (
-  EditPlan,
-  RowBlock,
-  block_of,
-  build_plan,
-  stack_blocks,
-)
-from musickv_jax.pipeline.results import (
-  SOURCE_GUIDANCE,
-  EditResult,
-  Inversion,
-  edit_result,
-)
+from musickv_jax.pipeline.plan import EditPlan, RowBlock, block_of, build_plan, run_block, stack_blocks
+from musickv_jax.pipeline.results import SOURCE_GUIDANCE, EditResult, Inversion, edit_result
 from musickv_jax.pipeline.settings import EditSettings
 from musickv_jax.sampling import guided, placement, sampler
 
@@ -211,4 +200,24 @@ def run_batch(model: LoadedModel, dit_params, batch: Batch, mesh: placement.Mesh
     for job in jobs:
       out[job.id] = latents[offset:offset + job.n_prompts]
       offset += job.n_prompts
+  return out
+
+
+def run_local(model: LoadedModel, batch: Batch) -> dict[str, np.ndarray]:
+  """Samples a batch packed for one device (pack(..., n_devices=1)) as one block of rows, a chunk of
+  steps at a time, reporting progress to sampler.on_step's listeners between chunks (an
+  interactive server's progress bar and cancel point). The rows are not padded: a batch of one job
+  computes exactly what a run of that job alone computes (pipeline.plan.run_plan); a batch of
+  several equals each job alone up to float32 reassociation between batch sizes (1e-4 relative).
+  Returns each job's final latents (n_prompts, C, T)."""
+  jobs = batch.jobs
+  if len(batch.devices) != 1:
+    raise ValueError("run_local samples a batch packed for one device")
+  block = block_of([job.plan for job in jobs])
+  latents, _ = run_block(model, block, jobs[0].plan)
+  latents = common.to_host(latents)
+  out, offset = {}, 0
+  for job in jobs:
+    out[job.id] = latents[offset:offset + job.n_prompts]
+    offset += job.n_prompts
   return out

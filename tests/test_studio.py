@@ -1,0 +1,164 @@
+"""musickv-studio through its API (gradio_client), as a real server process on the tiny 44.1 kHz
+model: four clients at once, each edit equal to musickv-edit with the same settings; the second
+edit of a recording takes its inversion from the cache; bad input answered in one line while the
+server keeps serving; login, file serving; Ctrl-C in one line, no temporary left.
+The page in a real browser: tests/test_studio_browser.py (make test-browser)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytestmark = pytest.mark.studio  # about two minutes on 2 cores: `make test-studio`
+
+gradio_client = pytest.importorskip("gradio_client", reason="musickv-studio needs the studio extra (gradio)")
+
+from musickv_jax.cli import edit as edit_command  # noqa: E402
+from musickv_jax.cli.runner import run  # noqa: E402
+from tests import studio_server, tolerances  # noqa: E402
+
+AUTH = ("mkv", "s3cret")
+STEPS = 4
+TOLERANCE = 1e-4  # max |studio - musickv-edit| / max |musickv-edit| for an edit that ran alone (measured: 0)
+
+
+@pytest.fixture(scope="module")
+def studio(tiny44k, tmp_path_factory):
+  root = tmp_path_factory.mktemp("studio")
+  server = studio_server.start(tiny44k.path, root / "out", "--auth", ":".join(AUTH), "--gather_s", "1.0")
+  yield server
+  server.stop()
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+  path = tmp_path_factory.mktemp("recording") / "guitar.wav"
+  t = np.arange(int(2.5 * 44100)) / 44100
+  x = 0.3 * np.sin(2 * np.pi * 330 * t) + 0.1 * np.sin(2 * np.pi * 990 * t)
+  sf.write(path, np.stack([x, 0.8 * x], axis=1), 44100)
+  return path
+
+
+def client(server, tmp_path):
+  return gradio_client.Client(server.url, auth=AUTH, download_files=str(tmp_path / "downloads"), verbose=False)
+
+
+def edit(c, source_prompt, edit_prompt, audio=None, *, seed=0, duration_s=3.0, guidance_scale=7.0, vital_layers=""):
+  return c.predict(source_prompt=source_prompt, edit_prompt=edit_prompt,
+                   audio=gradio_client.handle_file(str(audio)) if audio else None, num_inference_steps=STEPS,
+                   guidance_scale=guidance_scale, seed=seed, duration_s=duration_s, vital_layers=vital_layers,
+                   api_name="/edit")
+
+
+def musickv_edit(model, out, source_prompt, edit_prompt, audio=None, *, seed=0, duration_s=3.0, guidance_scale=7.0):
+  """The same edit from the command line (in this process)."""
+  args = ["--model", str(model), "--prompts", source_prompt, edit_prompt, f"--num_inference_steps={STEPS}",
+          f"--guidance_scale={guidance_scale}", f"--seed={seed}", "--output_path", str(out)]
+  args += [f"--input_audio={audio}", f"--input_end_s={duration_s}"] if audio else [f"--audio_end_in_s={duration_s}"]
+  assert run(edit_command.COMMAND, args) == 0
+  return out
+
+
+def relative_difference(studio_wav, cli_wav) -> float:
+  ours, _ = sf.read(studio_wav, always_2d=True)
+  ref, _ = sf.read(cli_wav, always_2d=True)
+  assert ours.shape == ref.shape, (studio_wav, ours.shape, ref.shape)
+  return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+
+def test_four_clients_at_once_batched_each_equal_to_musickv_edit(studio, tiny44k, tmp_path):
+  requests = [("Piano solo", "Acoustic guitar, country, soft", 1), ("Rock drums", "Jazz brushes", 2),
+              ("Ambient pad", "String quartet", 3), ("Lo-fi beat", "Big band", 4)]
+  clients = [client(studio, tmp_path / f"c{i}") for i in range(len(requests))]
+  start = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+    futures = [pool.submit(edit, c, src, dst, seed=seed) for c, (src, dst, seed) in zip(clients, requests)]
+    results = [f.result(timeout=600) for f in futures]
+  wall = time.perf_counter() - start
+  records = [json.loads(Path(r[3]).read_text()) for r in results]
+  batched = [record["studio"]["batch_requests"] for record in records]
+  assert max(batched) >= 2, batched  # same-shape requests shared a sampler call
+  cfg = tiny44k.model.config  # rows of a batch of another size round in another order: the derived bound
+  bound = tolerances.decoded_run_to_run(cfg.dit, cfg.vae, cfg.dit.sample_size, cfg.t5.max_length + 2, 7.0)
+  worst = {True: 0.0, False: 0.0}  # batched with others, alone
+  for (src, dst, seed), result, record in zip(requests, results, records):
+    assert record["settings"]["prompts"] == [src, dst] and record["settings"]["seed"] == seed
+    assert record["settings"]["num_inference_steps"] == STEPS and record["studio"]["inversion_cached"] is None
+    out = musickv_edit(tiny44k.path, tmp_path / f"cli-{seed}", src, dst, seed=seed)
+    error = max(relative_difference(result[0], out / "source.wav"), relative_difference(result[1], out / "edit_1.wav"))
+    shared = record["studio"]["batch_requests"] > 1
+    worst[shared] = max(worst[shared], error)
+    assert error <= (bound if shared else TOLERANCE), (seed, shared, error)
+    assert Path(result[2]).name == "spectrograms.png" and Path(result[2]).stat().st_size > 0
+  print(f"\n4 clients at once: {wall:.1f} s wall, requests per sampler call {sorted(batched)}; "
+        f"max |studio - musickv-edit| / max |musickv-edit|: batched {worst[True]:.1e} (bound {bound:.1e}), "
+        f"alone {worst[False]:.1e}")
+
+
+def test_second_edit_of_a_recording_skips_the_inversion(studio, tiny44k, recording, tmp_path):
+  c = client(studio, tmp_path)
+  first = edit(c, "clean guitar", "classical piano", recording, duration_s=15)
+  second = edit(c, "clean guitar", "church organ", recording, duration_s=15)
+  one, two = (json.loads(Path(r[3]).read_text()) for r in (first, second))
+  assert one["studio"]["inversion_cached"] is False and one["studio"]["inversion_seconds"] > 0
+  assert two["studio"]["inversion_cached"] is True and two["studio"]["inversion_seconds"] == 0
+  assert Path(second[0]).name == "source_reconstruction.wav"
+  audio, rate = sf.read(second[1], always_2d=True)
+  assert rate == 44100 and abs(audio.shape[0] - sf.info(recording).frames) <= 1  # the recording's own length
+  out = musickv_edit(tiny44k.path, tmp_path / "cli", "clean guitar", "church organ", recording, duration_s=15)
+  assert relative_difference(second[0], out / "source_reconstruction.wav") <= TOLERANCE
+  assert relative_difference(second[1], out / "edit_1.wav") <= TOLERANCE
+
+
+def test_bad_input_is_one_line_and_the_server_keeps_serving(studio, tmp_path):
+  c = client(studio, tmp_path)
+  text = tmp_path / "notes.wav"
+  text.write_text("this is not audio\n")
+  silent = tmp_path / "silent.wav"
+  sf.write(silent, np.zeros((44100, 2)), 44100)
+  cases = [(dict(audio=text), "notes.wav: cannot read it as audio"), (dict(audio=silent), "silent"),
+           (dict(vital_layers="99"), "vital_layers: layer 99 is out of range"),
+           (dict(vital_layers="x"), "vital_layers takes comma-separated integers"),
+           (dict(duration_s=1000.0), "duration_s"),
+           (dict(duration_s=-2.0), "duration_s")]
+  for kwargs, expected in cases:
+    with pytest.raises(gradio_client.exceptions.AppError) as caught:
+      edit(c, "piano", "guitar", **kwargs)
+    message = str(caught.value)
+    assert expected in message and "\n" not in message and "Traceback" not in message, message
+  assert Path(edit(c, "piano", "guitar", seed=9)[1]).is_file()  # and it still edits
+
+
+def _status(url, auth=None) -> int:
+  request = urllib.request.Request(url)
+  try:
+    return urllib.request.urlopen(request, timeout=10).status
+  except urllib.error.HTTPError as e:
+    return e.code
+
+
+def test_login_and_no_file_outside_the_output_folder(studio, tiny44k):
+  with pytest.raises(Exception, match="(?i)login|auth|401|credentials"):
+    gradio_client.Client(studio.url, verbose=False)
+  for path in ("/etc/passwd", str(Path(__file__).resolve()), str(tiny44k.path / "musickv_checkpoint.json")):
+    assert _status(f"{studio.url}gradio_api/file={path}") in (401, 403, 404), path
+
+
+def test_ctrl_c_stops_in_one_line_and_leaves_no_temporary(studio):
+  status, log = studio.stop()
+  lines = log.strip().splitlines()
+  assert status == 130 and lines[-1] == "musickv-studio stopped", log[-2000:]
+  assert "Traceback" not in log
+  assert not (studio.output / ".gradio").exists()
+  left = [p for p in studio.output.rglob("*") if ".partial-" in p.name]
+  assert not left, left
+  folders = [p for p in studio.output.iterdir()]
+  assert folders and all((p / "edit.json").is_file() for p in folders)
