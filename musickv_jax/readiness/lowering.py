@@ -2,8 +2,8 @@
 
 Each (program, platform) gets "ok" or a one-line reason. What must lower here: every program on
 every platform its attention applies to, except cuDNN attention for `cuda`, which lowers only
-where cuDNN is present (JAX asks the installed cuDNN while lowering; ../shared/DESIGN.md section
-10): without it, that entry carries the reason and is not required.
+where cuDNN is present (JAX asks the installed cuDNN while lowering: "cuDNN is not detected" on a
+machine without it): there, that entry carries the reason and is not required.
 """
 
 from __future__ import annotations
