@@ -360,3 +360,14 @@ def test_batch_usage_errors(tiny44k, tmp_path, capsys):
   status, _, err = cli(capsys, edit_batch, "--model", tiny44k.path, "--manifest", tmp_path / "none.jsonl",
                        "--output_path", tmp_path / "o2")
   assert status == 2 and "--manifest" in err and "file not found" in err
+
+
+def test_a_batch_that_does_not_fit_the_memory_budget_is_refused_before_it_runs(tiny44k, tmp_path, capsys):
+  """The memory plan's estimate (pipeline.memory) refuses the batch in one line, before any
+  sampling, naming the flags to change; nothing is written."""
+  manifest = write_manifest(tmp_path / "m.jsonl", [{"id": "a", "prompts": ["a", "b"]}, {"id": "b", "prompts": ["c", "d"]}])
+  status, _, err = cli(capsys, edit_batch, "--model", tiny44k.path, "--manifest", manifest, "--memory_budget_gib",
+                       "0.0001", "--output_path", tmp_path / "o", *COMMON)
+  assert status == 1 and err.count("\n") == 1, err
+  assert "but the memory budget (--memory_budget_gib) is" in err and "lower --rows_per_device" in err
+  assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

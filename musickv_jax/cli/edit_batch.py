@@ -445,13 +445,13 @@ def body(fv: Flags) -> int:
       print(f"error: job {spec.id} (manifest line {spec.line}): {message}", file=sys.stderr)
       continue
     resolved[spec.id] = job
+  jobs = [r.job for r in resolved.values()]
+  batches = batching.pack([job for job in jobs if not job.is_long], fv.rows_per_device, devices)
+  batching.check_memory(model, batches, fv.memory_budget_gib)  # refused before anything is written or sampled
   write_summary(summary_path, statuses, devices, processes, started)
 
   edits = {job_id: r.job.n_edits for job_id, r in resolved.items()}
   if resolved:
-    jobs = [r.job for r in resolved.values()]
-    batches = batching.pack([job for job in jobs if not job.is_long], fv.rows_per_device, devices)
-    batching.check_memory(model, batches, fv.memory_budget_gib)  # refused here, not out of memory halfway
     mesh = placement.data_mesh()
     dit_params = placement.replicate(model.params.dit, mesh)
     groups = [(batch.jobs, batch.bucket.steps, batch) for batch in batches]
