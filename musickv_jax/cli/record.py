@@ -27,6 +27,6 @@ def provenance(model: LoadedModel, seconds: float) -> dict:
 
   return {
       "command": command_line(), "model": str(model.path), "model_name": model.config.name,
-      "dtype": model.config.dit.dtype, "device": str(jax.devices()[0]), "seconds": round(seconds, 2),
+      "dtype": model.config.dit.dtype, "device": str(jax.local_devices()[0]), "seconds": round(seconds, 2),
       "versions": {name: _version(name) for name in ("musickv-jax", "jax", "flax")},
   }

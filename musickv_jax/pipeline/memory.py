@@ -26,8 +26,13 @@ def gib(size: float) -> str:
 
 
 def device_memory_bytes() -> int:
-  """The memory of the first device: its allocator's limit on GPU/TPU, the host's RAM on CPU."""
-  stats = jax.devices()[0].memory_stats() or {}
+  """The memory of this process's first device: its allocator's limit on GPU/TPU, the host's RAM on
+  CPU (and wherever the device keeps no statistics). Only a local device can be asked: in a
+  multi-process run the first global device belongs to process 0."""
+  try:
+    stats = jax.local_devices()[0].memory_stats() or {}
+  except jax.errors.JaxRuntimeError:
+    stats = {}
   if stats.get("bytes_limit"):
     return int(stats["bytes_limit"])
   return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
