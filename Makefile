@@ -49,7 +49,7 @@ test-studio: $(VENV)/.test
 
 # musickv-studio's page in headless Chromium (apt-get install chromium chromium-driver); saves docs/studio.png.
 test-browser: $(VENV)/.test
-	$(PY) -m pytest -m browser -q -s
+	MUSICKV_SCREENSHOT=docs/studio.png $(PY) -m pytest -m browser -q -s
 
 clean:
 	rm -rf $(VENV) .cache outputs build *.egg-info

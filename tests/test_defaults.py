@@ -53,7 +53,7 @@ def test_an_explicit_length_that_does_not_fit_is_still_refused(tiny, tmp_path, c
 def test_optimize_with_few_steps_and_no_time_bins(tiny44k, tmp_path, capsys):
   """The default time bins (8) exceed 3 steps: they follow the steps instead of failing."""
   status, out, err = cli(capsys, optimize_cli, "--model", tiny44k.path, *PROMPTS, "--vital_layers=20,3",
-                         "--num_inference_steps", "3", "--iterations", "1", "--latent_length", "fit",
+                         "--num_inference_steps", "3", "--iterations", "1", "--latent_length", "fit", "--audio_end_in_s", "0.5",
                          "--output_path", tmp_path / "learned")
   assert status == 0, err
   assert np.load(tmp_path / "learned" / "schedule.npy").shape == (3, 2)

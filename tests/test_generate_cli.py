@@ -76,7 +76,8 @@ def test_generate_converts_an_unconverted_model_once(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--sampler", "euler"], "unknown sampler 'euler'"),
+    (["--sampler", "euler"], "--sampler: 'euler' does not sample this model (v objective); use one of dpmpp-2m"),
+    (["--sampler", "heun"], "unknown sampler 'heun'"),
     (["--audio_end_in_s", "100"], "longer than the model's maximum of 4.00 s"),
     (["--num_inference_steps", "0"], "--num_inference_steps must be an integer of at least 1"),
     (["--model", "/does/not/exist"], "--model /does/not/exist: no such file or directory"),
