@@ -447,7 +447,8 @@ def body(fv: Flags) -> int:
     resolved[spec.id] = job
   jobs = [r.job for r in resolved.values()]
   batches = batching.pack([job for job in jobs if not job.is_long], fv.rows_per_device, devices)
-  batching.check_memory(model, batches, fv.memory_budget_gib)  # refused before anything is written or sampled
+  if batches:  # refused before anything is written or sampled (no model is loaded when all is done)
+    batching.check_memory(model, batches, fv.memory_budget_gib)
   write_summary(summary_path, statuses, devices, processes, started)
 
   edits = {job_id: r.job.n_edits for job_id, r in resolved.items()}
