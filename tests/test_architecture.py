@@ -10,12 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 LINT = Path(sys.executable).parent / "lint-imports"
 
-pytestmark = pytest.mark.fast
+# not in `make test-fast`: lint-imports runs twice (a few seconds each); the default suite runs it
 
 
 def lint(root: Path) -> subprocess.CompletedProcess:

@@ -28,7 +28,6 @@ def qkv(shape, dtype=jnp.float32, kv_heads=None, kv_len=None, seed=0):
   return q, jax.random.normal(keys[1], kv_shape, dtype), jax.random.normal(keys[2], kv_shape, dtype)
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("shape", [(2, 37, 4, 8), (1, 1025, 2, 64), (3, 5, 1, 64)])
 def test_every_cpu_implementation_matches_the_einsum_path(shape):
   q, k, v = qkv(shape)
@@ -45,7 +44,6 @@ def test_every_cpu_implementation_matches_the_einsum_path(shape):
   assert max_error_ratio(blocked16, reference16) < 5e-2
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("shape,block", [((2, 37, 2, 64), 128), ((1, 200, 2, 64), 128)])
 def test_splash_masks_its_padding(shape, block):
   """Splash attention at lengths that are not a multiple of its block (37 -> one block of 128,
