@@ -19,11 +19,16 @@ def diffusers_dit(config: ModelConfig, params: dict, dtype: str = "float32") -> 
   model = StableAudioDiTModel(**spec).eval()
   # np.array: a writable copy that torch may own.
   state = {k: torch.from_numpy(np.array(v)) for k, v in to_torch_state_dicts(config, params)["dit"].items()}
+  return _holding(model, state, "diffusers DiT", dtype)
+
+
+def _holding(model, state: dict, name: str, dtype: str):
+  """`model` with `state` loaded, every parameter accounted for (buffers aside), in `dtype`."""
   missing, unexpected = model.load_state_dict(state, strict=False)
-  buffers = {name for name, _ in model.named_buffers()}
+  buffers = {buffer for buffer, _ in model.named_buffers()}
   missing = [k for k in missing if k not in buffers]
   if missing or unexpected:
-    raise ValueError(f"diffusers DiT does not match our parameters: missing {missing}, unexpected {unexpected}")
+    raise ValueError(f"{name} does not match our parameters: missing {missing}, unexpected {unexpected}")
   return model if dtype == "float32" else model.to(torch.bfloat16)
 
 
@@ -77,9 +82,4 @@ def sat_dit(config: ModelConfig, params, dtype: str = "float32"):
                          for k, v in tree.items()}
   state = {k: torch.from_numpy(np.array(v)) for k, v in export_rules(tables.dit_rules(d, tables.SAT),
                                                                      as_f32(dit_tree)).items()}
-  missing, unexpected = model.load_state_dict(state, strict=False)
-  buffers = {name for name, _ in model.named_buffers()}
-  missing = [k for k in missing if k not in buffers]
-  if missing or unexpected:
-    raise ValueError(f"stable-audio-tools DiT does not match our parameters: missing {missing}, unexpected {unexpected}")
-  return model if dtype == "float32" else model.to(torch.bfloat16)
+  return _holding(model, state, "stable-audio-tools DiT", dtype)
