@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("stable_audio_tools", reason="the stable-audio-tools reference is not installed (Makefile .test)")
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="the PyTorch reference needs CPU torch (make setup-test installs it)")
 
 from tests import sat_reference as S  # noqa: E402
 
