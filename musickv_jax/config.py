@@ -274,6 +274,12 @@ class ModelConfig:
     """Longest audio the model generates: the full latent window."""
     return self.dit.sample_size * self.vae.hop_length / self.vae.sample_rate
 
+  @property
+  def cross_tokens(self) -> int:
+    """The DiT's cross-attention tokens: the text's and one per number conditioner (130 for Stable
+    Audio Open 1.0, 65 for Small)."""
+    return self.t5.max_length + len(self.conditioner.numbers)
+
   def frames_for_samples(self, n_samples: int) -> int:
     """Latent frames that hold n_samples of audio (the VAE's hop, rounded up)."""
     return -(-int(n_samples) // self.vae.hop_length)

@@ -258,7 +258,8 @@ def test_ctrl_c_while_a_job_folder_is_written_leaves_no_staging(tiny44k, tmp_pat
   """Ctrl-C (KeyboardInterrupt) in write_job, after part of the job's folder is staged: exit 130,
   one line, and the output folder holds only what was there (the summary, an earlier complete
   folder of the job untouched): no staging folder, no hidden temporary."""
-  from musickv_jax.cli import edit_outputs
+  from musickv_jax.jobs import results as job_results
+  from musickv_jax.outputs import edit as edit_outputs
 
   manifest = write_manifest(tmp_path / "jobs.jsonl", [{"id": "piano", "prompts": ["piano solo", "guitar"], "seed": 1}])
   out = tmp_path / "out"
@@ -282,7 +283,7 @@ def test_ctrl_c_while_a_job_folder_is_written_leaves_no_staging(tiny44k, tmp_pat
       path.write_bytes(b"half")
       raise KeyboardInterrupt
 
-    monkeypatch.setattr(edit_batch, "write_npy", interrupted)
+    monkeypatch.setattr(job_results, "write_npy", interrupted)
   status, _, err = cli(capsys, edit_batch, "--model", tiny44k.path, "--manifest", manifest, "--output_path", out,
                        *COMMON)
   assert status == 130, err

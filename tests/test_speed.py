@@ -155,3 +155,36 @@ def test_the_long_recording_benchmark_reports_cost_per_second_of_audio(tmp_path,
   assert report["windows"] == 3 and report["latent_frames"] == 862  # 40 s in 16.35 s windows
   assert report["compute_s_per_audio_s"] > 0 and report["edit_per_step_s"] > 0
   assert "s of compute per second of audio" in out
+
+
+def test_the_precision_benchmark_reports_both_dtypes(tmp_path, capsys):
+  """--precision ran into ModelParams.items() (a dict method) for months with no test: run it."""
+  status, out, err = cli(capsys, benchmark_cli, "--precision", "--config", "tiny", "--lengths", "8", "--repeats", "1",
+                         "--json_out", tmp_path / "p.json")
+  assert status == 0, err
+  report = json.loads((tmp_path / "p.json").read_text())
+  assert set(report["dit_call_s"]) == {"float32", "bfloat16"} and report["frames"] == 8
+  # bfloat16 moves a DiT call by more than float32 rounding and far less than its size
+  assert 1e-5 < report["dit_call_relative_l2"] < 0.1 and np.isfinite(report["edit_latents_relative_l2"])
+
+
+def test_the_breakdown_benchmark_times_each_part_of_a_layer(tmp_path, capsys):
+  status, out, err = cli(capsys, benchmark_cli, "--breakdown", "--config", "tiny", "--lengths", "8", "--repeats", "1",
+                         "--json_out", tmp_path / "d.json")
+  assert status == 0, err
+  layers = json.loads((tmp_path / "d.json").read_text())["layers"]
+  assert len(layers) == 1 and layers[0]["frames"] == 8
+
+
+def test_the_small_edit_benchmark_times_warm_and_cold_runs(tmp_path, capsys):
+  """--small_edit on the tiny model: a warm edit in this process, then the cold command line and its
+  parts (bench/edit_parts.py) in fresh processes."""
+  status, out, err = cli(capsys, benchmark_cli, "--small_edit", "--config", "tiny", "--edit_seconds", "1",
+                         "--repeats", "1", "--json_out", tmp_path / "s.json")
+  assert status == 0, err
+  report = json.loads((tmp_path / "s.json").read_text())
+  assert report["warm"]["median_s"] > 0 and report["warm"]["audio_s"] == 1.0
+  assert report["cold"]["command_line_wall_s"] > 0
+  assert set(report["cold"]["parts"]) == {"import_s", "load_s", "t5_and_conditioning_s", "compile_s", "sampling_s",
+                                          "decode_s"}
+  assert "cold command line" in out

@@ -19,13 +19,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musickv_jax.bench.measure import dit_flops, jax_matmul_peak, time_calls, torch_matmul_peak
+from musickv_jax.bench.measure import (
+  dit_flops,
+  jax_matmul_peak,
+  time_calls,
+  torch_matmul_peak,
+)
 from musickv_jax.config import ModelConfig
 from musickv_jax.models.dit import StableAudioDiT
-from musickv_jax.pipeline import kv_schedules
+from musickv_jax.pipeline import kv_schedules, presets
 from musickv_jax.sampling import guided, kv, sampler, schedules
-
-VITAL_LAYERS = (20, 3, 4)
+from musickv_jax.sampling import rows as rows_lib
 
 
 @dataclasses.dataclass
@@ -34,11 +38,6 @@ class Inputs:
   t: np.ndarray  # (rows,)
   cross: np.ndarray  # (rows, 130, cond_input_dim)
   glob: np.ndarray  # (rows, global_cond_dim)
-
-
-def cross_tokens(config: ModelConfig) -> int:
-  """Text tokens and one token per number conditioner: 130 for Stable Audio Open 1.0, 65 for Small."""
-  return config.t5.max_length + len(config.conditioner.numbers)
 
 
 def has_diffusers_class(config: ModelConfig) -> bool:
@@ -52,12 +51,8 @@ def make_inputs(config: ModelConfig, rows: int, frames: int) -> Inputs:
   d = config.dit
   return Inputs(x=rng.normal(size=(rows, d.io_channels, frames)).astype(np.float32),
                 t=np.full((rows,), 0.5, np.float32),
-                cross=rng.normal(size=(rows, cross_tokens(config), d.cond_input_dim)).astype(np.float32),
+                cross=rng.normal(size=(rows, config.cross_tokens, d.cond_input_dim)).astype(np.float32),
                 glob=rng.normal(size=(rows, d.global_cond_dim)).astype(np.float32))
-
-
-def vital_layers(depth: int) -> tuple[int, ...]:
-  return tuple(layer for layer in VITAL_LAYERS if layer < depth) or (0,)
 
 
 def _result(timing, flops: float, peak: float, compile_s: float | None = None, xla_memory: dict | None = None) -> dict:
@@ -92,8 +87,8 @@ def ours(config: ModelConfig, dit_params, inputs: Inputs, repeats: int, peak: fl
   results = {"dit": _result(time_calls(lambda: compiled(*args).block_until_ready(), repeats), flops, peak, compile_s,
                             _xla_memory(compiled))}
 
-  prompts = rows // 2  # CFG: [uncond; cond] rows of a source and its edits
-  layers = vital_layers(cfg.depth)
+  prompts = rows // rows_lib.branches(True)  # CFG: [uncond; cond] rows of a source and its edits
+  layers = presets.default_for(config).vital_layers
   # prompt 0 the source, every other prompt an edit of it at weight 0.5 in the vital layers
   weights = kv.injection_weights(kv.per_edit(kv_schedules.constant(1, len(layers), 0.5), prompts - 1), layers,
                                  [-1, *range(prompts - 1)], cfg.depth)
@@ -147,11 +142,11 @@ def diffusers(config: ModelConfig, params: dict, inputs: Inputs, repeats: int, p
                 global_hidden_states=torch.from_numpy(inputs.glob)[:, None],
                 rotary_embedding=get_1d_rotary_pos_embed(cfg.rotary_dim, frames + 1, use_real=True,
                                                          repeat_interleave_real=False), return_dict=False)
-  prompts = rows // 2
+  prompts = rows // rows_lib.branches(True)
   blends = [(branch * prompts + p, branch * prompts, 0.5) for branch in range(2) for p in range(1, prompts)]
   with torch.no_grad():
     results = {"dit": _result(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)}
-    for layer in vital_layers(cfg.depth):
+    for layer in presets.default_for(config).vital_layers:
       model.transformer_blocks[layer].attn1.set_processor(KVBlendProcessor(blends))
     results["edit_step"] = _result(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)
   return results

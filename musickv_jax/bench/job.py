@@ -22,13 +22,18 @@ import numpy as np
 
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig
-from musickv_jax.pipeline import EditSettings, GenerationSettings, edit, kv_schedules
+from musickv_jax.pipeline import (
+  EditSettings,
+  GenerationSettings,
+  edit,
+  kv_schedules,
+  presets,
+)
 
 JOB_STEPS = 100
 SOURCE = "Piano solo, classical, gentle"
 EDITS = ("Acoustic guitar, country, soft", "Jazz trio, upright bass, brushed drums", "String quartet, romantic",
          "Synthwave, retro arpeggios, gated drums", "Solo violin, baroque", "Lo-fi hip hop beat, mellow Rhodes")
-VITAL_LAYERS = (20, 3, 4)
 
 
 def random_model(config: ModelConfig) -> LoadedModel:
@@ -43,7 +48,8 @@ def random_model(config: ModelConfig) -> LoadedModel:
 
 
 def vital_layers(config: ModelConfig) -> tuple[int, ...]:
-  return tuple(layer for layer in VITAL_LAYERS if layer < config.dit.depth) or (0,)
+  """The layers an edit of this model injects into by default (its preset's: pipeline.presets)."""
+  return presets.default_for(config).vital_layers
 
 
 def ours(model: LoadedModel, steps: int, edits: int, seconds: float, latent_length: str = "fit"):

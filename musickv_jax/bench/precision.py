@@ -4,14 +4,16 @@ time features stay float32 (the design), as do the sampler's latents."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musickv_jax.bench.job import random_model
+from musickv_jax.bench.job import random_model, vital_layers
 from musickv_jax.bench.measure import time_calls
+from musickv_jax.checkpoint import LoadedModel, cast_params
 from musickv_jax.config import ModelConfig
 from musickv_jax.models.dit import StableAudioDiT
 from musickv_jax.pipeline import EditSettings, GenerationSettings, edit
@@ -19,11 +21,11 @@ from musickv_jax.pipeline import EditSettings, GenerationSettings, edit
 
 def run(config: ModelConfig, *, frames: int = 64, steps: int = 2, repeats: int = 3) -> dict:
   f32 = random_model(config)
-  bf16 = dataclasses_replace_model(f32, "bfloat16")
+  bf16 = with_dtype(f32, "bfloat16")
   rng = np.random.default_rng(0)
   d = config.dit
   args = (jnp.asarray(rng.normal(size=(4, d.io_channels, frames)), jnp.float32), jnp.full((4,), 0.5),
-          jnp.asarray(rng.normal(size=(4, 130, d.cond_input_dim)), jnp.float32),
+          jnp.asarray(rng.normal(size=(4, config.cross_tokens, d.cond_input_dim)), jnp.float32),
           jnp.asarray(rng.normal(size=(4, d.global_cond_dim)), jnp.float32))
   out, seconds = {}, {}
   for name, model in (("float32", f32), ("bfloat16", bf16)):
@@ -36,7 +38,7 @@ def run(config: ModelConfig, *, frames: int = 64, steps: int = 2, repeats: int =
   seconds_total = frames * config.vae.hop_length / config.sample_rate
   gen = GenerationSettings(prompts=("Piano solo", "Acoustic guitar, country, soft"), num_inference_steps=steps,
                            audio_end_in_s=seconds_total, latent_length="fit")
-  settings = EditSettings(gen, vital_layers=tuple(layer for layer in (20, 3, 4) if layer < d.depth) or (0,))
+  settings = EditSettings(gen, vital_layers=vital_layers(config))
   start = time.perf_counter()
   a = edit(f32, settings)
   b = edit(bf16, settings)
@@ -48,10 +50,6 @@ def run(config: ModelConfig, *, frames: int = 64, steps: int = 2, repeats: int =
           "seconds": round(time.perf_counter() - start, 1)}
 
 
-def dataclasses_replace_model(model, dtype: str):
+def with_dtype(model: LoadedModel, dtype: str) -> LoadedModel:
   """The same weights cast to `dtype` (the DiT and VAE; T5 keeps its own), as load_model(dtype=) does."""
-  import dataclasses
-
-  params = {name: (tree if name == "t5" else jax.tree.map(lambda x: x.astype(dtype), tree))
-            for name, tree in model.params.items()}
-  return dataclasses.replace(model, config=model.config.with_dtype(dtype), params=params)
+  return dataclasses.replace(model, config=model.config.with_dtype(dtype), params=cast_params(model.params, dtype))

@@ -25,39 +25,6 @@ from musickv_jax.bench.measure import cpu_name
 from musickv_jax.checkpoint import save_checkpoint
 from musickv_jax.config import ModelConfig
 
-_PARTS_SCRIPT = """
-import json, sys, time
-start = time.perf_counter()
-import jax, numpy as np
-from musickv_jax import pipeline
-from musickv_jax.checkpoint import load_converted
-from musickv_jax.pipeline import common, plan as plan_lib
-parts = {"import_s": time.perf_counter() - start}
-mark = time.perf_counter()
-model = load_converted(sys.argv[1])
-jax.block_until_ready(model.params)
-parts["load_s"] = time.perf_counter() - mark
-settings = pipeline.EditSettings(pipeline.GenerationSettings(prompts=(sys.argv[2], sys.argv[3]),
-                                                             audio_end_in_s=float(sys.argv[4])))
-settings = settings.for_model(model.config)
-mark = time.perf_counter()
-plan = plan_lib.build_plan(model, settings)
-jax.block_until_ready(plan.conditioning)
-parts["t5_and_conditioning_s"] = time.perf_counter() - mark
-mark = time.perf_counter()
-latents, _ = plan_lib.run_plan(model, plan)
-first = time.perf_counter() - mark
-mark = time.perf_counter()
-latents, _ = plan_lib.run_plan(model, plan)
-parts["sampling_s"] = time.perf_counter() - mark
-parts["compile_s"] = first - parts["sampling_s"]
-mark = time.perf_counter()
-common.decode(model, latents, *common.output_span(settings.generation, model.config))
-parts["decode_s"] = time.perf_counter() - mark
-print(json.dumps({k: round(v, 2) for k, v in parts.items()}))
-"""
-
-
 def _edit_settings(seconds: float):
   from musickv_jax.pipeline import EditSettings, GenerationSettings
 
@@ -102,8 +69,8 @@ def cold(config: ModelConfig, seconds: float, log=print) -> dict:
     wall = time.perf_counter() - start
     if done.returncode != 0:
       raise RuntimeError(f"musickv-edit failed: {done.stderr[-2000:]}")
-    parts = subprocess.run([sys.executable, "-c", _PARTS_SCRIPT, str(checkpoint), SOURCE, EDITS[0], str(seconds)],
-                           env=env, capture_output=True, text=True)
+    parts = subprocess.run([sys.executable, "-m", "musickv_jax.bench.edit_parts", str(checkpoint), SOURCE, EDITS[0],
+                            str(seconds)], env=env, capture_output=True, text=True)
     if parts.returncode != 0:
       raise RuntimeError(f"the parts run failed: {parts.stderr[-2000:]}")
   return {"command_line_wall_s": round(wall, 2), "parts": json.loads(parts.stdout.strip().splitlines()[-1])}

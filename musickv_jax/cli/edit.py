@@ -21,19 +21,18 @@ index.html, a listening page (players, spectrograms, how much melody, form and r
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import sys
 import time
 
-import numpy as np
 from absl import flags
 
-from musickv_jax import pipeline
+from musickv_jax import jobs
 from musickv_jax.cli import options
-from musickv_jax.cli.edit_outputs import outputs_record, write_edit_outputs
-from musickv_jax.cli.outputs import OutputSet, write_npy
-from musickv_jax.cli.progress import phase_bars, progress_bar
-from musickv_jax.cli.record import provenance
-from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
+from musickv_jax.outputs.sets import OutputSet
+from musickv_jax.cli.progress import progress_bar, run_bar
+from musickv_jax.cli.runner import Command, Flags, UsageError, command_line, entry_point, flag_namer
 
 
 def define(fv: Flags) -> None:
@@ -47,84 +46,57 @@ def define(fv: Flags) -> None:
                     flag_values=fv)
 
 
-def _check_combinations(fv: Flags, real_audio: bool) -> None:
-  if fv.kv_from_inversion and not real_audio:
+def _request(fv: Flags) -> jobs.EditRequest:
+  """The flags as the library's request, with the .npy files they name read."""
+  if fv.kv_from_inversion and not fv.input_audio:
     raise UsageError("--kv_from_inversion applies to real-audio edits (--input_audio)")
-  if fv.kv_from_inversion and fv.inverted_latent:
-    raise UsageError("--kv_from_inversion needs --input_audio (the K/V are recorded while inverting), not "
-                     "--inverted_latent")
-  if real_audio and fv.init_latents:
-    raise UsageError("--init_latents cannot be combined with --input_audio / --inverted_latent (the inverted "
-                     "recording is the initial latent)")
-
-
-def _load_inversion(fv: Flags, model, settings: pipeline.EditSettings, recording) -> pipeline.Inversion:
-  """--inverted_latent, checked against the recording (when given) and the edit; notes printed."""
-  inversion = pipeline.load_inversion(fv.inverted_latent, model.config,
-                                      n_samples=recording.audio.shape[-1] if recording else None)
-  for note in inversion.notes_for(settings):
-    print(f"warning: {note}", file=sys.stderr)
-  windows = options.window_settings(fv)
-  if inversion.windows is not None and (fv["window_s"].present or fv["overlap_s"].present) \
-      and windows.geometry() != inversion.windows:
-    print("warning: the recording was inverted over other windows; its own (--window_s "
-          f"{inversion.windows.window_s}, --overlap_s {inversion.windows.overlap_s}) are used", file=sys.stderr)
-  return inversion
+  request = options.edit_request(options.Values.from_flags(fv))
+  init_latents = options.load_npy(fv.init_latents, "init_latents") if fv.init_latents else None
+  step_noise = options.load_npy(fv.step_noise, "step_noise") if fv.step_noise else None
+  return dataclasses.replace(request, init_latents=init_latents, step_noise=step_noise)
 
 
 def body(fv: Flags) -> None:
-  values = options.Values.from_flags(fv)
-  real_audio = bool(fv.input_audio or fv.inverted_latent)
-  _check_combinations(fv, real_audio)
+  name_of = flag_namer(COMMAND, fv)
+  request = _request(fv)
+  jobs.check_combinations(request)  # before the model loads
   out_dir = options.check_output_flags(fv)
-  init_latents = options.load_npy(fv.init_latents, "init_latents") if fv.init_latents else None
-  step_noise = options.load_npy(fv.step_noise, "step_noise") if fv.step_noise else None
-  if real_audio and step_noise is not None:
-    raise UsageError("--step_noise applies to generated sources (a recording is edited with the deterministic sampler "
-                     "its inversion ran backwards)")
   model = options.load_model(fv)
-  chosen = options.edit_settings(values, model)
-  # validated before inverting: a bad edit request must not cost an inversion
-  settings = options.fit_to_model(chosen, values, model.config, real_audio=real_audio).validated(model.config)
+  request = options.with_probed_preset(request, model)
+  # validated before the recording is read and inverted: a bad edit request must not cost an inversion
+  resolved = jobs.resolve(request, model)
+  for note in resolved.described_notes(name_of):
+    print(f"info: {note}", file=sys.stderr)
 
   start = time.perf_counter()
-  recording = options.load_recording(fv, model) if fv.input_audio else None
-  windows = options.window_settings(fv)
-  if fv.inverted_latent:
-    inversion = _load_inversion(fv, model, settings, recording)
-    with progress_bar(settings.generation.num_inference_steps, "editing") as listener:
-      result = pipeline.edit_recording(model, inversion, settings, windows=windows, on_step=listener)
-  elif recording is not None:
-    inv_settings = options.inversion_settings(fv, settings.generation.prompts[0],
-                                              settings.generation.num_inference_steps, settings.generation.audio_end_in_s)
-    result, inversion = pipeline.edit_audio(model, recording.audio, settings, inv_settings, windows=windows,
-                                            kv_from_inversion=fv.kv_from_inversion, progress=phase_bars, log=print)
-  else:
-    passes = 2 if settings.injection_mode == "cached" else 1
-    with progress_bar(passes * settings.generation.num_inference_steps, "editing") as listener:
-      result = pipeline.edit(model, settings, init_latents=init_latents, step_noise=step_noise, on_step=listener)
+  recording = jobs.read_recording(model, request)
+  for warning in recording.warnings if recording is not None else ():
+    print(f"warning: {warning}", file=sys.stderr)
+  inverts = request.is_recording and not request.recording.inverted_latent
+  steps = resolved.inversion_settings().for_model(model.config).num_inference_steps
+  with progress_bar(steps, "inverting") if inverts else contextlib.nullcontext() as listener:
+    prepared = jobs.prepare(model, request, recording=recording, on_step=listener, log=print)
+  for warning in prepared.warnings:
+    print(f"warning: {warning}", file=sys.stderr)
+  with run_bar(prepared.job.steps, "editing") as on_progress:
+    outcome = next(jobs.run(model, jobs.plan_run([prepared.job], prepared.job.n_prompts), on_progress=on_progress))
+  if outcome.error is not None:
+    raise outcome.error
+  result = prepared.job.result(model, *outcome.latents[prepared.id])
   elapsed = time.perf_counter() - start
 
-  record = provenance(model, elapsed) | result.describe() | {
-      "preset": chosen.preset.name,
+  record = jobs.edit_record(model, prepared, result, elapsed, command_line(), extra={
       "init_latents": str(options.absolute(fv.init_latents)) if fv.init_latents else None,
-      "step_noise": str(options.absolute(fv.step_noise)) if fv.step_noise else None,
-      "outputs": outputs_record(result, real_audio)}
-  record["editing"]["schedule"] = chosen.schedule_name
-  record["resolved"]["shared_initial_noise"] = fv.init_latents is None and not real_audio
-  if real_audio:
+      "step_noise": str(options.absolute(fv.step_noise)) if fv.step_noise else None})
+  if request.is_recording:
     record["real_audio"] |= {
         "input_audio": str(options.absolute(fv.input_audio)) if fv.input_audio else None,
-        "inverted_latent": str(options.absolute(fv.inverted_latent)) if fv.inverted_latent else None,
-        "input_start_s": fv.input_start_s, "input_end_s": fv.input_end_s,
-        "source_sample_rate": recording.source_rate if recording else None}
+        "inverted_latent": str(options.absolute(fv.inverted_latent)) if fv.inverted_latent else None}
   with OutputSet(out_dir) as outputs:
-    write_edit_outputs(outputs, result, record, recording=recording, input_label=fv.input_audio or "",
-                       wav_subtype=fv.wav_subtype)
-    if fv.save_latents:
-      write_npy(outputs.path(options.absolute(fv.save_latents)), np.asarray(result.latents))
+    jobs.stage_job(outputs, prepared, result, record, input_label=fv.input_audio or "", wav_subtype=fv.wav_subtype,
+                   latents=options.absolute(fv.save_latents) if fv.save_latents else None)
     outputs.commit()
-  print(f"edited {len(settings.generation.prompts)} prompt(s) in {elapsed:.1f} s")
+  print(f"edited {len(prepared.settings.generation.prompts)} prompt(s) in {elapsed:.1f} s")
 
 
 COMMAND = Command(name="musickv-edit", doc=__doc__, define=define, body=body, flag_of_field=options.FLAG_OF_FIELD)

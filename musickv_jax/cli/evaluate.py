@@ -22,9 +22,10 @@ import sys
 
 from absl import flags
 
-from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json
+from musickv_jax.cli.outputs import check_output_dir
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 from musickv_jax.metrics.scorers import load_scorer
+from musickv_jax.outputs.sets import OutputSet, write_json
 from musickv_jax.research.evaluation import evaluate
 
 

@@ -16,10 +16,10 @@ import time
 from musickv_jax import pipeline
 from musickv_jax.audio import save_wav
 from musickv_jax.cli import options
-from musickv_jax.cli.outputs import OutputSet, write_json, write_npy
 from musickv_jax.cli.progress import progress_bar
-from musickv_jax.cli.record import provenance
-from musickv_jax.cli.runner import Command, Flags, entry_point
+from musickv_jax.cli.runner import Command, Flags, command_line, entry_point
+from musickv_jax.outputs.record import provenance
+from musickv_jax.outputs.sets import OutputSet, write_json, write_npy
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -46,7 +46,7 @@ def body(fv: Flags) -> None:
     result = pipeline.generate(model, settings, init_latents=init_latents, step_noise=step_noise, on_step=listener)
   elapsed = time.perf_counter() - start
 
-  record = provenance(model, elapsed) | result.describe() | {
+  record = provenance(model, elapsed, command_line()) | result.describe() | {
       "init_latents": str(options.absolute(fv.init_latents)) if fv.init_latents else None,
       "step_noise": str(options.absolute(fv.step_noise)) if fv.step_noise else None}
   with OutputSet(out_dir) as outputs:

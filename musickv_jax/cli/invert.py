@@ -16,10 +16,11 @@ from absl import flags
 
 from musickv_jax import pipeline
 from musickv_jax.cli import options
-from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json, write_npy
+from musickv_jax.cli.outputs import check_output_dir
 from musickv_jax.cli.progress import progress_bar
-from musickv_jax.cli.record import provenance
-from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
+from musickv_jax.cli.runner import Command, Flags, UsageError, command_line, entry_point
+from musickv_jax.outputs.record import provenance
+from musickv_jax.outputs.sets import OutputSet, write_json, write_npy
 
 
 def define(fv: Flags) -> None:
@@ -53,7 +54,7 @@ def body(fv: Flags) -> None:
   with progress_bar(settings.num_inference_steps, "inverting") as listener:
     inversion = pipeline.invert_audio(model, recording.audio, settings, windows=windows, on_step=listener)
   elapsed = time.perf_counter() - start
-  record = provenance(model, elapsed) | inversion.describe() | {
+  record = provenance(model, elapsed, command_line()) | inversion.describe() | {
       "input_audio": str(options.absolute(fv.input_audio)), "input_start_s": fv.input_start_s,
       "input_end_s": fv.input_end_s, "source_sample_rate": recording.source_rate,
       "sample_rate": model.config.sample_rate}

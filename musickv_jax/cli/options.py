@@ -8,6 +8,7 @@ that feeds it where the two differ, so a library error about `start_s` prints `-
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,21 +23,15 @@ from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.cli.outputs import check_output_dir
 from musickv_jax.cli.progress import progress_bar
 from musickv_jax.cli.runner import Flags, UsageError, define_number_list
+from musickv_jax.jobs.request import DEFAULTS, EditRequest, RecordingRequest, ScheduleRequest
 from musickv_jax.loading import load_model as load_any_model
-from musickv_jax.pipeline import (
-  EditSettings,
-  GenerationSettings,
-  InversionSettings,
-  WindowSettings,
-  kv_schedules,
-  presets,
-)
+from musickv_jax.pipeline import GenerationSettings, InversionSettings, WindowSettings, presets
 from musickv_jax.research import probing
 
 FLAG_OF_FIELD = {
     "start_s": "input_start_s", "end_s": "input_end_s",  # recording segment (audio.load_audio)
     "variant": "inversion", "order": "inversion_order", "prompt": "prompts",  # InversionSettings
-    "seconds_total": "audio_end_in_s", "sample_latent": "sample_latent",
+    "seconds_total": "audio_end_in_s", "sample_latent": "sample_latent", "path": "input_audio",
     "t5_dir": "t5",  # the converter
 }
 
@@ -79,7 +74,7 @@ def define_generation_flags(fv: Flags, *, audio_end_default: float | None, outpu
   if per_run:
     flags.DEFINE_multi_string("prompts", [], "Prompts: --prompts \"first\" \"second\" ...", flag_values=fv)
   flags.DEFINE_string("negative_prompt", None, "Negative prompt for the unconditional branch.", flag_values=fv)
-  flags.DEFINE_float("audio_start_in_s", 0.0, "Start of the returned audio, seconds.", flag_values=fv)
+  flags.DEFINE_float("audio_start_in_s", DEFAULTS.audio_start_in_s, "Start of the returned audio, seconds.", flag_values=fv)
   flags.DEFINE_float("audio_end_in_s", audio_end_default, "End of the returned audio, seconds" +
                      (" (default: the model's maximum)." if audio_end_default is None else
                       f" (default: {audio_end_default:g}, at most the model's window)."), flag_values=fv)
@@ -91,9 +86,9 @@ def define_generation_flags(fv: Flags, *, audio_end_default: float | None, outpu
   flags.DEFINE_string("sampler", None, "Stable Audio Open 1.0 (v objective): dpmpp-2m (deterministic, the default), "
                       "dpmpp-2m-sde, dpmpp-1. Rectified flow (Stable Audio Open Small): pingpong (the default for the "
                       "few-step model), euler (the ODE; the default for recordings).", flag_values=fv)
-  flags.DEFINE_string("sigma_schedule", "exponential", "exponential (the references) or karras (v objective).",
+  flags.DEFINE_string("sigma_schedule", DEFAULTS.sigma_schedule, "exponential (the references) or karras (v objective).",
                       flag_values=fv)
-  flags.DEFINE_integer("seed", 0, "Seed of the initial noise (and of a stochastic sampler's noise), 0 to 2**32 - 1.",
+  flags.DEFINE_integer("seed", DEFAULTS.seed, "Seed of the initial noise (and of a stochastic sampler's noise), 0 to 2**32 - 1.",
                        flag_values=fv)
   if per_run:
     flags.DEFINE_string("init_latents", None, ".npy of the exact initial latents x_T, shape (n_prompts, C, T), "
@@ -103,7 +98,7 @@ def define_generation_flags(fv: Flags, *, audio_end_default: float | None, outpu
                         "dpmpp-2m-sde) adds, shape (steps, 1, C, T), shared by every prompt (default: drawn from "
                         "--seed).", flag_values=fv)
     flags.DEFINE_string("save_latents", None, "Write the final latents of all prompts to this .npy.", flag_values=fv)
-  flags.DEFINE_string("latent_length", "full", "full: the model's whole window, trimmed after decoding (what the "
+  flags.DEFINE_string("latent_length", DEFAULTS.latent_length, "full: the model's whole window, trimmed after decoding (what the "
                       "references do); fit: just long enough for --audio_end_in_s (faster).", flag_values=fv)
   flags.DEFINE_string("output_path", output_default, "Directory for the outputs.", flag_values=fv)
   flags.DEFINE_string("wav_subtype", "FLOAT", "WAV sample format: FLOAT, PCM_16 or PCM_24.", flag_values=fv)
@@ -156,14 +151,17 @@ def define_edit_flags(fv: Flags) -> None:
   flags.DEFINE_string("schedule", None, "linear_ramp (the reference's time-varying schedule), constant, cosine, "
                       "window, per_layer, or a .npy file of shape (steps, n_vital_layers[, n_edits]). Default: "
                       "linear_ramp if the preset is time-varying, else constant.", flag_values=fv)
-  flags.DEFINE_float("schedule_weight", 1.0, "Weight of the constant and window schedules.", flag_values=fv)
-  define_number_list("ramp", ["0", "1"], "FROM,TO values of the linear_ramp / cosine schedules.", fv)
-  define_number_list("window", ["0", "1"], "START,END fractions of the steps for the window schedule.", fv)
+  schedule = DEFAULTS.schedule
+  flags.DEFINE_float("schedule_weight", schedule.weight, "Weight of the constant and window schedules.", flag_values=fv)
+  define_number_list("ramp", [f"{v:g}" for v in schedule.ramp], "FROM,TO values of the linear_ramp / cosine "
+                     "schedules.", fv)
+  define_number_list("window", [f"{v:g}" for v in schedule.window], "START,END fractions of the steps for the window "
+                     "schedule.", fv)
   flags.DEFINE_list("layer_schedules", [], "per_layer: one schedule name per vital layer.", flag_values=fv)
-  flags.DEFINE_bool("allow_unbounded_schedule", False, "Accept schedule values outside [0, 1].", flag_values=fv)
-  flags.DEFINE_string("injection_mode", "joint", "joint (one batch) or cached (record the source, then edit).",
+  flags.DEFINE_bool("allow_unbounded_schedule", DEFAULTS.allow_unbounded_schedule, "Accept schedule values outside [0, 1].", flag_values=fv)
+  flags.DEFINE_string("injection_mode", DEFAULTS.injection_mode, "joint (one batch) or cached (record the source, then edit).",
                       flag_values=fv)
-  flags.DEFINE_bool("edit_all", False, "Every prompt after the first is an edit of the same source.", flag_values=fv)
+  flags.DEFINE_bool("edit_all", DEFAULTS.edit_all, "Every prompt after the first is an edit of the same source.", flag_values=fv)
 
 
 def int_list(values, flag: str) -> tuple[int, ...]:
@@ -184,42 +182,10 @@ def _float_pair(values, flag: str) -> tuple[float, float]:
   return a, b
 
 
-def schedule_spec(fv: Flags | Values, name: str, n_layers: int | None) -> np.ndarray | kv_schedules.ScheduleSpec:
-  """--schedule: a .npy file's weights, or a named schedule built once the steps are known
-  (n_layers: the vital layers' count, None while the model's default preset is not known)."""
-  if name.endswith(".npy"):
-    return kv_schedules.load_npy(name)
-  if name == "per_layer":
-    if n_layers is not None and len(fv.layer_schedules) != n_layers:
-      raise UsageError(f"--schedule=per_layer needs --layer_schedules with one name per vital layer ({n_layers}), "
-                       f"got {len(fv.layer_schedules)}")
-    return kv_schedules.ScheduleSpec("per_layer", layers=tuple(schedule_spec(fv, n, 1) for n in fv.layer_schedules))
-  params: dict[str, float] = {}
-  if name == "constant":
-    params = {"weight": fv.schedule_weight}
-  elif name in ("linear_ramp", "cosine"):
-    params = dict(zip(("start", "end"), _float_pair(fv.ramp, "ramp")))
-  elif name == "window":
-    params = dict(zip(("start", "end"), _float_pair(fv.window, "window")), weight=fv.schedule_weight)
-  if name not in kv_schedules.NAMES:
-    raise UsageError(f"--schedule: unknown schedule {name!r}; use one of {', '.join(kv_schedules.NAMES)}, per_layer, "
-                     "or a .npy file")
-  return kv_schedules.ScheduleSpec(name, tuple(params.items()))
-
-
-@dataclasses.dataclass(frozen=True)
-class EditFlags:
-  """What the edit flags resolve to: the settings and where they came from."""
-
-  settings: EditSettings
-  preset: presets.EditPreset | None  # None only while no model is given (a request, before loading)
-  schedule_name: str
-
-
 @dataclasses.dataclass(frozen=True)
 class Values:
   """Flag values by name and which of them were given explicitly. A batch job lays its own values
-  over the command line's (musickv-edit-batch), so both read settings through this."""
+  over the command line's (musickv-edit-batch), so both read requests through this."""
 
   values: Mapping[str, Any]
   explicit: frozenset[str] = frozenset()
@@ -242,50 +208,84 @@ class Values:
     """These values with `overrides` on top (counted as given explicitly)."""
     return Values({**self.values, **overrides}, self.explicit | frozenset(overrides))
 
+  def asked(self, name: str):
+    """The value if given explicitly, else None (the library's "not asked": preset, then model)."""
+    return self.values[name] if self.given(name) else None
+
 
 PROBE_PRESET = "probe"  # --preset=probe: this checkpoint's probed vital layers
 
 
-def probed_preset(model: LoadedModel) -> presets.EditPreset:
-  """This checkpoint's own preset: probed the first time (a long run: every layer over the shipped
-  probe prompts), then read from the converted checkpoint's folder."""
-  with progress_bar(1, "probing") as listener:
-    return probing.checkpoint_preset(model, on_progress=listener,
-                                     log=lambda message: print(f"info: {message}", file=sys.stderr, flush=True))
-
-
-def preset_for(values: Values, model: LoadedModel | None) -> presets.EditPreset | None:
-  """--preset: a shipped name or a file; `probe`: this checkpoint's probed preset (found once);
-  none: the model's default preset. None when it depends on a model that is not given."""
-  if values.preset == PROBE_PRESET:
-    return probed_preset(model) if model is not None else None
-  if values.preset:
-    return presets.load(values.preset)
-  return presets.default_for(model.config) if model is not None else None
-
-
-def edit_settings(values: Values, model: LoadedModel | None = None) -> EditFlags:
-  """The edit flags over the preset (the model's default one unless --preset names one): a flag
-  given explicitly wins, then the preset, then the model's own defaults. Without the model, what
-  depends on it (its default preset) is left open: what a request asks, before a model loads."""
+def edit_request(values: Values) -> EditRequest:
+  """The edit flags (and a batch job's values over them) as the library's request: a flag not given
+  is not asked (None), so the preset's and then the model's value apply."""
   fv = values
-  preset = preset_for(values, model)
-  generation = generation_settings(fv)
-  if not values.given("guidance_scale") and preset is not None and preset.guidance_scale is not None:
-    generation = dataclasses.replace(generation, guidance_scale=preset.guidance_scale)
-  if not values.given("audio_end_in_s") and preset is not None:
-    generation = dataclasses.replace(generation, audio_end_in_s=preset.audio_end_in_s)
-  layers = int_list(fv.vital_layers, "vital_layers") if fv.vital_layers is not None else (
-      preset.vital_layers if preset is not None else None)
-  skips = int_list(fv.skip_layers, "skip_layers") if fv.skip_layers is not None else (
-      preset.skip_layers if preset is not None else ())
-  time_varying = preset.time_varying if preset is not None else True
-  schedule_name = fv.schedule or ("linear_ramp" if time_varying else "constant")
-  schedule = schedule_spec(fv, schedule_name, None if layers is None else len(layers)) if layers != () else None
-  settings = EditSettings(generation=generation, vital_layers=layers, skip_layers=skips, schedule=schedule,
-                          injection_mode=fv.injection_mode, edit_all=fv.edit_all,
-                          allow_unbounded_schedule=fv.allow_unbounded_schedule)
-  return EditFlags(settings=settings, preset=preset, schedule_name=schedule_name)
+  layers = int_list(fv.vital_layers, "vital_layers") if fv.vital_layers is not None else None
+  skips = int_list(fv.skip_layers, "skip_layers") if fv.skip_layers is not None else None
+  schedule = ScheduleRequest(name=fv.schedule or None, weight=fv.schedule_weight, ramp=_float_pair(fv.ramp, "ramp"),
+                             window=_float_pair(fv.window, "window"), layer_schedules=tuple(fv.layer_schedules))
+  recording = None
+  inverted = values.values.get("inverted_latent")
+  if fv.input_audio or inverted:
+    recording = RecordingRequest(path=fv.input_audio or None, start_s=fv.input_start_s, end_s=fv.input_end_s,
+                                 downmix=fv.downmix, variant=fv.inversion, order=fv.inversion_order,
+                                 sample_latent=fv.sample_latent, inverted_latent=inverted or None,
+                                 kv_from_inversion=bool(values.values.get("kv_from_inversion", False)))
+  return EditRequest(prompts=tuple(fv.prompts), negative_prompt=fv.negative_prompt,
+                     audio_start_in_s=fv.audio_start_in_s, audio_end_in_s=values.asked("audio_end_in_s"),
+                     num_inference_steps=fv.num_inference_steps, guidance_scale=fv.guidance_scale,
+                     sampler=fv.sampler, sigma_schedule=fv.sigma_schedule, seed=fv.seed,
+                     latent_length=fv.latent_length, preset=fv.preset, vital_layers=layers, skip_layers=skips,
+                     schedule=schedule, allow_unbounded_schedule=fv.allow_unbounded_schedule,
+                     injection_mode=fv.injection_mode, edit_all=fv.edit_all, recording=recording,
+                     windows=window_settings(values))
+
+
+def edit_command_line(model_source: str, request: EditRequest) -> str:
+  """The musickv-edit command that makes the same edit: the flags of what the request asks (the
+  prompts first; what it leaves open is left out)."""
+  asked = {"negative_prompt": request.negative_prompt, "audio_end_in_s": request.audio_end_in_s,
+           "num_inference_steps": request.num_inference_steps, "guidance_scale": request.guidance_scale,
+           "sampler": request.sampler, "preset": request.preset, "vital_layers": request.vital_layers,
+           "skip_layers": request.skip_layers, "schedule": request.schedule.name}
+  defaults = {"audio_start_in_s": DEFAULTS.audio_start_in_s, "sigma_schedule": DEFAULTS.sigma_schedule,
+              "seed": DEFAULTS.seed, "latent_length": DEFAULTS.latent_length, "edit_all": DEFAULTS.edit_all,
+              "injection_mode": DEFAULTS.injection_mode, "schedule_weight": DEFAULTS.schedule.weight,
+              "ramp": DEFAULTS.schedule.ramp, "window": DEFAULTS.schedule.window}
+  values = {"audio_start_in_s": request.audio_start_in_s, "sigma_schedule": request.sigma_schedule,
+            "seed": request.seed, "latent_length": request.latent_length, "edit_all": request.edit_all,
+            "injection_mode": request.injection_mode, "schedule_weight": request.schedule.weight,
+            "ramp": request.schedule.ramp, "window": request.schedule.window}
+  asked |= {name: value for name, value in values.items() if value != defaults[name]}
+  if request.recording is not None:
+    recording, plain = request.recording, RecordingRequest()
+    asked |= {"input_audio": recording.path, "inverted_latent": recording.inverted_latent}
+    asked |= {flag: getattr(recording, field) for flag, field in (
+        ("input_start_s", "start_s"), ("input_end_s", "end_s"), ("downmix", "downmix"), ("inversion", "variant"),
+        ("inversion_order", "order"), ("sample_latent", "sample_latent"), ("kv_from_inversion", "kv_from_inversion"))
+        if getattr(recording, field) != getattr(plain, field)}
+  args = ["musickv-edit", "--model", model_source, "--prompts", *request.prompts]
+  for name, value in sorted(asked.items()):
+    if value is None:
+      continue
+    if isinstance(value, bool):
+      args.append(f"--{name}" if value else f"--no{name}")
+    elif isinstance(value, (list, tuple)):
+      args.append(f"--{name}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in value)}")
+    else:
+      args.append(f"--{name}={value}")
+  return " ".join(shlex.quote(a) for a in args)
+
+
+def with_probed_preset(request: EditRequest, model: LoadedModel) -> EditRequest:
+  """--preset=probe: this checkpoint's own preset, probed the first time (a long run: every layer
+  over the shipped probe prompts), then read from the converted checkpoint's folder."""
+  if request.preset != PROBE_PRESET:
+    return request
+  with progress_bar(1, "probing") as listener:
+    preset = probing.checkpoint_preset(model, on_progress=listener,
+                                       log=lambda message: print(f"info: {message}", file=sys.stderr, flush=True))
+  return dataclasses.replace(request, preset=preset)
 
 
 def length_for_model(given: float | None, preferred: float, config) -> float:
@@ -299,48 +299,6 @@ def length_for_model(given: float | None, preferred: float, config) -> float:
   return preferred
 
 
-@dataclasses.dataclass(frozen=True)
-class Fitted:
-  """Settings after the defaults adapted to the model, and what the user should be told about it."""
-
-  settings: EditSettings
-  notes: tuple[str, ...] = ()
-
-  def validated(self, config) -> EditSettings:
-    """The settings, validated; the notes printed only once they are (an error stays one line)."""
-    self.settings.validate(config)
-    for note in self.notes:
-      print(f"info: {note}", file=sys.stderr)
-    return self.settings
-
-
-def fit_to_model(chosen: EditFlags, values: Values, config, *, real_audio: bool = False) -> Fitted:
-  """Defaults that adapt to the model: steps, guidance and sampler left open are the model's (a
-  recording's edit takes the deterministic sampler its inversion ran backwards); an edit of a
-  recording has the recording's length (its seconds_total conditioning the model's maximum, as the
-  reference); a length nobody asked for (the preset's) is cut to the model's window. An explicit
-  flag is left alone (the settings' validation refuses one that does not fit)."""
-  settings = chosen.settings
-  notes = []
-  if real_audio and settings.generation.sampler is None and \
-      config.diffusion.defaults.sampler != config.diffusion.deterministic_sampler:
-    notes.append(f"a recording is edited with the {config.diffusion.deterministic_sampler} sampler, the ODE its "
-                 f"inversion ran backwards (--sampler chooses another)")
-  settings = settings.for_recording(config) if real_audio else settings.for_model(config)
-  gen = settings.generation
-  if values.given("audio_end_in_s"):
-    return Fitted(settings, tuple(notes))
-  if real_audio:
-    return Fitted(dataclasses.replace(settings, generation=dataclasses.replace(gen, audio_end_in_s=None)),
-                  tuple(notes))
-  maximum = config.max_audio_seconds
-  if gen.audio_end_in_s is not None and gen.audio_end_in_s > maximum:
-    notes.append(f"the preset's {gen.audio_end_in_s:g} s is longer than this model's {maximum:.2f} s window; "
-                 f"generating {maximum:.2f} s (--audio_end_in_s sets the length)")
-    settings = dataclasses.replace(settings, generation=dataclasses.replace(gen, audio_end_in_s=maximum))
-  return Fitted(settings, tuple(notes))
-
-
 # ----------------------------------------------------------------------------- recordings
 
 
@@ -348,15 +306,16 @@ def define_recording_flags(fv: Flags) -> None:
   """Flags of commands that read a recording (edit, invert)."""
   flags.DEFINE_string("input_audio", None, "A recording to edit: WAV, FLAC, MP3 or OGG (any sample rate).",
                       flag_values=fv)
-  flags.DEFINE_float("input_start_s", 0.0, "Start of the segment of --input_audio to use, seconds.", flag_values=fv)
+  recording = RecordingRequest()
+  flags.DEFINE_float("input_start_s", recording.start_s, "Start of the segment of --input_audio to use, seconds.", flag_values=fv)
   flags.DEFINE_float("input_end_s", None, "End of the segment of --input_audio (default: the end of the file).",
                      flag_values=fv)
-  flags.DEFINE_bool("downmix", False, "Mix recordings with more than 2 channels down to stereo.", flag_values=fv)
-  flags.DEFINE_string("inversion", "reference", "reference: the paper's inverse scheduler, including its "
+  flags.DEFINE_bool("downmix", recording.downmix, "Mix recordings with more than 2 channels down to stereo.", flag_values=fv)
+  flags.DEFINE_string("inversion", recording.variant, "reference: the paper's inverse scheduler, including its "
                       "timestep indexing; consistent: timestep and sigma of the same point.", flag_values=fv)
-  flags.DEFINE_integer("inversion_order", 2, "2: DPM-Solver++(2M) inversion; 1: first-order (DDIM-like).",
+  flags.DEFINE_integer("inversion_order", recording.order, "2: DPM-Solver++(2M) inversion; 1: first-order (DDIM-like).",
                        flag_values=fv)
-  flags.DEFINE_bool("sample_latent", False, "Encode with a sample of the VAE posterior instead of its mean.",
+  flags.DEFINE_bool("sample_latent", recording.sample_latent, "Encode with a sample of the VAE posterior instead of its mean.",
                     flag_values=fv)
   flags.DEFINE_float("window_s", None, "A recording longer than this is edited over overlapping windows of this "
                      "length, as one diffusion process (default: the model's maximum, 47.55 s for SAO).",

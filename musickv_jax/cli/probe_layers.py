@@ -21,11 +21,13 @@ from pathlib import Path
 
 from absl import flags
 
-from musickv_jax.cli import charts, options
-from musickv_jax.cli.outputs import OutputSet, check_output_dir, write_json
+from musickv_jax.cli import options
+from musickv_jax.cli.outputs import check_output_dir
 from musickv_jax.cli.progress import progress_bar
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 from musickv_jax.errors import SettingsError
+from musickv_jax.outputs import charts
+from musickv_jax.outputs.sets import OutputSet, write_json
 from musickv_jax.research import probing
 from musickv_jax.research.probing import ProbeSettings
 

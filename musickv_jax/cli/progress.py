@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from tqdm import tqdm
 
+from musickv_jax.jobs.runner import Progress
 from musickv_jax.pipeline.common import Listener
 
 
@@ -29,6 +30,8 @@ def progress_bar(total: int, description: str) -> Iterator[Listener]:
     bar.close()
 
 
-def phase_bars(phase: str, total: int):
-  """A bar per phase of a run with several ("inverting", then "editing"): pipeline.edit_audio's progress."""
-  return progress_bar(total, phase)
+@contextlib.contextmanager
+def run_bar(total: int, description: str) -> Iterator[Callable[[Progress], None]]:
+  """with run_bar(steps, "editing") as on_progress: jobs.run(..., on_progress=on_progress)"""
+  with progress_bar(total, description) as listener:
+    yield lambda progress: listener(progress.done, progress.total)

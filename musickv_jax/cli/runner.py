@@ -19,6 +19,7 @@ import dataclasses
 import logging as std_logging
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -28,7 +29,9 @@ import jax
 from absl import flags
 from absl import logging as absl_logging
 
+from musickv_jax import interrupts
 from musickv_jax.errors import MusicKVError
+from musickv_jax.interrupts import Terminated, raise_if_interrupted
 from musickv_jax.loading import default_cache_dir
 
 Flags = flags.FlagValues
@@ -40,6 +43,11 @@ def invocation() -> list[str]:
   return list(_INVOCATION.get())
 
 
+def command_line() -> str:
+  """The command line being run, quoted as a shell would take it back."""
+  return " ".join(shlex.quote(a) for a in invocation())
+
+
 class UsageError(Exception):
   """Bad command-line input (flag syntax, combinations): one line, exit status 2."""
 
@@ -49,32 +57,18 @@ class Refused(Exception):
   other settings): one line, exit status 1, like a refusal of the library's."""
 
 
-class Terminated(BaseException):
-  """SIGTERM, raised in the main thread so that cleanups (`finally`, context managers) run."""
-
-
-# The signal that interrupted the current run, if any. Python may swallow the exception a signal
-# handler raises (e.g. when it lands inside a garbage-collection callback), so the signal is also
-# remembered here, and `raise_if_interrupted` is checked before outputs are put in place.
-_received: list[int] = []
-
-
 def _on_signal(signum, frame):
-  _received.append(signum)
+  # remembered too (musickv_jax.interrupts): Python may swallow the exception raised here
+  interrupts.remember(signum)
   raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
 
 
 def _unraisable(info) -> None:
-  """Our own signal, swallowed where Python cannot raise (a gc callback): remembered in _received
-  and acted on later, so there is nothing to print."""
+  """Our own signal, swallowed where Python cannot raise (a gc callback): remembered in
+  musickv_jax.interrupts and acted on later, so there is nothing to print."""
   if isinstance(info.exc_value, (KeyboardInterrupt, Terminated)):
     return
   sys.__unraisablehook__(info)
-
-
-def raise_if_interrupted() -> None:
-  if _received:
-    raise KeyboardInterrupt if _received[0] == signal.SIGINT else Terminated()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +160,7 @@ def run(command: Command, argv: Sequence[str] | None = None) -> int:
     return 0
   in_main_thread = threading.current_thread() is threading.main_thread()
   token = _INVOCATION.set([command.name, *argv])
-  _received.clear()
+  interrupts.clear()
   previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
   previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
   try:

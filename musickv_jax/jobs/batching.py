@@ -1,8 +1,9 @@
 """Many edits as rows of one jitted sampler call, over every device of a host.
 
 A job is one MusicKV edit (a source and its edits, generated or from an inverted recording) with
-its plan (pipeline.plan). A recording longer than the model's window makes a job of its own
-(`run_long`: its windows are its rows, pipeline.long_recording). Jobs that share a bucket (steps,
+its plan (pipeline.plan). Some jobs run alone (`EditJob.alone`: a recording longer than the
+model's window, whose windows are its rows; the cached injection mode; an edit from an
+inversion's K/V). Jobs that share a bucket (steps,
 latent frames, CFG on/off, sampler and sigma schedule: the static shape of the program) are packed
 into batches of rows_per_device x devices prompt rows:
 
@@ -33,53 +34,95 @@ from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import DiTConfig
 from musickv_jax.errors import SettingsError
 from musickv_jax.pipeline import common, long_recording, memory
-from musickv_jax.pipeline.plan import EditPlan, RowBlock, block_of, build_plan, run_block, stack_blocks
+from musickv_jax.pipeline.editing import sample_edit
+from musickv_jax.pipeline.plan import EditPlan, block_of, build_plan, run_block, run_from_cache, stack_blocks
+from musickv_jax.pipeline.recording import inversion_kv_cache
 from musickv_jax.pipeline.results import SOURCE_GUIDANCE, EditResult, Inversion, edit_result
-from musickv_jax.pipeline.settings import EditSettings
+from musickv_jax.pipeline.settings import EditSettings, WindowSettings
 from musickv_jax.sampling import guided, placement, sampler
+from musickv_jax.sampling import rows as rows_lib
+from musickv_jax.sampling.guided import RowBlock
 
 
 @dataclasses.dataclass
 class EditJob:
   """One validated edit, ready to sample: its plan, or (a recording longer than one window) the
-  inversion its windows are edited from."""
+  inversion its windows are edited from.
+
+  A job runs alone (`alone`) when it cannot share a batch: a long recording (its windows are its
+  rows), the cached injection mode (a recording pass, then an edit pass), an edit from the K/V an
+  inversion recorded. Every other job is rows of a batch."""
 
   id: str
   settings: EditSettings
   plan: EditPlan | None  # None for a long recording (its windows have plans of their own)
   recording: Inversion | None = None  # an edited recording's inversion
+  windows: WindowSettings | None = None  # how a long recording's windows run (batching, memory budget)
+  kv_from_inversion: bool = False  # the edits read the K/V the inversion recorded (the source is not rerun)
 
   @property
   def is_long(self) -> bool:
     return self.recording is not None and self.recording.windows is not None
 
   @property
+  def alone(self) -> bool:
+    return self.is_long or self.kv_from_inversion or self.settings.injection_mode == "cached"
+
+  @property
   def n_prompts(self) -> int:
     return len(self.settings.generation.prompts)
+
+  @property
+  def steps(self) -> int:
+    passes = 2 if self.settings.injection_mode == "cached" and not self.is_long else 1
+    return passes * self.settings.generation.num_inference_steps
 
   @property
   def n_edits(self) -> int:
     return self.n_prompts - 1 if self.settings.edit_all else 1
 
+  def sample_alone(self, model: LoadedModel, *, mesh: placement.Mesh | None = None, dit_params=None,
+                   on_step: sampler.Listener | None = None) -> tuple[np.ndarray, EditPlan]:
+    """Samples a job that runs alone: (final latents (n, C, T), the plan its result is read with).
+    mesh / dit_params: a long recording's windows spread over a data mesh (default: every local
+    device), its parameters already placed there."""
+    if self.is_long:
+      inversion = self.recording
+      x_init = np.repeat(inversion.inverted, self.n_prompts, axis=0)
+      return long_recording.edit_latents(model, self.settings, x_init, inversion.windows.running_as(self.windows),
+                                         inversion.n_samples, source_guidance=SOURCE_GUIDANCE, mesh=mesh,
+                                         dit_params=dit_params, on_step=on_step)
+    if self.kv_from_inversion:
+      cache = inversion_kv_cache(self.recording, self.settings)
+      return run_from_cache(model, self.plan, cache, on_step=on_step), self.plan
+    return sample_edit(model, self.plan, self.settings.injection_mode, on_step=on_step), self.plan
+
   def result(self, model: LoadedModel, latents: np.ndarray, plan: EditPlan | None = None) -> EditResult:
     """The job's result from its final latents (the plan of a long recording's first window)."""
-    return edit_result(model, plan or self.plan, self.settings, latents, recording=self.recording)
+    return edit_result(model, plan or self.plan, self.settings, latents, recording=self.recording,
+                       kv_from_inversion=self.kv_from_inversion)
 
 
-def plan_job(model: LoadedModel, job_id: str, settings: EditSettings, recording: Inversion | None = None) -> EditJob:
-  """A job of a generated source (its initial noise from the seed) or of an inverted recording."""
-  settings = dataclasses.replace(settings, injection_mode="joint")  # a batch is one joint run per job
+def plan_job(model: LoadedModel, job_id: str, settings: EditSettings, recording: Inversion | None = None, *,
+             init_latents=None, step_noise=None, kv_from_inversion: bool = False,
+             windows: WindowSettings | None = None) -> EditJob:
+  """A job of a generated source (its initial noise from the seed, or init_latents; a stochastic
+  sampler's step_noise) or of an inverted recording (kv_from_inversion: its edits read the K/V
+  the inversion recorded; windows: how a long recording's windows run)."""
   settings = settings.for_recording(model.config) if recording is not None else settings.for_model(model.config)
   settings.validate(model.config)
   if recording is not None and recording.windows is not None:
-    long_recording.check_edit(model, settings, recording.windows, recording.n_samples)
-    return EditJob(job_id, settings, None, recording)
-  x_init = None
+    long_recording.check_edit(model, settings, recording.windows.running_as(windows), recording.n_samples)
+    return EditJob(job_id, settings, None, recording, windows)
+  x_init = init_latents
   if recording is not None:
     x_init = np.repeat(recording.inverted, len(settings.generation.prompts), axis=0)
   plan = build_plan(model, settings, x_init, source_guidance=SOURCE_GUIDANCE if recording is not None else None,
-                    check_coverage=recording is None)
-  return EditJob(job_id, settings, plan, recording)
+                    check_coverage=recording is None, step_noise=step_noise)
+  if kv_from_inversion:  # the source is not regenerated: the edits read the inversion's K/V
+    inversion_kv_cache(recording, settings)  # refused now if the inversion recorded other K/V
+    plan = plan.select(range(1, plan.n))
+  return EditJob(job_id, settings, plan, recording, windows, kv_from_inversion)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,12 +155,21 @@ class Batch:
     return [job for device in self.devices for job in device]
 
 
+def too_many_prompts(job: EditJob, rows_per_device: int) -> SettingsError | None:
+  """Why a job cannot be rows of a device's batch (more prompts than the device's rows), or None."""
+  if job.alone or job.n_prompts <= rows_per_device:
+    return None
+  return SettingsError(f"{job.n_prompts} prompts do not fit the {rows_per_device} rows of a device; raise {{field}}",
+                       field="rows_per_device")
+
+
 def pack(jobs: list[EditJob], rows_per_device: int, n_devices: int) -> list[Batch]:
-  """Jobs -> batches: per bucket, each job to the least-filled device with room (see the module)."""
+  """Jobs that share batches -> batches: per bucket, each job to the least-filled device with room
+  (see the module)."""
   for job in jobs:
-    if job.n_prompts > rows_per_device:
-      raise SettingsError(f"job {job.id} has {job.n_prompts} prompts but a device takes {rows_per_device} rows; "
-                          "raise {field}", field="rows_per_device")
+    problem = too_many_prompts(job, rows_per_device)
+    if problem is not None:
+      raise problem
   batches: list[Batch] = []
   open_batches: dict[Bucket, Batch] = {}
   for job in jobs:
@@ -143,7 +195,7 @@ def check_memory(model: LoadedModel, batches: list[Batch], budget_gib: float | N
   the memory budget (None: the device's memory), by the estimate of pipeline.memory."""
   model_bytes = memory.params_bytes(model)
   for batch in batches:
-    rows = (2 if batch.bucket.use_cfg else 1) * batch.rows_per_device
+    rows = rows_lib.branches(batch.bucket.use_cfg) * batch.rows_per_device
     memory.check_rows(model.config, model_bytes, rows, batch.bucket.frames, budget_gib,
                       what=f"a device's batch ({len(batch.jobs)} job(s), {batch.rows_per_device} prompt rows)")
 
@@ -156,9 +208,7 @@ def sample_on_mesh(dit_params, block: RowBlock, steps: sampler.StepPlan, *, mesh
                    dit_config: DiTConfig, solver: str, use_cfg: bool):
   """guided.sample on every device's own rows (the block is the devices' blocks side by side)."""
   def local(params, block: RowBlock, steps):
-    latents, _ = guided.sample(params, block.cond, block.x_init, steps, jax.random.wrap_key_data(block.keys),
-                               block.kv, block.sample_ids, block.step_noise, dit_config=dit_config, solver=solver,
-                               use_cfg=use_cfg)
+    latents, _ = guided.sample_block(params, block, steps, dit_config=dit_config, solver=solver, use_cfg=use_cfg)
     return latents
 
   rows = P(placement.DATA_AXIS)
@@ -173,19 +223,11 @@ def sample_on_mesh(dit_params, block: RowBlock, steps: sampler.StepPlan, *, mesh
       dit_params, block, steps)
 
 
-def run_long(model: LoadedModel, job: EditJob, mesh: placement.Mesh, dit_params) -> tuple[np.ndarray, EditPlan]:
-  """A job whose recording is longer than one window: its windows are the rows (in groups sized to
-  the memory budget), spread over the mesh's devices. dit_params: replicated on the mesh (see
-  placement.replicate). Returns its final latents (n_prompts, C, L) and its first window's plan."""
-  inversion = job.recording
-  x_init = np.repeat(inversion.inverted, job.n_prompts, axis=0)
-  return long_recording.edit_latents(model, job.settings, x_init, inversion.windows, inversion.n_samples,
-                                     source_guidance=SOURCE_GUIDANCE, mesh=mesh, dit_params=dit_params)
-
-
 def run_batch(model: LoadedModel, dit_params, batch: Batch, mesh: placement.Mesh) -> dict[str, np.ndarray]:
-  """Samples every job of the batch; returns each job's final latents (n_prompts, C, T).
-  dit_params: the DiT parameters replicated on the mesh (see placement.replicate)."""
+  """Samples every job of the batch on a data mesh, each device's block padded to its rows (one
+  program per bucket); returns each job's final latents (n_prompts, C, T). dit_params: the DiT
+  parameters replicated on the mesh (see placement.replicate). One call: no progress between
+  steps (a mesh program's chunks would each wait for the slowest device)."""
   template = batch.jobs[0].plan
   blocks = [block_of([job.plan for job in jobs] or [template.select([0])], batch.rows_per_device, dense=True)
             for jobs in batch.devices]
@@ -203,18 +245,18 @@ def run_batch(model: LoadedModel, dit_params, batch: Batch, mesh: placement.Mesh
   return out
 
 
-def run_local(model: LoadedModel, batch: Batch) -> dict[str, np.ndarray]:
+def run_local(model: LoadedModel, batch: Batch, *, on_step: sampler.Listener | None = None) -> dict[str, np.ndarray]:
   """Samples a batch packed for one device (pack(..., n_devices=1)) as one block of rows, a chunk of
-  steps at a time, reporting progress to sampler.on_step's listeners between chunks (an
-  interactive server's progress bar and cancel point). The rows are not padded: a batch of one job
-  computes exactly what a run of that job alone computes (pipeline.plan.run_plan); a batch of
-  several equals each job alone up to float32 reassociation between batch sizes (1e-4 relative).
-  Returns each job's final latents (n_prompts, C, T)."""
+  steps at a time, on_step called between chunks (an interactive server's progress bar and cancel
+  point). The rows are not padded: a batch of one job computes exactly what a run of that job
+  alone computes (pipeline.plan.run_plan); a batch of several equals each job alone up to float32
+  reassociation between batch sizes (1e-4 relative). Returns each job's final latents
+  (n_prompts, C, T)."""
   jobs = batch.jobs
   if len(batch.devices) != 1:
     raise ValueError("run_local samples a batch packed for one device")
   block = block_of([job.plan for job in jobs])
-  latents, _ = run_block(model, block, jobs[0].plan)
+  latents, _ = run_block(model, block, jobs[0].plan, on_step=on_step)
   latents = common.to_host(latents)
   out, offset = {}, 0
   for job in jobs:

@@ -3,10 +3,8 @@ the step plan, progress reporting, and the decode -> trim tail."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +19,8 @@ from musickv_jax.sampling import rf_schedules, sampler, schedules
 
 FIT_BUCKET_FRAMES = 64  # `fit` rounds the latent length up to a multiple of this (few compiled shapes)
 
-# A progress listener: listener(steps done, total steps) after every sampling step.
-Listener = Callable[[int, int], None]
+# A progress listener: listener(steps done, total steps) between chunks of sampling steps.
+Listener = sampler.Listener
 
 
 def latent_frames(settings: GenerationSettings, config: ModelConfig) -> int:
@@ -114,11 +112,11 @@ def sde_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), 1)
 
 
-def progress(on_step: Listener | None, offset: int = 0, total: int | None = None):
-  """Reports the sampling steps run inside the block to on_step(offset + step, total)."""
+def offset_listener(on_step: Listener | None, offset: int, total: int) -> Listener | None:
+  """A listener of one part of a longer run: its steps reported as on_step(offset + step, total)."""
   if on_step is None:
-    return contextlib.nullcontext()
-  return sampler.on_step(lambda step, steps: on_step(offset + step, total or steps))
+    return None
+  return lambda step, steps: on_step(offset + step, total)
 
 
 def to_host(array: jax.Array) -> np.ndarray:

@@ -36,10 +36,10 @@ def sample_edit(model: LoadedModel, plan: EditPlan, mode: str, *, on_step: commo
   """The sampling part of an edit: the plan's final latents (n, C, T), in the joint or cached mode."""
   steps = plan.steps.steps
   if mode == "joint":
-    with common.progress(on_step):
-      return run_plan(model, plan)[0]
-  with common.progress(on_step, 0, 2 * steps):  # the cached mode's progress runs over both passes
-    source, cache = run_plan(model, plan.select([0]), record_layers=plan.vital_layers)
-  with common.progress(on_step, steps, 2 * steps):
-    others = run_from_cache(model, plan.select(range(1, plan.n)), cache)
+    return run_plan(model, plan, on_step=on_step)[0]
+  # the cached mode's progress runs over both passes
+  source, cache = run_plan(model, plan.select([0]), record_layers=plan.vital_layers,
+                           on_step=common.offset_listener(on_step, 0, 2 * steps))
+  others = run_from_cache(model, plan.select(range(1, plan.n)), cache,
+                          on_step=common.offset_listener(on_step, steps, 2 * steps))
   return np.concatenate([source, others])

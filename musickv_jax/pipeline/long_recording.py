@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -132,11 +131,10 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, win
   rows = GenerationSettings(prompts=(settings.prompt,), num_inference_steps=settings.num_inference_steps,
                             guidance_scale=1.0)
   cond, _ = grouped(window_plans(model, rows, latents, layout, total), windows)
-  with common.progress(on_step):
-    inverted, _ = inversion_lib.invert_in_chunks(
-        placement.replicate(model.params.dit, mesh),
-        *placement.replicate((cond, jnp.asarray(latents, jnp.float32), settings.plan(cfg, layout.width), windows),
-                             mesh), dit_config=cfg.dit, mesh=mesh)
+  inverted, _ = inversion_lib.invert_in_chunks(
+      placement.replicate(model.params.dit, mesh),
+      *placement.replicate((cond, jnp.asarray(latents, jnp.float32), settings.plan(cfg, layout.width), windows),
+                           mesh), dit_config=cfg.dit, mesh=mesh, on_step=on_step)
   return common.to_host(inverted)
 
 
@@ -164,16 +162,15 @@ def edit_latents(model: LoadedModel, settings: EditSettings, x_init, window_sett
   windows = layout.arrays(memory.windows_per_batch(model, window_settings, layout, rows_per_window, n_samples, n,
                                                    devices), devices)
   cond, kv = grouped(plans, windows)
-  keys = jax.random.wrap_key_data(jnp.asarray(first.keys()))
-  sample_ids = jnp.asarray([row.noise_stream for row in first.rows], jnp.int32)
   noise = None
   if first.step_noise is not None:  # the whole latent's noise (the windows' plans drew theirs for their frames)
     noise = jnp.repeat(common.step_noise(first.seed, first.steps.steps, (1, cfg.dit.io_channels, layout.frames)), n,
                        axis=1)
-  with common.progress(on_step):
-    params = dit_params if dit_params is not None else placement.replicate(model.params.dit, mesh)
-    cond, x, steps, keys, sample_ids, kv, windows, noise = placement.replicate(
-        (cond, jnp.asarray(x_init), first.steps, keys, sample_ids, kv, windows, noise), mesh)
-    latents, _ = guided.sample_in_chunks(params, cond, x, steps, keys, kv, sample_ids, windows, noise,
-                                         dit_config=cfg.dit, solver=first.solver, use_cfg=first.use_cfg, mesh=mesh)
+  block = guided.RowBlock(cond=cond, x_init=jnp.asarray(x_init), kv=kv, keys=jnp.asarray(first.keys()),
+                          sample_ids=jnp.asarray([row.noise_stream for row in first.rows], jnp.int32),
+                          step_noise=noise)
+  params = dit_params if dit_params is not None else placement.replicate(model.params.dit, mesh)
+  block, steps, windows = placement.replicate((block, first.steps, windows), mesh)
+  latents, _ = guided.sample_block_in_chunks(params, block, steps, windows, dit_config=cfg.dit, solver=first.solver,
+                                             use_cfg=first.use_cfg, mesh=mesh, on_step=on_step)
   return common.to_host(latents), first

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,8 +35,9 @@ from musickv_jax.pipeline.settings import EditSettings, GenerationSettings
 from musickv_jax.sampling import guided, solvers
 from musickv_jax.sampling import kv as kv_lib
 from musickv_jax.sampling import rows as rows_lib
+from musickv_jax.sampling.guided import RowBlock
 from musickv_jax.sampling.rows import Role
-from musickv_jax.sampling.sampler import StepPlan
+from musickv_jax.sampling.sampler import Listener, StepPlan
 
 Array = jax.Array
 
@@ -212,26 +212,6 @@ def _step_noise(gen: GenerationSettings, config, n: int, frames: int, given) -> 
 # ----------------------------------------------------------------------------- rows of a batch
 
 
-@flax.struct.dataclass
-class RowBlock:
-  """The arrays of one sampler call over the rows of one or more plans (R = branches x n).
-
-  cond: (R, ...) conditioning, guidance (n,); x_init (n, C, T); kv: the injection and bypass
-  controls of the DiT rows; keys (n, 2) uint32 key data and sample_ids (n,): each row's noise;
-  step_noise (steps, n, C, T) or None."""
-
-  cond: guided.GuidedConditioning
-  x_init: Array
-  kv: guided.KVSteps
-  keys: Array
-  sample_ids: Array
-  step_noise: Array | None = None
-
-  @property
-  def n(self) -> int:
-    return self.x_init.shape[0]
-
-
 def block_of(plans: Sequence[EditPlan], rows: int | None = None, weights: Sequence[Array] | None = None, *,
              dense: bool = False) -> RowBlock:
   """The rows of `plans` one after the other as one batch, padded to `rows` prompt rows (padding:
@@ -311,23 +291,24 @@ def stack_blocks(blocks: Sequence[RowBlock]) -> RowBlock:
 
 
 def run_block(model: LoadedModel, block: RowBlock, plan: EditPlan, *, record_layers: tuple[int, ...] = (),
-              dit_params=None) -> tuple[Array, KVCache | None]:
+              dit_params=None, on_step: Listener | None = None) -> tuple[Array, KVCache | None]:
   """Samples a block (the step plan, solver and CFG setting of `plan`, a plan of the block), a chunk
-  of steps at a time with progress; returns (latents (n, C, T) on the device, recorded K/V or None)."""
-  return guided.sample_in_chunks(model.params.dit if dit_params is None else dit_params, block.cond, block.x_init,
-                                 plan.steps, jax.random.wrap_key_data(block.keys), block.kv, block.sample_ids,
-                                 step_noise=block.step_noise, dit_config=model.config.dit, solver=plan.solver,
-                                 use_cfg=plan.use_cfg, record_layers=record_layers)
+  of steps at a time, on_step called between chunks; returns (latents (n, C, T) on the device,
+  recorded K/V or None)."""
+  return guided.sample_block_in_chunks(model.params.dit if dit_params is None else dit_params, block, plan.steps,
+                                       dit_config=model.config.dit, solver=plan.solver, use_cfg=plan.use_cfg,
+                                       record_layers=record_layers, on_step=on_step)
 
 
-def run_plan(model: LoadedModel, plan: EditPlan, *, record_layers: tuple[int, ...] = ()) -> tuple[np.ndarray,
-                                                                                                  KVCache | None]:
+def run_plan(model: LoadedModel, plan: EditPlan, *, record_layers: tuple[int, ...] = (),
+             on_step: Listener | None = None) -> tuple[np.ndarray, KVCache | None]:
   """Samples one plan (the joint mode: sources and edits as rows of one batch): (latents, recorded)."""
-  latents, recorded = run_block(model, block_of([plan]), plan, record_layers=record_layers)
+  latents, recorded = run_block(model, block_of([plan]), plan, record_layers=record_layers, on_step=on_step)
   return common.to_host(latents), recorded
 
 
-def run_from_cache(model: LoadedModel, plan: EditPlan, cache: KVCache) -> np.ndarray:
+def run_from_cache(model: LoadedModel, plan: EditPlan, cache: KVCache, *,
+                   on_step: Listener | None = None) -> np.ndarray:
   """Samples a plan whose edits take their source's K/V from a recorded cache (the cached mode;
   k, v (steps, n_layers, source rows, S, H, D)): latents (n, C, T)."""
   block = block_of([plan], dense=True)
@@ -336,5 +317,5 @@ def run_from_cache(model: LoadedModel, plan: EditPlan, cache: KVCache) -> np.nda
                            blend_layers=jnp.asarray(kv_lib.layer_mask(cache.layers, plan.depth)))
   if not any(row.skip_layers for row in plan.rows):
     kv = dataclasses.replace(kv, bypass=None)
-  latents, _ = run_block(model, block.replace(kv=kv), plan)
+  latents, _ = run_block(model, block.replace(kv=kv), plan, on_step=on_step)
   return common.to_host(latents)

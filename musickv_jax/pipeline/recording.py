@@ -55,10 +55,9 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, *, 
   settings.validate(cfg, frames)
   cond = text_conditioning(model, [settings.prompt], 0.0, settings.resolved_total(cfg))
   guided_cond = guided.GuidedConditioning(cond.cross_tokens, cond.global_cond, jnp.ones((1,), jnp.float32))
-  with common.progress(on_step):
-    inverted, kv = inversion_lib.invert_in_chunks(model.params.dit, guided_cond, jnp.asarray(latents, jnp.float32),
-                                                  settings.plan(cfg, frames), dit_config=cfg.dit,
-                                                  record_layers=tuple(record_layers))
+  inverted, kv = inversion_lib.invert_in_chunks(model.params.dit, guided_cond, jnp.asarray(latents, jnp.float32),
+                                                settings.plan(cfg, frames), dit_config=cfg.dit,
+                                                record_layers=tuple(record_layers), on_step=on_step)
   return common.to_host(inverted), kv
 
 
@@ -144,15 +143,15 @@ def edit_recording(model: LoadedModel, inversion: Inversion, settings: EditSetti
     plan = build_plan(model, settings, x_init, source_guidance=SOURCE_GUIDANCE, check_coverage=False)
     if kv_from_inversion:
       plan = plan.select(range(1, n))  # the source is not regenerated: the edits read the inversion's K/V
-      with common.progress(on_step):
-        latents = run_from_cache(model, plan, _inversion_cache(inversion, settings))
+      latents = run_from_cache(model, plan, inversion_kv_cache(inversion, settings), on_step=on_step)
     else:
       latents = sample_edit(model, plan, settings.injection_mode, on_step=on_step)
   return edit_result(model, plan, settings, latents, recording=inversion, kv_from_inversion=kv_from_inversion,
                      decode_chunk_frames=decode_chunk_frames)
 
 
-def _inversion_cache(inversion: Inversion, settings: EditSettings) -> KVCache:
+def inversion_kv_cache(inversion: Inversion, settings: EditSettings) -> KVCache:
+  """The K/V an inversion recorded, as the cache an edit with the same steps and vital layers reads."""
   kv = inversion.kv
   steps = settings.generation.num_inference_steps
   if kv is None or tuple(kv.layers) != tuple(settings.vital_layers):

@@ -18,7 +18,7 @@ from musickv_jax.sampling import windows as windows_lib
 
 LATENT_LENGTHS = ("full", "fit")
 NOISE_CONVENTIONS = ("diffusers", "stable-audio-tools")
-REFERENCE_VITAL_LAYERS = (20, 3, 4)
+REFERENCE_VITAL_LAYERS = presets.REFERENCE_LAYERS  # the authors' layers of SAO 1.0 (presets: what other depths get)
 MAX_SEED = 2**32 - 1  # JAX keys take 32-bit seeds: larger ones would silently alias smaller ones
 
 

@@ -122,11 +122,11 @@ def dit_call_and_edit_step(config: ModelConfig, frames: int) -> dict:
   t = jnp.full((rows,), 0.5)
   forward = jax.jit(lambda p, x, t, c, g: dit.apply({"params": p}, x, t, c, g)[0])
   out = {"dit_call": timed(lambda: forward(params, x, t, block.cond.cross_tokens, block.cond.global_cond))}
-  key = jax.random.wrap_key_data(block.keys)
+  block = block.replace(x_init=block.x_init + 0.1)
 
   def step():
-    return guided.sample(params, block.cond, block.x_init + 0.1, plan.steps, key, block.kv, block.sample_ids,
-                         block.step_noise, dit_config=config.dit, solver=plan.solver, use_cfg=plan.use_cfg)[0]
+    return guided.sample_block(params, block, plan.steps, dit_config=config.dit, solver=plan.solver,
+                               use_cfg=plan.use_cfg)[0]
 
   out["edit_step"] = timed(step)
   out["dit_rows"] = int(rows)
@@ -136,11 +136,11 @@ def dit_call_and_edit_step(config: ModelConfig, frames: int) -> dict:
 def whole_edit(config: ModelConfig, frames: int, steps: int) -> dict:
   params = random_dit_params(config)
   plan, block = edit_inputs(config, frames, steps)
-  key = jax.random.wrap_key_data(block.keys)
+  block = block.replace(x_init=block.x_init + 0.1)
 
   def edit():
-    return guided.sample(params, block.cond, block.x_init + 0.1, plan.steps, key, block.kv, block.sample_ids,
-                         block.step_noise, dit_config=config.dit, solver=plan.solver, use_cfg=plan.use_cfg)[0]
+    return guided.sample_block(params, block, plan.steps, dit_config=config.dit, solver=plan.solver,
+                               use_cfg=plan.use_cfg)[0]
 
   return {"edit": timed(edit), "steps": steps, "frames": frames, "solver": plan.solver, "use_cfg": plan.use_cfg,
           "dit_rows": int(block.cond.cross_tokens.shape[0])}

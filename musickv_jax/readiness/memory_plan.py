@@ -17,6 +17,7 @@ import numpy as np
 from musickv_jax.config import ModelConfig, named_config
 from musickv_jax.pipeline import memory
 from musickv_jax.readiness import programs as programs_lib
+from musickv_jax.sampling import rows as rows_lib
 
 GIB = memory.GIB
 USABLE_FRACTION = 0.9  # what a run may take of the device's memory (the runtime, fragmentation)
@@ -41,11 +42,15 @@ class Window:
   label: str
   config: str  # named config
   frames: int
-  cfg: bool  # the model's default guidance runs CFG (2 DiT rows a prompt)
+
+  @property
+  def cfg(self) -> bool:
+    """Whether the model's default guidance runs CFG (sampling.rows: 2 DiT rows a prompt)."""
+    return rows_lib.uses_cfg([named_config(self.config).diffusion.defaults.guidance_scale], None)
 
 
-WINDOWS = (Window("SAO 1.0, 47.6 s (1024 frames)", "sao-1.0", 1024, True),
-           Window("SAO Small, 11.9 s (256 frames)", "sao-small", 256, False))
+WINDOWS = (Window("SAO 1.0, 47.6 s (1024 frames)", "sao-1.0", 1024),
+           Window("SAO Small, 11.9 s (256 frames)", "sao-small", 256))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +85,7 @@ def entry(accelerator: Accelerator, window: Window, dtype: str) -> Entry:
   available = accelerator.memory_gib * GIB * USABLE_FRACTION - params - memory.dit_fixed_bytes(config)
   rows = max(0, int(available // row))
   return Entry(accelerator, window, dtype, attention, params / GIB, row / 2**20, rows,
-               rows // 2 if window.cfg else rows)
+               rows // rows_lib.branches(window.cfg))
 
 
 def table() -> list[Entry]:

@@ -120,11 +120,6 @@ def dit_params(config: ModelConfig):
 # ----------------------------------------------------------------------------- plans on zero arrays
 
 
-def cross_tokens(config: ModelConfig) -> int:
-  """Text tokens and one token per number conditioner."""
-  return config.t5.max_length + len(config.conditioner.numbers)
-
-
 def step_plan(config: ModelConfig, steps: int) -> tuple[sampler.StepPlan, str]:
   """A plan of `steps` steps of the model's default sampler (the values do not change the program)."""
   solver = config.diffusion.defaults.sampler
@@ -142,7 +137,7 @@ def edit_plan(config: ModelConfig, frames: int, steps: int, *, edit: bool = True
   use_cfg = rows_lib.uses_cfg([guidance] * prompts, None)
   dit_rows = rows_lib.branches(use_cfg) * prompts
   d = config.dit
-  cond = guided.GuidedConditioning(jnp.zeros((dit_rows, cross_tokens(config), d.cond_input_dim), jnp.float32),
+  cond = guided.GuidedConditioning(jnp.zeros((dit_rows, config.cross_tokens, d.cond_input_dim), jnp.float32),
                                    jnp.zeros((dit_rows, d.global_cond_dim), jnp.float32),
                                    jnp.full((prompts,), guidance, jnp.float32))
   plan, solver = step_plan(config, steps)
@@ -182,9 +177,7 @@ def build(name: ProgramName) -> Program:
   if name.program == "edit_step":  # one step of musickv-edit: guided.sample over a one-step plan
     plan = edit_plan(config, frames, 1)
     block = block_of([plan])
-    return Program(name, guided.sample, shapes_of((params, block.cond, block.x_init, plan.steps,
-                                                   jax.random.wrap_key_data(block.keys), block.kv, block.sample_ids,
-                                                   block.step_noise)),
+    return Program(name, guided.sample_block, shapes_of((params, block, plan.steps)),
                    {**static, "solver": plan.solver, "use_cfg": plan.use_cfg})
   if name.program in ("generation_chunk", "edit_chunk"):
     plan = edit_plan(config, frames, CHUNK_STEPS, edit=name.program == "edit_chunk")

@@ -116,9 +116,8 @@ class Problem:
   def latents(self, model_params: ModelParams, schedule: Array, *, remat: bool) -> Array:
     plan = self.plan
     block = block_of([plan], weights=[plan.weights(schedule)])
-    latents, _ = guided.sample(model_params.dit, block.cond, block.x_init, plan.steps,
-                               jax.random.wrap_key_data(block.keys), block.kv, block.sample_ids,
-                               dit_config=self.dit_config, solver=plan.solver, use_cfg=plan.use_cfg, remat=remat)
+    latents, _ = guided.sample_block(model_params.dit, block, plan.steps, dit_config=self.dit_config,
+                                     solver=plan.solver, use_cfg=plan.use_cfg, remat=remat)
     return latents
 
   def audio(self, model_params: ModelParams, latents: Array) -> Array:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from musickv_jax.config import DiTConfig
 from musickv_jax.models.dit import KVCache, KVControls, StableAudioDiT
+from musickv_jax.sampling import rows as rows_lib
 from musickv_jax.sampling import sampler as sampler_lib
 from musickv_jax.sampling import solvers
 from musickv_jax.sampling import windows as windows_lib
@@ -54,6 +55,32 @@ class KVSteps:
   injected: KVCache | None = None
   bypass: Array | None = None
   blend_layers: Array | None = None
+
+
+@flax.struct.dataclass
+class RowBlock:
+  """The arrays of one sampler call over the rows of one or more plans (R = branches x n prompt
+  rows, sampling.rows): what the sampler takes.
+
+  cond: (R, ...) conditioning, guidance (n,) (over windows: (groups, R, ...), guidance (G * n,));
+  x_init (n, C, T); kv: the injection and bypass controls of the DiT rows; keys (n, 2) uint32 key
+  data and sample_ids (n,): each row's noise; step_noise (steps, n, C, T) or None."""
+
+  cond: GuidedConditioning
+  x_init: Array
+  kv: KVSteps
+  keys: Array
+  sample_ids: Array
+  step_noise: Array | None = None
+
+  @property
+  def n(self) -> int:
+    return self.x_init.shape[0]
+
+  @property
+  def key(self) -> Array:
+    """The rows' stochastic-sampler keys (typed)."""
+    return jax.random.wrap_key_data(self.keys)
 
 
 def _controls(kv: KVSteps | None, step: dict, record_layers: tuple[int, ...]) -> KVControls:
@@ -149,7 +176,7 @@ def sample(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_li
   Recorded K/V, when record_layers is given: a KVCache with k, v (steps, n_layers, R, S, H, D).
   """
   batch = x_init.shape[0]
-  rows = 2 * batch if use_cfg else batch
+  rows = rows_lib.branches(use_cfg) * batch
   chex.assert_shape(cond.cross_tokens, (rows, None, dit_config.cond_input_dim))
   chex.assert_shape(cond.global_cond, (rows, dit_config.global_cond_dim))
   chex.assert_shape(cond.guidance, (batch,))
@@ -174,25 +201,47 @@ def sample_chunk(dit_params, cond: GuidedConditioning, state: solvers.SolverStat
                                sample_ids=sample_ids, step_noise=step_noise)
 
 
+@functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers", "remat"))
+def sample_block(dit_params, block: RowBlock, plan: sampler_lib.StepPlan, *, dit_config: DiTConfig,
+                 solver: str = "dpmpp-2m", use_cfg: bool = True, record_layers: tuple[int, ...] = (),
+                 remat: bool = False) -> tuple[Array, KVCache | None]:
+  """`sample` over the rows of a block (traceable: jit, grad and shard_map take it)."""
+  return sample(dit_params, block.cond, block.x_init, plan, block.key, block.kv, block.sample_ids, block.step_noise,
+                dit_config=dit_config, solver=solver, use_cfg=use_cfg, record_layers=record_layers, remat=remat)
+
+
+def sample_block_in_chunks(dit_params, block: RowBlock, plan: sampler_lib.StepPlan,
+                           windows: windows_lib.Windows | None = None, *, dit_config: DiTConfig,
+                           solver: str = "dpmpp-2m", use_cfg: bool = True, record_layers: tuple[int, ...] = (),
+                           mesh: jax.sharding.Mesh | None = None,
+                           on_step: sampler_lib.Listener | None = None) -> tuple[Array, KVCache | None]:
+  """`sample_in_chunks` over the rows of a block (windows: the block holds a group's rows, see
+  windowed_denoiser)."""
+  return sample_in_chunks(dit_params, block.cond, block.x_init, plan, block.key, block.kv, block.sample_ids, windows,
+                          block.step_noise, dit_config=dit_config, solver=solver, use_cfg=use_cfg,
+                          record_layers=record_layers, mesh=mesh, on_step=on_step)
+
+
 def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_lib.StepPlan, key: Array,
                      kv: KVSteps | None = None, sample_ids: Array | None = None,
                      windows: windows_lib.Windows | None = None, step_noise: Array | None = None, *,
                      dit_config: DiTConfig, solver: str = "dpmpp-2m",
                      use_cfg: bool = True, record_layers: tuple[int, ...] = (),
-                     mesh: jax.sharding.Mesh | None = None) -> tuple[Array, KVCache | None]:
-  """`sample`, run a chunk of steps at a time from the host, reporting progress to the listeners of
-  sampler.on_step between chunks. Computes what `sample` computes; the chunk program has no host
-  callbacks, so JAX's persistent compilation cache keeps it between runs.
+                     mesh: jax.sharding.Mesh | None = None,
+                     on_step: sampler_lib.Listener | None = None) -> tuple[Array, KVCache | None]:
+  """`sample`, run a chunk of steps at a time from the host, calling on_step(steps done, steps)
+  between chunks. Computes what `sample` computes; the chunk program has no host callbacks, so
+  JAX's persistent compilation cache keeps it between runs.
 
   windows: x_init (B, C, L) is longer than the model's window; cond and kv hold a group's rows
   (see windowed_denoiser)."""
   batch = x_init.shape[0]
   if windows is None:
-    rows = 2 * batch if use_cfg else batch
+    rows = rows_lib.branches(use_cfg) * batch
     chex.assert_shape(cond.cross_tokens, (rows, None, dit_config.cond_input_dim))
     chex.assert_shape(cond.guidance, (batch,))
   else:
-    rows = (2 if use_cfg else 1) * windows.per_group * batch
+    rows = rows_lib.branches(use_cfg) * windows.per_group * batch
     chex.assert_shape(cond.cross_tokens, (windows.groups, rows, None, dit_config.cond_input_dim))
     chex.assert_shape(cond.guidance, (windows.per_group * batch,))
   fixed = None if kv is None else dataclasses.replace(kv, inject_weight=None, injected=None)
@@ -204,5 +253,5 @@ def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: 
                         record_layers=record_layers, mesh=mesh)
 
   state, aux = sampler_lib.run_in_chunks(run_chunk, solvers.init_state(x_init), (plan, _per_step(kv), step_noise),
-                                         plan.steps)
+                                         plan.steps, on_step)
   return state.x, aux

@@ -135,8 +135,9 @@ def invert_chunk(dit_params, cond: guided.GuidedConditioning, state: solvers.Sol
 
 def invert_in_chunks(dit_params, cond: guided.GuidedConditioning, x0: Array, plan: InversionPlan,
                      windows: Windows | None = None, *, dit_config: DiTConfig, record_layers: tuple[int, ...] = (),
-                     mesh: jax.sharding.Mesh | None = None) -> tuple[Array, KVCache | None]:
-  """`invert`, a chunk of steps at a time, reporting progress between chunks (see
+                     mesh: jax.sharding.Mesh | None = None,
+                     on_step: sampler_lib.Listener | None = None) -> tuple[Array, KVCache | None]:
+  """`invert`, a chunk of steps at a time, calling on_step between chunks (see
   guided.sample_in_chunks). windows: x0 is longer than the model's window (one inversion of the
   whole latent, the windows' predictions fused at every step; guided.windowed_denoiser, its
   groups spread over `mesh`)."""
@@ -147,5 +148,5 @@ def invert_in_chunks(dit_params, cond: guided.GuidedConditioning, x0: Array, pla
     return invert_chunk(dit_params, cond, state, chunk_plan, windows, dit_config=dit_config,
                         record_layers=record_layers, mesh=mesh)
 
-  state, aux = sampler_lib.run_in_chunks(run_chunk, solvers.init_state(x0), plan, plan.steps)
+  state, aux = sampler_lib.run_in_chunks(run_chunk, solvers.init_state(x0), plan, plan.steps, on_step)
   return state.x, aux

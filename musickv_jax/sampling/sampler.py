@@ -13,13 +13,14 @@ c_in = 1, c_skip = 1, c_out = t, time t.
 
 Progress: the program has no host callbacks (they would keep it out of JAX's persistent
 compilation cache). Drivers that want progress run the loop in chunks of steps (`run_steps` from
-a carried state, `chunk_length` steps at a time) and report between chunks to the listeners
-registered with `on_step`; the chunks compute exactly what one scan computes.
+a carried state, `chunk_length` steps at a time) and call the listener they were given between
+chunks (`run_in_chunks(..., on_step=listener)`); the chunks compute exactly what one scan
+computes. A listener is an argument, never module state: two runs in two threads each report to
+their own.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,8 @@ from musickv_jax.sampling import solvers
 
 Array = jax.Array
 Denoiser = Callable[[Array, Any, Any], tuple[Array, Any]]
+# listener(steps done, total steps), called between chunks of steps; it may raise to stop the run
+Listener = Callable[[int, int], None]
 
 
 @flax.struct.dataclass
@@ -70,27 +73,6 @@ def make_plan(sigmas, solver: str = "dpmpp-2m", objective: str = "v") -> StepPla
                   for name, value in model_coefficients(sigmas[:-1], objective).items()}
   return StepPlan(sigma=jnp.asarray(sigmas[:-1], jnp.float32), sigma_next=jnp.asarray(sigmas[1:], jnp.float32),
                   second_order=jnp.asarray(solvers.second_order_steps(solver, steps)), **coefficients)
-
-
-# ----------------------------------------------------------------------------- progress
-
-_listeners: list[Callable[[int, int], None]] = []
-
-
-def report_progress(step, total) -> None:
-  """Tells the registered listeners that `step` of `total` steps are done."""
-  for listener in list(_listeners):
-    listener(int(step), int(total))
-
-
-@contextlib.contextmanager
-def on_step(listener: Callable[[int, int], None]):
-  """Calls listener(step, total) after every sampling step run inside the block."""
-  _listeners.append(listener)
-  try:
-    yield
-  finally:
-    _listeners.remove(listener)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -169,15 +151,17 @@ def take_steps(tree, steps: slice):
   return jax.tree.map(lambda a: a[steps], tree)
 
 
-def run_in_chunks(run_chunk: Callable[[Any, Any, Array], tuple[Any, Any]], state, per_step, steps: int):
+def run_in_chunks(run_chunk: Callable[[Any, Any, Array], tuple[Any, Any]], state, per_step, steps: int,
+                  on_step: Listener | None = None):
   """The chunked step loop every driver shares: run_chunk(state, per-step inputs of a chunk, the
-  chunk's step indices) -> (state, aux) for equal chunks of the steps, progress reported to the
-  on_step listeners after each. Returns (final state, aux concatenated over steps, or None)."""
+  chunk's step indices) -> (state, aux) for equal chunks of the steps, on_step(steps done, steps)
+  called after each. Returns (final state, aux concatenated over steps, or None)."""
   recorded = []
   for chunk in chunks(steps):
     state, aux = run_chunk(state, take_steps(per_step, chunk), jnp.arange(chunk.start, chunk.stop))
     recorded.append(aux)
-    report_progress(chunk.stop, steps)
+    if on_step is not None:
+      on_step(chunk.stop, steps)
   if all(aux is None for aux in recorded):
     return state, None
   return state, jax.tree.map(lambda *parts: jnp.concatenate(parts), *recorded)

@@ -61,11 +61,6 @@ def c_in(sigma):
   return jax.lax.rsqrt(jnp.square(sigma) + 1.0)
 
 
-def denoised_from_v(x, v, sigma):
-  """x0 estimate from the model's v prediction; sigma broadcasts over x."""
-  return x / (jnp.square(sigma) + 1.0) - v * sigma * jax.lax.rsqrt(jnp.square(sigma) + 1.0)
-
-
 def init_noise_scale(sigma_max: float, convention: str = "diffusers") -> float:
   """What unit noise is multiplied by to start sampling: diffusers (and MusicKV) use
   sqrt(sigma_max^2 + 1), stable-audio-tools uses sigma_max."""

@@ -12,10 +12,11 @@ import time
 
 import gradio as gr
 
-from musickv_jax.cli.studio.request import EditRequest, RequestError
-from musickv_jax.cli.studio.service import EditOutcome, Studio
-from musickv_jax.cli.studio.worker import Cancelled
+from musickv_jax.jobs import Cancelled
 from musickv_jax.pipeline import presets
+from musickv_jax.studio.request import RequestError
+from musickv_jax.studio.request import StudioRequest as EditRequest
+from musickv_jax.studio.service import EditOutcome, Studio
 
 MAX_EDITS = 4  # edit prompts (and players) per request in the page
 OWN_PRESET = "(the model's own)"

@@ -74,7 +74,7 @@ def body(fv: Flags) -> int:
     from musickv_jax.cli.studio import app  # gradio: the optional extra
   except ImportError as e:
     raise UsageError(f"musickv-studio needs gradio ({e.name} is missing): pip install 'musickv-jax[studio]'") from None
-  from musickv_jax.cli.studio.service import Studio
+  from musickv_jax.studio.service import Studio
 
   models = {}
   for source in fv.model:
@@ -84,7 +84,8 @@ def body(fv: Flags) -> int:
     name = source if name in models else name
     models[name] = (source, model)
   out_dir.mkdir(parents=True, exist_ok=True)
-  studio = Studio(models, out_dir, gather_s=fv.gather_s, rows_per_batch=fv.rows_per_batch)
+  studio = Studio(models, out_dir, gather_s=fv.gather_s, rows_per_batch=fv.rows_per_batch,
+                  command_of=options.edit_command_line)
   page = app.build(studio)
   page.queue(default_concurrency_limit=8)
   try:

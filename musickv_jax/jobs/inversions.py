@@ -1,6 +1,7 @@
 """The inversions of recordings, kept for the next edit of the same recording: keyed by the audio's
-content (as the model hears it: segment, channels, sample rate), the source prompt, the model and
-every inversion setting (steps included). Bounded: the least recently used goes first."""
+content (as the model hears it: segment, channels, sample rate), the source prompt, the model,
+every inversion setting (steps included), the windows and the layers whose K/V were recorded.
+Bounded: the least recently used goes first. Thread-safe (a server's requests share one)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ def audio_digest(audio: np.ndarray) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class InversionKey:
-  model: str
+  model: str  # which model inverted it (the caller's name for it)
   audio: str  # audio_digest
   settings: InversionSettings  # prompt, steps, variant, order, seconds, latent sampling
   windows: tuple  # the window geometry asked for (a long recording's layout)
+  record_layers: tuple[int, ...] = ()  # layers whose K/V the inversion recorded
 
 
 @dataclasses.dataclass

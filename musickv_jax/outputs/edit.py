@@ -6,8 +6,8 @@ index.html, the listening page."""
 from __future__ import annotations
 
 from musickv_jax.audio import save_wav
-from musickv_jax.cli import listening
-from musickv_jax.cli.outputs import OutputSet, write_json
+from musickv_jax.outputs import listening
+from musickv_jax.outputs.sets import OutputSet, write_json
 from musickv_jax.metrics import spectrogram
 
 

@@ -1,7 +1,7 @@
 """Studio: the models (loaded once), the worker that runs them, and what an edit leaves behind --
-the files and the edit.json record musickv-edit writes (cli.edit_outputs), in a folder of its own
+the files and the edit.json record musickv-edit writes (jobs.results), in a folder of its own
 under the output folder, and the music metrics of musickv-evaluate (research.evaluation) of each
-edit against its source. No gradio here: the page and the API (app.py) call Studio.edit."""
+edit against its source. No gradio here: the page and the API (cli/studio/app.py) call Studio.edit."""
 
 from __future__ import annotations
 
@@ -10,20 +10,21 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from musickv_jax import files
+from musickv_jax import files, jobs
 from musickv_jax.audio import load_audio
 from musickv_jax.checkpoint import LoadedModel
-from musickv_jax.cli.edit_outputs import outputs_record, write_edit_outputs
-from musickv_jax.cli.outputs import OutputSet
-from musickv_jax.cli.record import provenance
-from musickv_jax.cli.studio.inversions import InversionCache
-from musickv_jax.cli.studio.request import EditRequest, RequestError, edit_defaults, one_line, resolve
-from musickv_jax.cli.studio.worker import Cancelled, Progress, Task, Worker
 from musickv_jax.errors import MusicKVError
+from musickv_jax.jobs import Cancelled
+from musickv_jax.outputs.sets import OutputSet
 from musickv_jax.research.evaluation import evaluate
+from musickv_jax.studio.request import RequestError, StudioRequest, name_of, one_line
+from musickv_jax.studio.worker import Progress, Task, TaskResult, Worker
+
+# the command that makes the same edit (the command-line layer knows its flags): (model source, request) -> text
+CommandOf = Callable[[str, jobs.EditRequest], str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,16 +77,17 @@ class EditOutcome:
 
 class Studio:
   def __init__(self, models: Mapping[str, tuple[str, LoadedModel]], output_dir: Path, *, gather_s: float = 0.2,
-               rows_per_batch: int = 8, cache_size: int = 16):
-    """models: name shown -> (the --model it came from, the loaded model)."""
+               rows_per_batch: int = 8, cache_size: int = 16, command_of: CommandOf = lambda source, request: ""):
+    """models: name shown -> (where it was loaded from, the loaded model). command_of: the command
+    line of the same edit, recorded in its edit.json."""
     if not models:
       raise ValueError("the studio needs at least one model")
     self.sources = {name: source for name, (source, _) in models.items()}
     self.models = {name: model for name, (_, model) in models.items()}
     self.output_dir = Path(output_dir)
-    self.cache = InversionCache(cache_size)
+    self.cache = jobs.InversionCache(cache_size)
     self.worker = Worker(self.models, self.cache, gather_s=gather_s, rows_per_batch=rows_per_batch)
-    self._flag_defaults = edit_defaults()
+    self.command_of = command_of
     self._count = itertools.count(1)
     self._lock = threading.Lock()  # matplotlib (the spectrogram) draws one figure at a time
     self._cancels: dict[str, set[threading.Event]] = {}
@@ -96,7 +98,7 @@ class Studio:
 
   def defaults(self, name: str) -> ModelDefaults:
     model = self.models[name]
-    resolved = resolve(EditRequest("source", ("edit",)), model, self._flag_defaults)
+    resolved = jobs.resolve(dataclasses.replace(jobs.DEFAULTS, prompts=("source", "edit")), model)
     gen = resolved.settings.generation
     return ModelDefaults(gen.num_inference_steps, float(gen.guidance_scale), round(gen.resolved_end(model.config), 2),
                          gen.sampler, ",".join(str(v) for v in resolved.settings.vital_layers or ()),
@@ -125,18 +127,22 @@ class Studio:
       event.set()
     return len(events)
 
-  def edit(self, request: EditRequest, model_name: str | None = None, *, progress: Progress | None = None,
+  def edit(self, request: StudioRequest, model_name: str | None = None, *, progress: Progress | None = None,
            session: str = "") -> EditOutcome:
     """Runs one edit (waiting for its turn and batch) and writes its outputs. Raises RequestError
     (one line) for a request the studio refuses, Cancelled when cancelled."""
     name = model_name or self.model_names[0]
     if name not in self.models:
       raise RequestError(f"model {name!r} is not loaded here; choose one of {', '.join(self.models)}")
-    model = self.models[name]
     start = time.perf_counter()
-    resolved = resolve(request, model, self._flag_defaults)
-    task = Task(id=f"{time.strftime('%Y%m%d-%H%M%S')}-{next(self._count):04d}", model=name, resolved=resolved,
-                progress=progress)
+    edit_request = request.edit_request()
+    try:  # refused at once, before the queue: a bad request never waits for a batch
+      jobs.check_combinations(edit_request)
+      jobs.resolve(edit_request, self.models[name])
+    except MusicKVError as e:
+      raise RequestError(one_line(e, request.audio)) from None
+    task = Task(id=f"{time.strftime('%Y%m%d-%H%M%S')}-{next(self._count):04d}", model=name, request=edit_request,
+                upload=request.audio, progress=progress)
     self._cancels.setdefault(session, set()).add(task.cancel)
     try:
       done = self.worker.submit(task).result()
@@ -144,29 +150,22 @@ class Studio:
       self._cancels[session].discard(task.cancel)
     if task.cancel.is_set():
       raise Cancelled("cancelled")
-    seconds = time.perf_counter() - start
-    return self._write(name, resolved, task.id, done, seconds)
+    return self._write(name, request, task.id, done, time.perf_counter() - start)
 
-  def _write(self, name, resolved, task_id, done, seconds) -> EditOutcome:
-    model, result = self.models[name], done.result
-    real_audio = resolved.recording is not None
-    request = resolved.request
-    command = resolved.command_line(self.sources[name])
-    record = provenance(model, seconds) | result.describe() | {
-        "command": command, "preset": resolved.chosen.preset.name, "outputs": outputs_record(result, real_audio),
-        "studio": {"model": name, "inversion_cached": done.inversion_cached,
-                   "inversion_seconds": round(done.inversion_seconds, 3), "batch_requests": done.batch_requests,
-                   "sampling_seconds": round(done.sampling_seconds, 3), "notes": list(resolved.notes)}}
-    record["editing"]["schedule"] = resolved.chosen.schedule_name
-    record["resolved"]["shared_initial_noise"] = not real_audio
-    if real_audio:
-      record["real_audio"] |= {"input_audio": Path(request.audio).name, "input_start_s": resolved.values.input_start_s,
-                               "input_end_s": resolved.values.input_end_s,
-                               "source_sample_rate": resolved.recording.source_rate}
+  def _write(self, name: str, request: StudioRequest, task_id: str, done: TaskResult, seconds: float) -> EditOutcome:
+    model, prepared, result = self.models[name], done.prepared, done.result
+    real_audio = request.audio is not None
+    command = self.command_of(self.sources[name], prepared.request)
+    upload = Path(request.audio).name if real_audio else None
+    record = jobs.edit_record(model, prepared, result, seconds, command, input_audio=upload, extra={
+        "command": command,
+        "studio": {"model": name, "inversion_cached": prepared.inversion_cached,
+                   "inversion_seconds": round(prepared.inversion_seconds, 3), "batch_requests": done.batch_requests,
+                   "sampling_seconds": round(done.sampling_seconds, 3),
+                   "notes": prepared.resolved.described_notes(name_of) + list(prepared.warnings)}})
     folder = self.output_dir / task_id
     with self._lock, OutputSet(folder, announce=False) as outputs:
-      write_edit_outputs(outputs, result, record, recording=resolved.recording,
-                         input_label=Path(request.audio).name if real_audio else "")
+      jobs.stage_job(outputs, prepared, result, record, input_label=upload or "")
       outputs.commit()
     wavs = [folder / output["file"] for output in record["outputs"]]
     roles = [output["role"] for output in record["outputs"]]
@@ -175,7 +174,7 @@ class Studio:
     input_wav = folder / "input.wav" if real_audio else None
     metrics = self._metrics(folder, input_wav or source, ([source] if real_audio else []) + list(edits))
     return EditOutcome(folder, input_wav, source, edits, folder / "spectrograms.png", folder / "edit.json", metrics,
-                       done.inversion_cached, done.batch_requests, seconds, command)
+                       prepared.inversion_cached, done.batch_requests, seconds, command)
 
   def _metrics(self, folder: Path, reference: Path, clips: list[Path]) -> Metrics:
     """musickv-evaluate --source reference --edits clips, also written to metrics.json."""
