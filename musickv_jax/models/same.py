@@ -30,8 +30,8 @@ exactly F x hop samples; trimming to a wanted length is the caller's business.
 
 Inside, activations are (B, time, channels); the API is channels-first like PyTorch. Weight norm
 (the channel mapping convs) is folded by the converter; the bottleneck's running std is a
-parameter. The released SAME-S configuration uses a different (chunked) attention elsewhere; the
-diffusers reference, and this port, use the band.
+parameter. (Stability's CPU port of SAME-S computes the band as chunked attention with a midpoint
+shift; the diffusers reference, and this port, compute the band itself.)
 """
 
 from __future__ import annotations
@@ -409,6 +409,7 @@ class SAME(nn.Module):
 
   def setup(self):
     cfg = self.config
+    cfg.validate()
     self.encoder = SAMEEncoder(cfg)
     self.decoder = SAMEDecoder(cfg)
     self.bottleneck = SoftNormBottleneck(cfg.latent_dim)
@@ -426,7 +427,8 @@ class SAME(nn.Module):
     p = cfg.patch_size
     audio = jnp.pad(audio, [(0, 0), (0, 0), (0, -samples % p)])
     n = audio.shape[-1] // p
-    patches = audio.reshape(batch, channels, n, p).transpose(0, 2, 1, 3).reshape(batch, n, channels * p)  # (B, n, C*P), channel c*P + p
+    # (B, C, n, P) -> (B, n, C, P) -> (B, n, C*P): patch channel c * P + p, the reference's order
+    patches = audio.reshape(batch, channels, n, p).transpose(0, 2, 1, 3).reshape(batch, n, channels * p)
     x = self.encoder(patches.astype(to_jnp_dtype(cfg.dtype)))  # (B, F, latent)
     latents = self.bottleneck.encode(x).transpose(0, 2, 1)  # (B, latent, F)
     chex.assert_shape(latents, (batch, cfg.latent_dim, -(-samples // cfg.hop_length)))
@@ -442,7 +444,7 @@ class SAME(nn.Module):
     x = self.bottleneck.decode(latents.transpose(0, 2, 1))
     x = self.decoder(x.astype(to_jnp_dtype(cfg.dtype)), frame_offset)  # (B, n, C*P)
     n, c, p = x.shape[1], cfg.audio_channels, cfg.patch_size
-    audio = x.reshape(batch, n, c, p).transpose(0, 2, 1, 3).reshape(batch, c, n * p)
+    audio = x.reshape(batch, n, c, p).transpose(0, 2, 1, 3).reshape(batch, c, n * p)  # (B, C, n*P)
     chex.assert_shape(audio, (batch, c, frames * cfg.hop_length))
     return audio.astype(wide(audio.dtype))
 
