@@ -24,14 +24,14 @@ reference's docstring says "the trailing k"; we do what its code does).
 Lengths: `encode` accepts any number of samples T. Like the reference it right-pads the audio
 with zeros to a multiple of patch_size, and then each encoder block right-pads its input frames
 with zeros to a multiple of its stride (zeros in that block's input space, before its channel
-mapping; the padded frames take part in attention). The result has ceil(T / hop) frames, the last
-one computed partly from padding; nothing is cropped or masked. `decode` of F frames returns
-exactly F x hop samples; trimming to a wanted length is the caller's business.
+mapping). The padding is not masked: padded frames take part in attention like real ones, so the
+last latent frames (those within the encoder's reach of the end) depend on how much padding there
+was. The result has ceil(T / hop) frames; nothing is cropped. `decode` of F frames returns exactly
+F x hop samples; trimming to a wanted length is the caller's business.
 
 Inside, activations are (B, time, channels); the API is channels-first like PyTorch. Weight norm
 (the channel mapping convs) is folded by the converter; the bottleneck's running std is a
-parameter. (Stability's CPU port of SAME-S computes the band as chunked attention with a midpoint
-shift; the diffusers reference, and this port, compute the band itself.)
+parameter.
 """
 
 from __future__ import annotations
@@ -84,6 +84,11 @@ class SAMEConfig:
   decoder_sinusoidal_blocks: tuple[int, ...] = (0,)
   sampling_rate: int = 44100
   dtype: str = "float32"  # matmul dtype; norms, softmax, rotary and the bottleneck stay float32
+
+  def __post_init__(self):  # lists (as in config.json) become tuples: the config is a static, hashable jit argument
+    for f in dataclasses.fields(self):
+      if isinstance(getattr(self, f.name), list):
+        object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
 
   @property
   def hop_length(self) -> int:
