@@ -20,7 +20,7 @@ from musickv_jax.errors import TokenizerError
 
 log = logging.getLogger(__name__)
 
-PIPELINE_MAX_LENGTH = 256  # StableAudio3Pipeline.encode_prompt's cap ("from the reference checkpoint model_config.json")
+PIPELINE_MAX_LENGTH = 256  # StableAudio3Pipeline.encode_prompt's cap (it cites the reference model_config.json)
 
 
 def load_gemma_tokenizer(directory: str | Path):
