@@ -129,20 +129,21 @@ def t5gemma_config_from_hf(config_dict: Mapping, max_length: int = 256, dtype: s
   layers = _number(raw, "num_hidden_layers")
   heads = _number(raw, "num_attention_heads")
   hidden = _number(raw, "hidden_size")
-  head_dim = raw.get("head_dim") or hidden // heads  # transformers: head_dim, else hidden_size // heads
+  head_dim = _number(raw, "head_dim") if raw.get("head_dim") is not None else hidden // heads  # as transformers
   layer_types = raw.get("layer_types")
+  if layer_types is not None and not isinstance(layer_types, (list, tuple)):
+    raise ConfigError(f"T5Gemma config: layer_types must be a list, got {layer_types!r}")
   layer_types = alternating_layer_types(layers) if layer_types is None else tuple(layer_types)
   softcap = raw.get("attn_logit_softcapping", 50.0)
   sliding = raw.get("sliding_window", 4096)
-  if sliding is None:
+  if sliding is None:  # allowed when no layer slides; the value is then never read
     if any(t == "sliding_attention" for t in layer_types):
       raise ConfigError("T5Gemma config: sliding_window is null but layer_types has sliding_attention layers")
-    sliding = 1  # never read: every layer is full
+    sliding = 1
   cfg = T5GemmaConfig(
       vocab_size=_number(raw, "vocab_size"), hidden_size=hidden, intermediate_size=_number(raw, "intermediate_size"),
       num_hidden_layers=layers, num_attention_heads=heads,
-      num_key_value_heads=_number(raw, "num_key_value_heads", heads), head_dim=_number({"head_dim": head_dim},
-                                                                                        "head_dim"),
+      num_key_value_heads=_number(raw, "num_key_value_heads", heads), head_dim=head_dim,
       query_pre_attn_scalar=_number(raw, "query_pre_attn_scalar", 256, float),
       attn_logit_softcapping=None if softcap is None else _number(raw, "attn_logit_softcapping", kind=float),
       sliding_window=_number({"sliding_window": sliding}, "sliding_window"), layer_types=layer_types,
