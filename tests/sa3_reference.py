@@ -31,9 +31,9 @@ Shared by the three pipelines
   from the tokenizer files, not the pipeline; the tiny one adds `<bos>` only, as Gemma's do (not
   checked against T5Gemma's gated files), so the empty prompt is `[<bos>]` plus padding.
   `prompt_embeds = text_encoder(ids, attention_mask=mask)[0]` (P 275): the T5Gemma encoder's last
-  hidden state after its final (1 + w) RMSNorm, no projection. T5Gemma's position ids are `arange(seq_len)` whatever the padding (transformers
-  models/t5gemma/modeling_t5gemma.py, `T5GemmaEncoder.forward`): with left padding the first real
-  token does not sit at position 0. The mask returned is the tokenizer's (1 = token, 0 = pad).
+  hidden state after its final (1 + w) RMSNorm, no projection. T5Gemma's position ids are
+  `arange(seq_len)` whatever the padding (transformers models/t5gemma/modeling_t5gemma.py,
+  `T5GemmaEncoder.forward`): with left padding the first real token does not sit at position 0. The mask returned is the tokenizer's (1 = token, 0 = pad).
 - Duration (P 289-311; M 90-109): `duration_embedder(tensor([duration] * B))`: clamp to
   [min_val, max_val], normalise to [0, 1], `cat(cos, sin)(2 pi t freqs)` with `freqs`
   log-spaced in [min_freq, max_freq] (a buffer holding that formula, not a learned weight, computed
@@ -42,8 +42,9 @@ Shared by the three pipelines
   ~6e4 rad, so a float64 or differently ordered computation differs by ~1e-3 rad: compute it in
   float32 the same way. The DiT's timestep features do the same with sigma (D 82-90; freqs
   recomputed on the fly, max_freq 10000). The same duration vector is used twice: as
-  `global_hidden_states` (AdaLN) and appended as one extra context token after the text tokens with mask 1 (`prepare_cross_attention`, P 313-333,
-  context = `cat([prompt_embeds, duration_token], 1)`, P 330).
+  `global_hidden_states` (AdaLN) and appended as one extra context token after the text tokens,
+  with mask 1 (`prepare_cross_attention`, P 313-333: `cat([prompt_embeds, duration_token], 1)`,
+  P 330).
 - The DiT (D 521-632) then replaces every position whose mask is 0 by the learned
   `prompt_padding_embedding` in the raw context space and attends to all positions without a mask
   (D 551-555); the timestep it receives is sigma itself (`num_train_timesteps=1`, S 376, the
