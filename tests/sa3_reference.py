@@ -33,7 +33,8 @@ Shared by the three pipelines
   `prompt_embeds = text_encoder(ids, attention_mask=mask)[0]` (P 275): the T5Gemma encoder's last
   hidden state after its final (1 + w) RMSNorm, no projection. T5Gemma's position ids are
   `arange(seq_len)` whatever the padding (transformers models/t5gemma/modeling_t5gemma.py,
-  `T5GemmaEncoder.forward`): with left padding the first real token does not sit at position 0. The mask returned is the tokenizer's (1 = token, 0 = pad).
+  `T5GemmaEncoder.forward`): with left padding the first real token does not sit at position 0.
+  The mask returned is the tokenizer's (1 = token, 0 = pad).
 - Duration (P 289-311; M 90-109): `duration_embedder(tensor([duration] * B))`: clamp to
   [min_val, max_val], normalise to [0, 1], `cat(cos, sin)(2 pi t freqs)` with `freqs`
   log-spaced in [min_freq, max_freq] (a buffer holding that formula, not a learned weight, computed
