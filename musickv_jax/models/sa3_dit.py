@@ -1,0 +1,454 @@
+"""The Stable Audio 3 diffusion transformer (diffusers' StableAudio3DiTModel) with the MusicKV hook.
+
+Shapes: latents x (B, C, T) channels-first; inside, tokens are (B, S, D) with
+S = M + T / patch_size: `num_memory_tokens` (M) learned tokens are prepended to the audio frames
+and dropped before the output. The `depth` identical blocks are one stacked parameter tree run
+under `nn.scan` (one compiled block).
+
+Conditioning (what the pipeline builds):
+  * cross_tokens (B, N, cond_token_dim): text hidden states with the duration embedding appended
+    as one more token. Padded positions (cross_mask False) are replaced by the learned
+    `prompt_padding_embedding` in this raw space; after that the cross-attention is NOT masked.
+  * global_cond (B, global_cond_dim): the duration embedding. Projected, added to the embedding of
+    the timestep (sigma itself, expo Fourier features), then expanded to the 6 AdaLN chunks.
+  * local_cond (B, local_add_cond_dim, T) or None: inpainting conditioning
+    (`cat([mask, reference * mask])`), projected per block and added to the audio positions after
+    the cross-attention, before the feed-forward.
+
+Block: RMSNorm, AdaLN (scale, shift) -> self-attention (RMS q/k norm, rotary on the first half of
+each head's channels, positions counting the memory tokens first; differential:
+attn(q1, k1, v) - attn(q2, k2, v) with no lambda) gated by sigmoid(1 - gate) -> RMSNorm ->
+cross-attention (differential too, not modulated) -> + local conditioning -> RMSNorm, AdaLN ->
+SwiGLU feed-forward gated by sigmoid(1 - gate). The AdaLN chunks, in order scale, shift, gate
+(attention), scale, shift, gate (feed-forward), are the shared modulation plus a learned per-block
+vector.
+
+The MusicKV hook takes `models.dit.KVControls` with the semantics of `models.dit.StableAudioDiT`
+(inject_weight, source_index, injected, bypass, blend_layers, record_layers). What is blended and
+recorded are the keys and values the attention actually sees: after the q/k RMSNorm and after the
+rotary embedding (a blend does not commute with the norm). With differential attention the keys
+are both branches side by side:
+    k = concat([k1, k2], axis=-1)  (B, S, H, 2 * head_dim),   v (B, S, H, head_dim);
+without it k is (B, S, H, head_dim). A recorded KVCache holds k (n, B, S, H, 2D or D) and
+v (n, B, S, H, D). Blending is `models.attention.blend_kv` (exact at weight 0 and 1).
+
+Every one of the S positions is blended, the memory tokens included: after the first layer their
+states depend on the whole sequence (they attend to every audio frame), so they carry the source's
+content like the frames do, and blending all of S makes weight 1 mean "attend exactly to the
+source's keys and values" (Stable Audio Open's prepended global token is blended for the same
+reason). Rotary positions are identical for source and edit, so blending after the rotation is the
+same as rotating the blend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from musickv_jax.config import ATTENTION_IMPLEMENTATIONS, to_jnp_dtype
+from musickv_jax.errors import ConfigError, SettingsError
+from musickv_jax.models import attention_kernels
+from musickv_jax.models.attention import QKNorm, apply_rotary, blend_kv, rotary_tables
+from musickv_jax.models.dit import KVCache, KVControls, LayerInputs, _validate_controls
+from musickv_jax.models.layers import MLP2, Dense, dense_apply, dense_init, in_row_blocks, wide
+from musickv_jax.models.sa3_conditioning import expo_features, expo_frequencies
+
+Array = jax.Array
+
+# The DiT's timestep features (diffusers builds StableAudio3ExpoFourierFeatures with its defaults).
+TIME_MIN_FREQ = 0.5
+TIME_MAX_FREQ = 10000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SA3DiTConfig:
+  """diffusers' StableAudio3DiTModel (its config.json names in comments where they differ)."""
+
+  io_channels: int = 256  # latent channels in and out
+  patch_size: int = 1  # latent frames per transformer token
+  embed_dim: int = 1536
+  depth: int = 24
+  num_heads: int = 24
+  cond_token_dim: int = 768  # width of the raw cross-attention tokens (text + duration)
+  global_cond_dim: int = 768  # width of the duration embedding
+  local_add_cond_dim: int = 257  # inpainting conditioning channels (mask + masked latents)
+  time_features_dim: int = 256  # timestep_features_dim: expo Fourier features of sigma (cos | sin)
+  ff_mult: float = 4.0
+  num_memory_tokens: int = 64
+  differential: bool = True  # use_differential_attention
+  rotary_base: float = 10000.0
+  norm_eps: float = 1e-6  # every RMSNorm (residual stream and q/k)
+  # the largest latent length accepted: SA3 trains on variable lengths and has no fixed window; the
+  # default is the duration embedder's 384 s at 44.1 kHz / 4096 (ceil(384 * 44100 / 4096))
+  sample_size: int = 4135
+  dtype: str = "float32"  # matmul dtype; norms, softmax, features and modulation gates stay float32
+  attention: str = "auto"  # how attention is computed (models/attention_kernels.py): a speed setting
+
+  @property
+  def head_dim(self) -> int:
+    return self.embed_dim // self.num_heads
+
+  @property
+  def rotary_dim(self) -> int:
+    """Channels of each head that get rotary embedding: diffusers builds its rotary table for
+    head_dim // 2."""
+    return self.head_dim // 2
+
+  @property
+  def key_dim(self) -> int:
+    """Width of a head's keys as the hook sees them: k1 | k2 with differential attention."""
+    return 2 * self.head_dim if self.differential else self.head_dim
+
+  @property
+  def ff_inner_dim(self) -> int:
+    return int(self.embed_dim * self.ff_mult)
+
+  def validate(self) -> None:
+    if self.embed_dim % self.num_heads:
+      raise ConfigError(f"sa3_dit.embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
+    if self.head_dim % 4:
+      raise ConfigError(f"sa3_dit head_dim {self.head_dim} must be a multiple of 4 (rotary on an even half)")
+    if self.time_features_dim % 2 or self.time_features_dim < 2:
+      raise ConfigError(f"sa3_dit.time_features_dim {self.time_features_dim} must be even and at least 2")
+    for name in ("io_channels", "patch_size", "depth", "cond_token_dim", "global_cond_dim", "local_add_cond_dim",
+                 "sample_size"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"sa3_dit.{name} must be at least 1, got {getattr(self, name)}")
+    if self.num_memory_tokens < 0:
+      raise ConfigError(f"sa3_dit.num_memory_tokens must be at least 0, got {self.num_memory_tokens}")
+    if self.ff_inner_dim < 1:
+      raise ConfigError(f"sa3_dit.ff_mult {self.ff_mult} gives no feed-forward width")
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise SettingsError(f"{{field}} must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}",
+                          field="attention")
+    to_jnp_dtype(self.dtype)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+class RMSNorm(nn.Module):
+  """x * rsqrt(mean(x^2) + eps) * scale over the last axis, computed in float32 (or wider)."""
+
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+    dtype = wide(x.dtype)
+    x32 = x.astype(dtype)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    return (y * scale.astype(dtype)).astype(x.dtype)
+
+
+def modulate(x: Array, shift: Array, scale: Array) -> Array:
+  """AdaLN: x (B, S, D) * (1 + scale) + shift, with scale, shift (B, D) broadcast over S."""
+  dtype = wide(x.dtype)
+  out = x.astype(dtype) * (1 + scale.astype(dtype)[:, None, :]) + shift.astype(dtype)[:, None, :]
+  return out.astype(x.dtype)
+
+
+def gated(x: Array, gate: Array) -> Array:
+  """x (B, S, D) * sigmoid(1 - gate) with gate (B, D): the residual branches' AdaLN gate."""
+  dtype = wide(x.dtype)
+  return (x.astype(dtype) * jax.nn.sigmoid(1 - gate.astype(dtype))[:, None, :]).astype(x.dtype)
+
+
+def _split_heads(x: Array, num_heads: int) -> Array:
+  return x.reshape(*x.shape[:-1], num_heads, x.shape[-1] // num_heads)  # (B, S, H*D) -> (B, S, H, D)
+
+
+def _attend(q: Array, k: Array, v: Array, head_dim: int, implementation: str, self_attention: bool) -> Array:
+  """softmax(q k^T / sqrt(D)) v, or its differential form when q, k hold two branches side by side:
+  q, k (B, Sq|Sk, H, 2D), v (B, Sk, H, D) -> attn(q1, k1, v) - attn(q2, k2, v)."""
+  run = lambda q, k: attention_kernels.attention(q, k, v, implementation, self_attention=self_attention)  # noqa: E731
+  if q.shape[-1] == head_dim:
+    return run(q, k)
+  q1, q2 = jnp.split(q, 2, axis=-1)
+  k1, k2 = jnp.split(k, 2, axis=-1)
+  return run(q1, k1) - run(q2, k2)  # (B, Sq, H, D)
+
+
+class SA3SelfAttention(nn.Module):
+  """Self-attention in two halves around the hook (like models.attention.SelfAttention):
+    * `qkv(x, rope)` returns q, k (B, S, H, 2D or D), v (B, S, H, D): normalised and rotated, the
+      K/V a cache records and a blend replaces;
+    * `attend(q, k, v)` finishes the layer from (possibly replaced) K/V.
+  One fused projection gives [q1 | q2 | k1 | k2 | v] (differential) or [q | k | v]; one q norm and
+  one k norm serve both branches."""
+
+  config: SA3DiTConfig
+
+  def setup(self):
+    cfg = self.config
+    dtype = to_jnp_dtype(cfg.dtype)
+    parts = 5 if cfg.differential else 3
+    self.qkv_proj = Dense(parts * cfg.embed_dim, use_bias=False, dtype=dtype)
+    self.out = Dense(cfg.embed_dim, use_bias=False, dtype=dtype)
+    self.q_norm = QKNorm("rms", cfg.norm_eps)
+    self.k_norm = QKNorm("rms", cfg.norm_eps)
+
+  def qkv(self, x: Array, rope: tuple[Array, Array]) -> tuple[Array, Array, Array]:
+    cfg = self.config
+    cos, sin = rope
+    parts = jnp.split(self.qkv_proj(x), 5 if cfg.differential else 3, axis=-1)  # each (B, S, D_model)
+    parts = [_split_heads(p, cfg.num_heads) for p in parts]  # each (B, S, H, D)
+    branches = 2 if cfg.differential else 1
+    qs, ks, v = parts[:branches], parts[branches:2 * branches], parts[-1]
+    qs = [apply_rotary(self.q_norm(q), cos, sin) for q in qs]
+    ks = [apply_rotary(self.k_norm(k), cos, sin) for k in ks]
+    return jnp.concatenate(qs, axis=-1), jnp.concatenate(ks, axis=-1), v
+
+  def attend(self, q: Array, k: Array, v: Array) -> Array:
+    cfg = self.config
+    out = _attend(q, k, v, cfg.head_dim, cfg.attention, self_attention=True)  # (B, S, H, D)
+    return self.out(out.reshape(*out.shape[:2], -1))
+
+
+class SA3CrossAttention(nn.Module):
+  """Cross-attention to the projected context: to_q [q1 | q2], to_kv [k1 | k2 | v] (differential) or
+  q and [k | v]; RMS q/k norm; no rotary, no mask."""
+
+  config: SA3DiTConfig
+
+  @nn.compact
+  def __call__(self, x: Array, context: Array) -> Array:
+    cfg = self.config
+    dtype = to_jnp_dtype(cfg.dtype)
+    branches = 2 if cfg.differential else 1
+    qs = jnp.split(Dense(branches * cfg.embed_dim, use_bias=False, dtype=dtype, name="q")(x), branches, axis=-1)
+    kvs = jnp.split(Dense((branches + 1) * cfg.embed_dim, use_bias=False, dtype=dtype, name="kv")(context),
+                    branches + 1, axis=-1)
+    q_norm, k_norm = QKNorm("rms", cfg.norm_eps, name="q_norm"), QKNorm("rms", cfg.norm_eps, name="k_norm")
+    q = jnp.concatenate([q_norm(_split_heads(p, cfg.num_heads)) for p in qs], axis=-1)  # (B, S, H, bD)
+    k = jnp.concatenate([k_norm(_split_heads(p, cfg.num_heads)) for p in kvs[:-1]], axis=-1)  # (B, N, H, bD)
+    v = _split_heads(kvs[-1], cfg.num_heads)  # (B, N, H, D)
+    out = _attend(q, k, v, cfg.head_dim, cfg.attention, self_attention=False)  # (B, S, H, D)
+    return Dense(cfg.embed_dim, use_bias=False, dtype=dtype, name="out")(out.reshape(*out.shape[:2], -1))
+
+
+@flax.struct.dataclass
+class SA3SharedInputs:
+  """What every block gets alike (broadcast over the scan).
+
+  context: (B, N, D) projected cross-attention tokens.
+  modulation: (B, 6 D) the shared AdaLN signal (each block adds its own vector).
+  rope: cos, sin tables (S, rotary_dim).
+  local: (B, T, local_add_cond_dim) inpainting conditioning, or None.
+  source_index: (B,) int32, the row of the reference each row blends in, or None.
+  injected_k: (n, R, S, H, 2D or D), injected_v: (n, R, S, H, D), an external cache, or None.
+  """
+
+  context: Array
+  modulation: Array
+  rope: tuple[Array, Array]
+  local: Array | None = None
+  source_index: Array | None = None
+  injected_k: Array | None = None
+  injected_v: Array | None = None
+
+  @property
+  def has_reference(self) -> bool:
+    return self.source_index is not None or self.injected_k is not None
+
+
+class SA3DiTBlock(nn.Module):
+  """One block (see the module docstring); scanned over layers. carry: (h (B, S, D), record_k,
+  record_v) with the record buffers (n, B, S, H, 2D or D) / (n, B, S, H, D) or None."""
+
+  config: SA3DiTConfig
+
+  @nn.compact
+  def __call__(self, carry, layer: LayerInputs, shared: SA3SharedInputs):
+    cfg = self.config
+    dtype = to_jnp_dtype(cfg.dtype)
+    h, record_k, record_v = carry
+    memory = cfg.num_memory_tokens
+
+    bias = self.param("modulation_bias", nn.initializers.normal(cfg.embed_dim ** -0.5), (6 * cfg.embed_dim,))
+    modulation = bias.astype(jnp.float32) + shared.modulation.astype(jnp.float32)  # (B, 6D)
+    scale_attn, shift_attn, gate_attn, scale_ff, shift_ff, gate_ff = jnp.split(modulation, 6, axis=-1)
+
+    attn = SA3SelfAttention(cfg, name="self_attn")
+    x = modulate(RMSNorm(cfg.norm_eps, name="self_norm")(h), shift_attn, scale_attn)
+    q, k, v = attn.qkv(x, shared.rope)  # the keys and values attention sees (after norm and rotary)
+    own_k, own_v = k, v
+
+    if shared.has_reference:  # blend toward the reference; weight 0 (no reference here) is exact
+      def blended(k, v):
+        if shared.injected_k is None:  # joint: the reference rows are this batch
+          ref_k, ref_v = k, v
+        else:  # cached: the reference comes from outside
+          ref_k = jax.lax.dynamic_index_in_dim(shared.injected_k, layer.read_slot, keepdims=False)
+          ref_v = jax.lax.dynamic_index_in_dim(shared.injected_v, layer.read_slot, keepdims=False)
+        if shared.source_index is not None:
+          ref_k = jnp.take(ref_k, shared.source_index, axis=0)
+          ref_v = jnp.take(ref_v, shared.source_index, axis=0)
+        return blend_kv(k, ref_k.astype(k.dtype), layer.weight), blend_kv(v, ref_v.astype(v.dtype), layer.weight)
+
+      # only the layers that inject pay for the blend (as in models/dit.py)
+      k, v = jax.lax.cond(layer.blends, blended, lambda k, v: (k, v), k, v)
+
+    if record_k is not None:  # write this layer's own K/V into its slot if it is recorded
+      slot = layer.record_slot
+      old_k = jax.lax.dynamic_index_in_dim(record_k, slot, keepdims=False)
+      old_v = jax.lax.dynamic_index_in_dim(record_v, slot, keepdims=False)
+      record_k = jax.lax.dynamic_update_index_in_dim(record_k, jnp.where(layer.recorded, own_k, old_k), slot, 0)
+      record_v = jax.lax.dynamic_update_index_in_dim(record_v, jnp.where(layer.recorded, own_v, old_v), slot, 0)
+
+    attn_out = gated(attn.attend(q, k, v), gate_attn)  # (B, S, D)
+    # bypass: the residual only, no attention term at all
+    h = jnp.where(jnp.reshape(layer.bypass, (-1, 1, 1)), h, h + attn_out)
+
+    h = h + SA3CrossAttention(cfg, name="cross_attn")(RMSNorm(cfg.norm_eps, name="cross_norm")(h), shared.context)
+
+    # inpainting conditioning, added to the audio positions only (declared always: the checkpoint has it)
+    local_in = self.param("local_in", dense_init(cfg.local_add_cond_dim, cfg.embed_dim))
+    local_out = self.param("local_out", dense_init(cfg.embed_dim, cfg.embed_dim))
+    if shared.local is not None:
+      local = dense_apply(local_out, nn.silu(dense_apply(local_in, shared.local, dtype)), dtype)  # (B, T, D)
+      h = jnp.concatenate([h[:, :memory], h[:, memory:] + local.astype(h.dtype)], axis=1)
+
+    ff_in = self.param("ff_in", dense_init(cfg.embed_dim, 2 * cfg.ff_inner_dim))
+    ff_out = self.param("ff_out", dense_init(cfg.ff_inner_dim, cfg.embed_dim))
+
+    def feed_forward(x):  # SwiGLU: (..., D) -> (..., D)
+      x, gate = jnp.split(dense_apply(ff_in, x, dtype), 2, axis=-1)
+      return dense_apply(ff_out, x * nn.silu(gate), dtype)
+
+    x = modulate(RMSNorm(cfg.norm_eps, name="ff_norm")(h), shift_ff, scale_ff)
+    h = h + gated(in_row_blocks(feed_forward, x), gate_ff)
+    return (h, record_k, record_v), None
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class SA3DiT(nn.Module):
+  """Stable Audio 3's DiT: predicts the flow velocity v for latents x at flow time sigma.
+
+  Args to __call__:
+    x: (B, io_channels, T) noisy latent, T <= sample_size and a multiple of patch_size.
+    t: (B,) or () the flow time sigma in [0, 1] (the DiT gets sigma itself).
+    cross_tokens: (B, N, cond_token_dim) raw context tokens (text hidden states + duration token).
+    global_cond: (B, global_cond_dim) the duration embedding.
+    controls: optional models.dit.KVControls (see the module docstring for the K/V shapes).
+    cross_mask: (B, N) bool, True = valid, or None: padded tokens become prompt_padding_embedding.
+    local_cond: (B, local_add_cond_dim, T) inpainting conditioning or None (patch_size 1 only).
+  Returns (v, recorded): v (B, io_channels, T) float32 and a KVCache of the recorded layers (or None).
+  """
+
+  config: SA3DiTConfig
+
+  @nn.compact
+  def __call__(self, x: Array, t: Array, cross_tokens: Array, global_cond: Array,
+               controls: KVControls | None = None, *, cross_mask: Array | None = None,
+               local_cond: Array | None = None) -> tuple[Array, KVCache | None]:
+    cfg = self.config
+    dtype = to_jnp_dtype(cfg.dtype)
+    batch, channels, length = x.shape
+    chex.assert_shape(x, (batch, cfg.io_channels, length))
+    chex.assert_shape(cross_tokens, (batch, None, cfg.cond_token_dim))
+    chex.assert_shape(global_cond, (batch, cfg.global_cond_dim))
+    if length > cfg.sample_size or length % cfg.patch_size:
+      raise ValueError(f"SA3DiT: latent length {length} must be at most sample_size {cfg.sample_size} and a "
+                       f"multiple of patch_size {cfg.patch_size}")
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
+    controls = controls or KVControls()
+    _validate_controls(controls, cfg.depth, batch)
+    memory = cfg.num_memory_tokens
+    frames = length // cfg.patch_size
+    seq = memory + frames
+
+    # padded text positions -> the learned padding embedding, in the raw space; then no mask
+    padding = self.param("prompt_padding_embedding", nn.initializers.normal(0.02), (cfg.cond_token_dim,))
+    if cross_mask is not None:
+      chex.assert_shape(cross_mask, cross_tokens.shape[:2])
+      cross_tokens = jnp.where(jnp.asarray(cross_mask, bool)[..., None], cross_tokens,
+                               padding.astype(cross_tokens.dtype)[None, None, :])
+    context = MLP2(cfg.embed_dim, cfg.embed_dim, use_bias=False, dtype=dtype, name="cond_mlp")(cross_tokens)
+
+    time_freqs = jnp.asarray(expo_frequencies(cfg.time_features_dim, TIME_MIN_FREQ, TIME_MAX_FREQ))
+    time_embed = MLP2(cfg.embed_dim, cfg.embed_dim, use_bias=True, dtype=dtype,
+                      name="timestep_mlp")(expo_features(t, time_freqs))  # (B, D)
+    global_embed = MLP2(cfg.embed_dim, cfg.embed_dim, use_bias=False, dtype=dtype,
+                        name="global_mlp")(global_cond) + time_embed  # (B, D)
+    modulation = MLP2(cfg.embed_dim, 6 * cfg.embed_dim, use_bias=True, dtype=dtype,
+                      name="modulation_mlp")(global_embed)  # (B, 6D)
+
+    tokens = x.transpose(0, 2, 1)  # (B, T, C)
+    tokens = tokens + Dense(channels, use_bias=False, dtype=dtype, name="preprocess_conv")(tokens)
+    tokens = tokens.reshape(batch, frames, cfg.patch_size * channels)  # (B, T/p, p*C): frame-major patches
+    h = Dense(cfg.embed_dim, use_bias=False, dtype=dtype, name="proj_in")(tokens)  # (B, T/p, D)
+    if memory:
+      memory_tokens = self.param("memory_tokens", nn.initializers.normal(0.02), (memory, cfg.embed_dim))
+      h = jnp.concatenate([jnp.broadcast_to(memory_tokens.astype(h.dtype)[None], (batch, memory, cfg.embed_dim)),
+                           h], axis=1)  # (B, S, D)
+
+    local = None
+    if local_cond is not None:
+      if cfg.patch_size > 1:
+        raise ValueError(f"SA3DiT: local_cond needs patch_size 1, the model has {cfg.patch_size}")
+      chex.assert_shape(local_cond, (batch, cfg.local_add_cond_dim, length))
+      local = local_cond.transpose(0, 2, 1)  # (B, T, local_add_cond_dim)
+
+    layer_inputs, records = self._layer_inputs(controls, batch, seq, dtype)
+    shared = SA3SharedInputs(context=context, modulation=modulation,
+                             rope=rotary_tables(seq, cfg.rotary_dim, cfg.rotary_base), local=local,
+                             source_index=controls.source_index,
+                             injected_k=controls.injected.k if controls.injected is not None else None,
+                             injected_v=controls.injected.v if controls.injected is not None else None)
+
+    blocks = nn.scan(SA3DiTBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=(0, nn.broadcast), length=cfg.depth)(cfg, name="blocks")
+    (h, record_k, record_v), _ = blocks((h, *records), layer_inputs, shared)
+
+    out = Dense(cfg.patch_size * channels, use_bias=False, dtype=dtype, name="proj_out")(h[:, memory:])
+    out = out.reshape(batch, length, channels)  # unpatch: (B, T/p, p*C) -> (B, T, C)
+    out = out + Dense(channels, use_bias=False, dtype=dtype, name="postprocess_conv")(out)
+    out = out.transpose(0, 2, 1).astype(wide(out.dtype))  # (B, C, T)
+    recorded = None
+    if controls.record_layers:
+      recorded = KVCache(record_k, record_v, tuple(controls.record_layers))
+    return out, recorded
+
+  def _layer_inputs(self, controls: KVControls, batch: int, seq: int, dtype) -> tuple[LayerInputs, tuple]:
+    """Per-layer scan inputs and the (zeroed) record buffers; checks an injected cache's shapes."""
+    cfg = self.config
+    depth = cfg.depth
+    bypass = controls.bypass if controls.bypass is not None else jnp.zeros((depth,), bool)
+    weight = blends = read_slot = record_slot = recorded = None
+    if controls.injected is not None:
+      held = controls.injected.layers
+      k_shape, v_shape = tuple(controls.injected.k.shape), tuple(controls.injected.v.shape)
+      rows = k_shape[1] if len(k_shape) > 1 else None
+      want_k = (len(held), rows, seq, cfg.num_heads, cfg.key_dim)
+      want_v = (len(held), rows, seq, cfg.num_heads, cfg.head_dim)
+      if k_shape != want_k or v_shape != want_v:
+        raise ValueError(f"KVControls: injected K/V have shapes {k_shape} and {v_shape}; this SA3 DiT and latent "
+                         f"need k {want_k} and v {want_v} (layers, rows, memory tokens + frames, heads, width)")
+    if controls.inject_weight is not None:
+      weight = controls.inject_weight  # (depth, B)
+      blends = (jnp.asarray(controls.blend_layers, bool) if controls.blend_layers is not None
+                else jnp.ones((depth,), bool))
+      if controls.injected is not None:  # only the layers the cache holds can blend
+        held = controls.injected.layers
+        read_slot = jnp.asarray([held.index(i) if i in held else 0 for i in range(depth)], jnp.int32)
+        weight = weight * jnp.asarray([i in held for i in range(depth)], weight.dtype)[:, None]
+        blends = blends & jnp.asarray([i in held for i in range(depth)])
+
+    records = (None, None)
+    if controls.record_layers:
+      rec = tuple(controls.record_layers)
+      record_slot = jnp.asarray([rec.index(i) if i in rec else 0 for i in range(depth)], jnp.int32)
+      recorded = jnp.asarray([i in rec for i in range(depth)])
+      records = (jnp.zeros((len(rec), batch, seq, cfg.num_heads, cfg.key_dim), dtype),
+                 jnp.zeros((len(rec), batch, seq, cfg.num_heads, cfg.head_dim), dtype))
+    layer = LayerInputs(bypass=jnp.asarray(bypass, bool), weight=weight, blends=blends, read_slot=read_slot,
+                        record_slot=record_slot, recorded=recorded)
+    return layer, records
