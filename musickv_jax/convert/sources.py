@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,6 @@ from musickv_jax.config import (
   OBJECTIVES,
   QK_NORMS,
   ConditionerConfig,
-  ConfigError,
   DiffusionConfig,
   DistributionShift,
   DiTConfig,
@@ -34,23 +32,15 @@ from musickv_jax.config import (
   OobleckConfig,
   T5Config,
 )
+from musickv_jax.convert.layout import SourceCheckpoint
+from musickv_jax.convert.sa3_sources import is_sa3_index, read_sa3_diffusers
 from musickv_jax.convert.tables import DIFFUSERS, SAT, t5_ignored
 from musickv_jax.convert.tensors import ConversionError, read_sharded, read_weights
+from musickv_jax.errors import ConfigError
 
 DIFFUSERS_PARTS = ("transformer", "vae", "text_encoder", "projection_model", "tokenizer")
 SAT_WEIGHT_FILES = ("model.safetensors", "model.ckpt")
 _UNSET_MAX_LENGTH = 100_000  # tokenizers without a limit report ~1e30
-
-
-@dataclasses.dataclass
-class SourceCheckpoint:
-  layout: str
-  config: ModelConfig
-  state_dicts: dict[str, dict[str, np.ndarray]]
-  origins: dict[str, str]  # component -> human-readable origin (files)
-  tokenizer_dir: Path
-  ignore: dict[str, Callable[[str], bool]]
-  scheduler: dict | None = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -125,6 +115,11 @@ def _model_config(**parts) -> ModelConfig:
 
 
 def read_diffusers(root: Path) -> SourceCheckpoint:
+  """A diffusers folder: Stable Audio Open's StableAudioPipeline, or Stable Audio 3's pipelines
+  (convert/sa3_sources.py)."""
+  index_path = root / "model_index.json"
+  if index_path.is_file() and is_sa3_index(_read_json(index_path)):
+    return read_sa3_diffusers(root)
   missing = [p for p in DIFFUSERS_PARTS if not (root / p).is_dir()]
   if missing:
     raise ConversionError(f"{root}: diffusers layout is missing the folder(s) {', '.join(missing)}/ "
@@ -132,7 +127,7 @@ def read_diffusers(root: Path) -> SourceCheckpoint:
   index = _read_json(root / "model_index.json")
   if index.get("_class_name") not in (None, "StableAudioPipeline"):
     raise ConversionError(f"{root}: model_index.json describes a {index.get('_class_name')}, "
-                          "not a StableAudioPipeline")
+                          "not a StableAudioPipeline or a Stable Audio 3 pipeline")
 
   def weights(part: str, stems: tuple[str, ...]):
     tensors, files = read_sharded(root / part, stems)

@@ -212,7 +212,7 @@ def sample_on_mesh(dit_params, block: RowBlock, steps: sampler.StepPlan, *, mesh
     return latents
 
   rows = P(placement.DATA_AXIS)
-  spec = RowBlock(cond=guided.GuidedConditioning(rows, rows, rows), x_init=rows,
+  spec = RowBlock(cond=jax.tree.map(lambda _: rows, block.cond), x_init=rows,
                   kv=guided.KVSteps(inject_weight=P(None, None, placement.DATA_AXIS), source_index=rows,
                                     injected=None, bypass=P(None, placement.DATA_AXIS), blend_layers=P()),
                   keys=rows, sample_ids=rows,

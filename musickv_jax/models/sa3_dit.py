@@ -42,7 +42,6 @@ same as rotating the blend.
 
 from __future__ import annotations
 
-import dataclasses
 
 import chex
 import flax.linen as nn
@@ -50,8 +49,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from musickv_jax.config import ATTENTION_IMPLEMENTATIONS, to_jnp_dtype
-from musickv_jax.errors import ConfigError, SettingsError
+from musickv_jax.config import SA3DiTConfig, to_jnp_dtype
 from musickv_jax.models import attention_kernels
 from musickv_jax.models.attention import QKNorm, apply_rotary, blend_kv, rotary_tables
 from musickv_jax.models.dit import KVCache, KVControls, LayerInputs, _validate_controls
@@ -65,68 +63,7 @@ TIME_MIN_FREQ = 0.5
 TIME_MAX_FREQ = 10000.0
 
 
-@dataclasses.dataclass(frozen=True)
-class SA3DiTConfig:
-  """diffusers' StableAudio3DiTModel (its config.json names in comments where they differ)."""
 
-  io_channels: int = 256  # latent channels in and out
-  patch_size: int = 1  # latent frames per transformer token
-  embed_dim: int = 1536
-  depth: int = 24
-  num_heads: int = 24
-  cond_token_dim: int = 768  # width of the raw cross-attention tokens (text + duration)
-  global_cond_dim: int = 768  # width of the duration embedding
-  local_add_cond_dim: int = 257  # inpainting conditioning channels (mask + masked latents)
-  time_features_dim: int = 256  # timestep_features_dim: expo Fourier features of sigma (cos | sin)
-  ff_mult: float = 4.0
-  num_memory_tokens: int = 64
-  differential: bool = True  # use_differential_attention
-  rotary_base: float = 10000.0
-  norm_eps: float = 1e-6  # every RMSNorm (residual stream and q/k)
-  # the largest latent length accepted: SA3 trains on variable lengths and has no fixed window; the
-  # default is the duration embedder's 384 s at 44.1 kHz / 4096 (ceil(384 * 44100 / 4096))
-  sample_size: int = 4135
-  dtype: str = "float32"  # matmul dtype; norms, softmax, features and modulation gates stay float32
-  attention: str = "auto"  # how attention is computed (models/attention_kernels.py): a speed setting
-
-  @property
-  def head_dim(self) -> int:
-    return self.embed_dim // self.num_heads
-
-  @property
-  def rotary_dim(self) -> int:
-    """Channels of each head that get rotary embedding: diffusers builds its rotary table for
-    head_dim // 2."""
-    return self.head_dim // 2
-
-  @property
-  def key_dim(self) -> int:
-    """Width of a head's keys as the hook sees them: k1 | k2 with differential attention."""
-    return 2 * self.head_dim if self.differential else self.head_dim
-
-  @property
-  def ff_inner_dim(self) -> int:
-    return int(self.embed_dim * self.ff_mult)
-
-  def validate(self) -> None:
-    if self.embed_dim % self.num_heads:
-      raise ConfigError(f"sa3_dit.embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
-    if self.head_dim % 4:
-      raise ConfigError(f"sa3_dit head_dim {self.head_dim} must be a multiple of 4 (rotary on an even half)")
-    if self.time_features_dim % 2 or self.time_features_dim < 2:
-      raise ConfigError(f"sa3_dit.time_features_dim {self.time_features_dim} must be even and at least 2")
-    for name in ("io_channels", "patch_size", "depth", "cond_token_dim", "global_cond_dim", "local_add_cond_dim",
-                 "sample_size"):
-      if getattr(self, name) < 1:
-        raise ConfigError(f"sa3_dit.{name} must be at least 1, got {getattr(self, name)}")
-    if self.num_memory_tokens < 0:
-      raise ConfigError(f"sa3_dit.num_memory_tokens must be at least 0, got {self.num_memory_tokens}")
-    if self.ff_inner_dim < 1:
-      raise ConfigError(f"sa3_dit.ff_mult {self.ff_mult} gives no feed-forward width")
-    if self.attention not in ATTENTION_IMPLEMENTATIONS:
-      raise SettingsError(f"{{field}} must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}",
-                          field="attention")
-    to_jnp_dtype(self.dtype)
 
 
 # ----------------------------------------------------------------------------- pieces

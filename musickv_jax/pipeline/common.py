@@ -25,7 +25,10 @@ Listener = sampler.Listener
 
 def latent_frames(settings: GenerationSettings, config: ModelConfig) -> int:
   """full: the model's window (what the references do); fit: just enough for audio_end_in_s,
-  rounded up to a multiple of FIT_BUCKET_FRAMES."""
+  rounded up to a multiple of FIT_BUCKET_FRAMES. A model trained on variable lengths (Stable Audio
+  3) always gets just enough for audio_end_in_s, ceil(seconds x rate / hop), as its pipeline does."""
+  if config.variable_length:
+    return math.ceil(settings.resolved_end(config) * config.sample_rate / config.vae.hop_length)
   if settings.latent_length == "full":
     return config.dit.sample_size
   needed = math.ceil(settings.resolved_end(config) * config.sample_rate / config.vae.hop_length)
@@ -137,7 +140,9 @@ def decode(model: LoadedModel, latents: np.ndarray, begin: int, end: int | None,
   end = frames * hop if end is None else min(end, frames * hop)
   first, last = begin // hop, -(-end // hop)
   audio = vae_ops.decode(model.params.vae, latents, model.config.vae, chunk_frames, frames=(first, last))
-  return audio[..., begin - first * hop:end - first * hop]
+  audio = audio[..., begin - first * hop:end - first * hop]
+  # Stable Audio 3's pipelines clamp what they decode to [-1, 1] (its decoder is not bounded)
+  return np.clip(audio, -1.0, 1.0) if model.config.is_sa3 else audio
 
 
 def output_span(settings: GenerationSettings, config: ModelConfig) -> tuple[int, int]:

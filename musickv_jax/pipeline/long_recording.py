@@ -106,8 +106,7 @@ def grouped(plans: Sequence[EditPlan], windows: windows_lib.Windows) -> tuple[gu
   groups, per_group = windows.groups, windows.per_group
   blocks = [block_of([plans[i] if i < len(plans) else plans[0] for i in range(g * per_group, (g + 1) * per_group)])
             for g in range(groups)]
-  cond = guided.GuidedConditioning(jnp.stack([b.cond.cross_tokens for b in blocks]),
-                                   jnp.stack([b.cond.global_cond for b in blocks]), blocks[0].cond.guidance)
+  cond = guided.join_rows([b.cond for b in blocks], jnp.stack, blocks[0].cond.guidance)
   return cond, blocks[0].kv
 
 

@@ -121,9 +121,8 @@ class EditPlan:
     dit_rows = np.concatenate([b * self.n + np.asarray(indices, np.int32)
                                for b in range(rows_lib.branches(self.use_cfg))])
     cond = self.conditioning
-    conditioning = guided.GuidedConditioning(jnp.take(cond.cross_tokens, dit_rows, axis=0),
-                                             jnp.take(cond.global_cond, dit_rows, axis=0),
-                                             jnp.take(cond.guidance, jnp.asarray(indices, jnp.int32), axis=0))
+    conditioning = cond.map_rows(lambda rows: jnp.take(rows, dit_rows, axis=0),
+                                 guidance=jnp.take(cond.guidance, jnp.asarray(indices, jnp.int32), axis=0))
     noise = None if self.step_noise is None else jnp.take(self.step_noise, jnp.asarray(indices, jnp.int32), axis=1)
     return dataclasses.replace(self, rows=rows, conditioning=conditioning, step_noise=noise,
                                x_init=jnp.take(jnp.asarray(self.x_init), jnp.asarray(indices, jnp.int32), axis=0))
@@ -243,6 +242,9 @@ def block_of(plans: Sequence[EditPlan], rows: int | None = None, weights: Sequen
       parts += pad(branch_rows(getattr(first.conditioning, name), first, branch))
     return jnp.concatenate(parts)
 
+  if any(plan.conditioning.per_row().keys() != first.conditioning.per_row().keys() for plan in plans):
+    raise ValueError("the plans of one batch must have the same conditioning fields (one model family)")
+
   offsets = np.cumsum([0] + [plan.n for plan in plans])
   source = np.concatenate([plan.source_index() + offset for plan, offset in zip(plans, offsets)]
                           + [np.arange(total, total + padding, dtype=np.int32)])
@@ -266,7 +268,9 @@ def block_of(plans: Sequence[EditPlan], rows: int | None = None, weights: Sequen
       raise ValueError("the plans of one batch must agree on whether their sampler's step noise is given")
     noise = jnp.concatenate([plan.step_noise for plan in plans] + [jnp.zeros_like(first.step_noise[:, :1])] * padding,
                             axis=1)
-  return RowBlock(cond=guided.GuidedConditioning(dit_rows("cross_tokens"), dit_rows("global_cond"), guidance),
+  cond = first.conditioning.replace(**{name: dit_rows(name) for name in first.conditioning.per_row()},
+                                    guidance=guidance)
+  return RowBlock(cond=cond,
                   x_init=x_init, kv=kv, keys=jnp.asarray(keys), sample_ids=jnp.asarray(sample_ids), step_noise=noise)
 
 
@@ -280,8 +284,8 @@ def stack_blocks(blocks: Sequence[RowBlock]) -> RowBlock:
                       source_index=cat(*[b.kv.source_index for b in blocks]),
                       bypass=cat(*[b.kv.bypass for b in blocks], axis=1),
                       blend_layers=jnp.any(jnp.stack([b.kv.blend_layers for b in blocks]), axis=0))
-  cond = guided.GuidedConditioning(cat(*[b.cond.cross_tokens for b in blocks]), cat(*[b.cond.global_cond for b in blocks]),
-                                   cat(*[b.cond.guidance for b in blocks]))
+  cond = guided.join_rows([b.cond for b in blocks], lambda arrays: cat(*arrays),
+                          cat(*[b.cond.guidance for b in blocks]))
   noise = None if blocks[0].step_noise is None else cat(*[b.step_noise for b in blocks], axis=1)
   return RowBlock(cond=cond, x_init=cat(*[b.x_init for b in blocks]), kv=kv, keys=cat(*[b.keys for b in blocks]),
                   sample_ids=cat(*[b.sample_ids for b in blocks]), step_noise=noise)

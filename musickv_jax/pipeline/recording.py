@@ -54,7 +54,8 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, *, 
   frames = int(np.shape(latents)[-1])
   settings.validate(cfg, frames)
   cond = text_conditioning(model, [settings.prompt], 0.0, settings.resolved_total(cfg))
-  guided_cond = guided.GuidedConditioning(cond.cross_tokens, cond.global_cond, jnp.ones((1,), jnp.float32))
+  guided_cond = guided.GuidedConditioning(cond.cross_tokens, cond.global_cond, jnp.ones((1,), jnp.float32),
+                                          cross_mask=cond.cross_mask)
   inverted, kv = inversion_lib.invert_in_chunks(model.params.dit, guided_cond, jnp.asarray(latents, jnp.float32),
                                                 settings.plan(cfg, frames), dit_config=cfg.dit,
                                                 record_layers=tuple(record_layers), on_step=on_step)

@@ -212,8 +212,7 @@ def _window_group(name: ProgramName, config: ModelConfig, params) -> Program:
   windows = layout.arrays(WINDOWS_PER_GROUP)
   plan = edit_plan(config, width, CHUNK_STEPS)
   blocks = [block_of([plan] * WINDOWS_PER_GROUP) for _ in range(windows.groups)]
-  cond = guided.GuidedConditioning(jnp.stack([b.cond.cross_tokens for b in blocks]),
-                                   jnp.stack([b.cond.global_cond for b in blocks]), blocks[0].cond.guidance)
+  cond = guided.join_rows([b.cond for b in blocks], jnp.stack, blocks[0].cond.guidance)
   kv = dataclasses.replace(blocks[0].kv, inject_weight=None, injected=None)
   per_step = {"inject_weight": blocks[0].kv.inject_weight}
   x = jnp.zeros((plan.n, config.dit.io_channels, frames))

@@ -19,8 +19,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from musickv_jax.config import DiTConfig
-from musickv_jax.models.dit import KVCache, KVControls, StableAudioDiT
+from musickv_jax.config import DiTConfig, SA3DiTConfig
+from musickv_jax.models import family
+from musickv_jax.models.dit import KVCache, KVControls
 from musickv_jax.sampling import rows as rows_lib
 from musickv_jax.sampling import sampler as sampler_lib
 from musickv_jax.sampling import solvers
@@ -31,11 +32,35 @@ Array = jax.Array
 
 @flax.struct.dataclass
 class GuidedConditioning:
-  """Conditioning of the rows the DiT sees: (2B, ...) with CFG ([uncond; cond]), else (B, ...)."""
+  """Conditioning of the rows the DiT sees: (2B, ...) with CFG ([uncond; cond]), else (B, ...).
+
+  cross_tokens (R, N, D) and global_cond (R, Dg): every family; cross_mask (R, N) bool, the text's
+  padding (Stable Audio 3: its DiT puts a learned embedding there), and local_cond (R, C + 1, T),
+  the inpainting conditioning (Stable Audio 3), or None. guidance (B,) per prompt row."""
 
   cross_tokens: Array
   global_cond: Array
   guidance: Array  # (B,) per-sample guidance scale
+  cross_mask: Array | None = None
+  local_cond: Array | None = None
+
+  ROW_FIELDS = ("cross_tokens", "global_cond", "cross_mask", "local_cond")  # one entry per DiT row
+
+  def per_row(self) -> dict[str, Array]:
+    """The arrays with one entry per DiT row (leading axis), by name."""
+    return {name: getattr(self, name) for name in self.ROW_FIELDS if getattr(self, name) is not None}
+
+  def map_rows(self, fn, guidance: Array | None = None) -> "GuidedConditioning":
+    """fn applied to every per-row array (the guidance replaced when given)."""
+    return self.replace(**{name: fn(array) for name, array in self.per_row().items()},
+                        guidance=self.guidance if guidance is None else guidance)
+
+
+def join_rows(conds, combine, guidance: Array) -> GuidedConditioning:
+  """Conditionings of the same fields combined row-array by row-array (combine(list) -> array)."""
+  first = conds[0]
+  return first.replace(**{name: combine([getattr(c, name) for c in conds]) for name in first.per_row()},
+                       guidance=guidance)
 
 
 @flax.struct.dataclass
@@ -103,16 +128,16 @@ def _per_step(kv: KVSteps | None) -> dict:
   return out
 
 
-def guided_denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditioning, *, use_cfg: bool,
+def guided_denoiser(dit_params, dit_config: DiTConfig | SA3DiTConfig, cond: GuidedConditioning, *, use_cfg: bool,
                     kv: KVSteps | None = None, record_layers: tuple[int, ...] = ()):
-  """A sampler.Denoiser for the DiT with CFG; aux = recorded K/V (KVCache) or None."""
-  dit = StableAudioDiT(dit_config)
+  """A sampler.Denoiser for the family's DiT with CFG; aux = recorded K/V (KVCache) or None."""
 
   def v_fn(x_scaled, t, step):
     rows = jnp.concatenate([x_scaled, x_scaled]) if use_cfg else x_scaled
     t_rows = jnp.broadcast_to(t, (rows.shape[0],))
-    v, recorded = dit.apply({"params": dit_params}, rows, t_rows, cond.cross_tokens, cond.global_cond,
-                            _controls(kv, step, record_layers))
+    v, recorded = family.apply_dit(dit_params, dit_config, rows, t_rows, cond.cross_tokens, cond.global_cond,
+                                   _controls(kv, step, record_layers), cross_mask=cond.cross_mask,
+                                   local_cond=cond.local_cond)
     if use_cfg:
       v_uncond, v_cond = jnp.split(v, 2)
       v = v_uncond + cond.guidance[:, None, None] * (v_cond - v_uncond)
@@ -134,22 +159,24 @@ def windowed_denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditionin
   every window's prediction."""
   def denoise(x, plan_step, step):
     def one_group(args):
-      x_group, cross_tokens, global_cond = args
-      group_cond = GuidedConditioning(cross_tokens, global_cond, cond.guidance)
+      x_group, group_rows = args
+      group_cond = cond.replace(**group_rows)
       denoised, _ = guided_denoiser(dit_params, dit_config, group_cond, use_cfg=use_cfg, kv=kv)(x_group, plan_step,
                                                                                              step)
       return denoised
 
     rows = windows_lib.gather(x, windows)
+    groups = cond.per_row()  # each (groups, R, ...)
     if mesh is not None and mesh.size > 1:
       spec = jax.sharding.PartitionSpec(mesh.axis_names[0])
       # check_vma off: the groups are independent, and the closed-over parameters and controls are replicated
-      denoised = jax.shard_map(lambda *groups: jax.lax.map(one_group, groups), mesh=mesh, in_specs=(spec,) * 3,
-                               out_specs=spec, check_vma=False)(rows, cond.cross_tokens, cond.global_cond)
+      denoised = jax.shard_map(lambda *args: jax.lax.map(one_group, args), mesh=mesh,
+                               in_specs=(spec, jax.tree.map(lambda _: spec, groups)), out_specs=spec,
+                               check_vma=False)(rows, groups)
     elif windows.groups == 1:  # no loop: a latent that fits one window runs exactly the plain program's DiT call
-      denoised = one_group((rows[0], cond.cross_tokens[0], cond.global_cond[0]))[None]
+      denoised = one_group((rows[0], jax.tree.map(lambda a: a[0], groups)))[None]
     else:
-      denoised = jax.lax.map(one_group, (rows, cond.cross_tokens, cond.global_cond))
+      denoised = jax.lax.map(one_group, (rows, groups))
     return windows_lib.fuse(denoised, windows, x.shape[-1]), None
 
   return denoise
