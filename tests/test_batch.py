@@ -259,7 +259,7 @@ def test_ctrl_c_while_a_job_folder_is_written_leaves_no_staging(tiny44k, tmp_pat
   one line, and the output folder holds only what was there (the summary, an earlier complete
   folder of the job untouched): no staging folder, no hidden temporary."""
   from musickv_jax.jobs import results as job_results
-  from musickv_jax.outputs import edit as edit_outputs
+  from musickv_jax.writers import edit as edit_outputs
 
   manifest = write_manifest(tmp_path / "jobs.jsonl", [{"id": "piano", "prompts": ["piano solo", "guitar"], "seed": 1}])
   out = tmp_path / "out"
