@@ -229,7 +229,7 @@ def test_the_listening_page_links_resolve(batch_run):
 
 
 def run_batch_process(args, env_extra=None, **kwargs):
-  env = {**os.environ, "MUSICKV_COMPILATION_CACHE": "0", **(env_extra or {})}
+  env = {**os.environ, **(env_extra or {})}  # the test run's compilation cache (conftest.py)
   return subprocess.Popen([sys.executable, str(REPO / "scripts" / "edit_batch.py"), *map(str, args)], cwd=REPO,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
