@@ -11,11 +11,30 @@ from pathlib import Path
 
 import pytest
 
-# Commands run in-process by the tests convert into a cache of the test session, not the user's,
-# and keep compiled programs in memory only.
+# Commands run in-process by the tests convert into a cache of the test session, not the user's.
 os.environ["MUSICKV_CACHE"] = tempfile.mkdtemp(prefix="musickv-test-cache-")
 atexit.register(shutil.rmtree, os.environ["MUSICKV_CACHE"], True)
-os.environ["MUSICKV_COMPILATION_CACHE"] = "0"
+
+# One persistent compilation cache for the whole test run: the pytest-xdist workers, the commands
+# they run in-process and the command lines they start as processes compile each program once
+# (the same sampler chunk, VAE and text encoder programs recur in hundreds of tests). Made by the
+# first process (xdist's controller), inherited by every other through the environment, removed
+# at its exit. Tests of the cache itself, and of Ctrl-C while sampling, set their own.
+if "MUSICKV_TEST_XLA_CACHE" not in os.environ:
+  os.environ["MUSICKV_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="musickv-test-xla-")
+  atexit.register(shutil.rmtree, os.environ["MUSICKV_TEST_XLA_CACHE"], True)
+os.environ["MUSICKV_COMPILATION_CACHE"] = os.environ["MUSICKV_TEST_XLA_CACHE"]
+os.environ["MUSICKV_COMPILATION_CACHE_MIN_S"] = "0.5"  # programs cheaper to compile than to read back stay out
+
+
+def _use_the_runs_compilation_cache() -> None:
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", os.environ["MUSICKV_COMPILATION_CACHE"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float(os.environ["MUSICKV_COMPILATION_CACHE_MIN_S"]))
+
+
+_use_the_runs_compilation_cache()
 
 
 @dataclasses.dataclass

@@ -229,7 +229,7 @@ def test_the_listening_page_links_resolve(batch_run):
 
 
 def run_batch_process(args, env_extra=None, **kwargs):
-  env = {**os.environ, "MUSICKV_COMPILATION_CACHE": "0", **(env_extra or {})}
+  env = {**os.environ, **(env_extra or {})}  # the test run's compilation cache (conftest.py)
   return subprocess.Popen([sys.executable, str(REPO / "scripts" / "edit_batch.py"), *map(str, args)], cwd=REPO,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
@@ -259,7 +259,7 @@ def test_ctrl_c_while_a_job_folder_is_written_leaves_no_staging(tiny44k, tmp_pat
   one line, and the output folder holds only what was there (the summary, an earlier complete
   folder of the job untouched): no staging folder, no hidden temporary."""
   from musickv_jax.jobs import results as job_results
-  from musickv_jax.outputs import edit as edit_outputs
+  from musickv_jax.writers import edit as edit_outputs
 
   manifest = write_manifest(tmp_path / "jobs.jsonl", [{"id": "piano", "prompts": ["piano solo", "guitar"], "seed": 1}])
   out = tmp_path / "out"

@@ -12,7 +12,7 @@ import pytest
 
 from musickv_jax import files
 from musickv_jax.audio import save_wav
-from musickv_jax.outputs.sets import OutputSet
+from musickv_jax.writers.sets import OutputSet
 
 pytestmark = pytest.mark.fast
 

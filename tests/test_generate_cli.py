@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +13,13 @@ import pytest
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parent.parent
-COMPILATION_CACHE = Path(tempfile.gettempdir()) / f"musickv-test-xla-{os.getpid()}"
-atexit.register(shutil.rmtree, COMPILATION_CACHE, True)
 
 
 def run_script(script, *args, env_extra=None, timeout=600):
-  # Programs compiled by one command are reused by the next (JAX's persistent compilation cache),
-  # so the many short command-line runs of the suite do not each compile everything again.
-  env = {**os.environ, "MUSICKV_COMPILATION_CACHE": str(COMPILATION_CACHE), **(env_extra or {})}
+  # Programs compiled by one command are reused by the next (the test run's persistent compilation
+  # cache, conftest.py), so the many short command-line runs of the suite do not each compile
+  # everything again.
+  env = {**os.environ, **(env_extra or {})}
   return subprocess.run([sys.executable, str(REPO / "scripts" / script), *map(str, args)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
 

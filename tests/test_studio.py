@@ -125,8 +125,8 @@ def test_bad_input_is_one_line_and_the_server_keeps_serving(studio, tmp_path):
   silent = tmp_path / "silent.wav"
   sf.write(silent, np.zeros((44100, 2)), 44100)
   cases = [(dict(audio=text), "notes.wav: cannot read it as audio"), (dict(audio=silent), "silent"),
-           (dict(vital_layers="99"), "vital_layers: layer 99 is out of range"),
-           (dict(vital_layers="x"), "vital_layers takes comma-separated integers"),
+           (dict(vital_layers="99"), "vital layers: layer 99 is out of range"),
+           (dict(vital_layers="x"), "vital layers must be comma-separated integers"),
            (dict(duration_s=1000.0), "duration_s"),
            (dict(duration_s=-2.0), "duration_s")]
   for kwargs, expected in cases:

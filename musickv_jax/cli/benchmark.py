@@ -20,9 +20,9 @@ from absl import flags
 
 from musickv_jax.bench import breakdown, dit_step, job, long_song, precision, small_edit
 from musickv_jax.cli import options
-from musickv_jax.outputs.sets import write_json
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 from musickv_jax.config import named_config
+from musickv_jax.writers.sets import write_json
 
 
 def define(fv: Flags) -> None:

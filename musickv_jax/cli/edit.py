@@ -30,9 +30,16 @@ from absl import flags
 
 from musickv_jax import jobs
 from musickv_jax.cli import options
-from musickv_jax.outputs.sets import OutputSet
 from musickv_jax.cli.progress import progress_bar, run_bar
-from musickv_jax.cli.runner import Command, Flags, UsageError, command_line, entry_point, flag_namer
+from musickv_jax.cli.runner import (
+  Command,
+  Flags,
+  UsageError,
+  command_line,
+  entry_point,
+  flag_namer,
+)
+from musickv_jax.writers.sets import OutputSet
 
 
 def define(fv: Flags) -> None:

@@ -44,7 +44,15 @@ from musickv_jax import files, jobs
 from musickv_jax.cli import options
 from musickv_jax.cli.outputs import check_output_dir
 from musickv_jax.cli.progress import run_bar
-from musickv_jax.cli.runner import Command, Flags, Refused, UsageError, command_line, entry_point, flag_namer
+from musickv_jax.cli.runner import (
+  Command,
+  Flags,
+  Refused,
+  UsageError,
+  command_line,
+  entry_point,
+  flag_namer,
+)
 from musickv_jax.errors import MusicKVError
 from musickv_jax.jobs import resume, summary
 from musickv_jax.jobs.batch import BatchRun, JobAsk

@@ -25,8 +25,8 @@ from absl import flags
 from musickv_jax.cli.outputs import check_output_dir
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 from musickv_jax.metrics.scorers import load_scorer
-from musickv_jax.outputs.sets import OutputSet, write_json
 from musickv_jax.research.evaluation import evaluate
+from musickv_jax.writers.sets import OutputSet, write_json
 
 
 def define(fv: Flags) -> None:

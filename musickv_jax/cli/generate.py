@@ -18,8 +18,8 @@ from musickv_jax.audio import save_wav
 from musickv_jax.cli import options
 from musickv_jax.cli.progress import progress_bar
 from musickv_jax.cli.runner import Command, Flags, command_line, entry_point
-from musickv_jax.outputs.record import provenance
-from musickv_jax.outputs.sets import OutputSet, write_json, write_npy
+from musickv_jax.writers.record import provenance
+from musickv_jax.writers.sets import OutputSet, write_json, write_npy
 
 
 def slug(text: str, limit: int = 40) -> str:

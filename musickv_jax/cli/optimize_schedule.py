@@ -31,9 +31,9 @@ from musickv_jax.cli.outputs import check_output_dir
 from musickv_jax.cli.progress import progress_bar
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 from musickv_jax.errors import OptimizationError
-from musickv_jax.outputs import charts
-from musickv_jax.outputs.sets import OutputSet, write_json, write_npy
 from musickv_jax.research import optimization
+from musickv_jax.writers import charts
+from musickv_jax.writers.sets import OutputSet, write_json, write_npy
 
 DEFAULT_SECONDS = 15.0  # the reference's length, cut to the model's window
 CHECKPOINT = "checkpoint"

@@ -26,10 +26,10 @@ from musickv_jax.cli.outputs import check_output_dir
 from musickv_jax.cli.progress import progress_bar
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 from musickv_jax.errors import SettingsError
-from musickv_jax.outputs import charts
-from musickv_jax.outputs.sets import OutputSet, write_json
 from musickv_jax.research import probing
 from musickv_jax.research.probing import ProbeSettings
+from musickv_jax.writers import charts
+from musickv_jax.writers.sets import OutputSet, write_json
 
 RESULTS = "results.jsonl"
 SETTINGS = "probe_settings.json"

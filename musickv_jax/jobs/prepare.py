@@ -20,7 +20,12 @@ from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.errors import SettingsError
 from musickv_jax.jobs import batching
 from musickv_jax.jobs.inversions import InversionCache, InversionKey, audio_digest
-from musickv_jax.jobs.request import EditRequest, ResolvedEdit, check_combinations, resolve
+from musickv_jax.jobs.request import (
+  EditRequest,
+  ResolvedEdit,
+  check_combinations,
+  resolve,
+)
 from musickv_jax.pipeline import recording as recording_lib
 from musickv_jax.pipeline.results import Inversion
 from musickv_jax.pipeline.settings import EditSettings, WindowSettings
@@ -121,11 +126,13 @@ def _invert(model: LoadedModel, request: EditRequest, resolved: ResolvedEdit, re
   inversion_settings = resolved.inversion_settings().for_model(cfg)
   audio = recording.audio
   n_samples = int(audio.shape[-1])
+  # the edit's checks first: a refused edit must not be reported as the inversion's problem
+  recording_lib.check_edit(model, settings, n_samples, recording_lib.window_geometry(model, n_samples, request.windows),
+                           kv_from_inversion=kv_from_inversion)
   geometry = recording_lib.check_inversion(model, n_samples, inversion_settings, request.windows, record_layers)
   if geometry is not None and request.audio_end_in_s is not None:
     raise SettingsError("{field} does not apply to a recording longer than one window (each window is conditioned "
                         "on its start and the recording's length); leave it out", field="audio_end_in_s")
-  recording_lib.check_edit(model, settings, n_samples, geometry, kv_from_inversion=kv_from_inversion)
   key = InversionKey(model_key, audio_digest(audio), inversion_settings,
                      dataclasses.astuple(request.windows.geometry()), record_layers)
   found = inversions.get(key) if inversions is not None else None

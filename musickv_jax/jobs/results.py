@@ -12,10 +12,10 @@ import numpy as np
 from musickv_jax import files
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.jobs.prepare import PreparedJob
-from musickv_jax.outputs.edit import outputs_record, write_edit_outputs
-from musickv_jax.outputs.record import provenance
-from musickv_jax.outputs.sets import OutputSet, write_npy
 from musickv_jax.pipeline.results import EditResult
+from musickv_jax.writers.edit import outputs_record, write_edit_outputs
+from musickv_jax.writers.record import provenance
+from musickv_jax.writers.sets import OutputSet, write_npy
 
 
 def edit_record(model: LoadedModel, prepared: PreparedJob, result: EditResult, seconds: float, command: str,

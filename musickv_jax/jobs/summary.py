@@ -17,7 +17,7 @@ import jax
 
 from musickv_jax import files
 from musickv_jax.errors import SettingsError
-from musickv_jax.outputs import listening
+from musickv_jax.writers import listening
 
 SUMMARY = "summary.json"
 MERGE_TIMEOUT_S = 7 * 24 * 3600  # how long the processes of a multi-host run wait for each other

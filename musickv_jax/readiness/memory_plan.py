@@ -137,7 +137,7 @@ def compiled_check(config_name: str = "sao-small", dtype: str = "float32", frame
   program = programs_lib.build(name)
   compiled = program.function.trace(*program.args, **program.kwargs).lower().compile()
   stats = compiled.memory_analysis()
-  rows = int(np.shape(program.args[1].cross_tokens)[0])
+  rows = int(np.shape(program.args[1].cond.cross_tokens)[0])  # the RowBlock's DiT rows
   return CompiledCheck(config_name, dtype, rows, frames, stats.temp_size_in_bytes / 2**20,
                        (memory.dit_fixed_bytes(config) + rows * memory.dit_row_bytes(config, frames)) / 2**20)
 

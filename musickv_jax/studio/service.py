@@ -18,10 +18,10 @@ from musickv_jax.audio import load_audio
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.errors import MusicKVError
 from musickv_jax.jobs import Cancelled
-from musickv_jax.outputs.sets import OutputSet
 from musickv_jax.research.evaluation import evaluate
 from musickv_jax.studio.request import RequestError, StudioRequest, name_of, one_line
 from musickv_jax.studio.worker import Progress, Task, TaskResult, Worker
+from musickv_jax.writers.sets import OutputSet
 
 # the command that makes the same edit (the command-line layer knows its flags): (model source, request) -> text
 CommandOf = Callable[[str, jobs.EditRequest], str]

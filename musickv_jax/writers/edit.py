@@ -6,9 +6,9 @@ index.html, the listening page."""
 from __future__ import annotations
 
 from musickv_jax.audio import save_wav
-from musickv_jax.outputs import listening
-from musickv_jax.outputs.sets import OutputSet, write_json
 from musickv_jax.metrics import spectrogram
+from musickv_jax.writers import listening
+from musickv_jax.writers.sets import OutputSet, write_json
 
 
 def output_stems(roles: list[str], real_audio: bool, first_prompt_number: int = 1) -> list[str]:
