@@ -85,3 +85,25 @@ def tiny44k(tmp_path_factory):
   write_diffusers_checkpoint(root / "diffusers", config, random_params(config, 1),
                              build_tiny_tokenizer(config.t5.max_length))
   return Converted(None, root / "converted", _convert(root / "diffusers", root / "converted"))
+
+
+@pytest.fixture(scope="session")
+def sa3(tmp_path_factory) -> Converted:
+  """A tiny random Stable Audio 3 pipeline (distilled: ping-pong) in the diffusers layout, converted
+  (tests/sa3_reference.py)."""
+  from tests.sa3_reference import build_sa3_reference
+
+  root = tmp_path_factory.mktemp("sa3")
+  ref = build_sa3_reference(root)
+  return Converted(ref, root / "converted", _convert(ref.diffusers_dir, root / "converted"))
+
+
+@pytest.fixture(scope="session")
+def sa3_base(tmp_path_factory) -> Converted:
+  """The -base kind of Stable Audio 3 (Euler, CFG), without differential attention and without
+  memory tokens: the other options of the DiT."""
+  from tests.sa3_reference import build_sa3_reference
+
+  root = tmp_path_factory.mktemp("sa3_base")
+  ref = build_sa3_reference(root, differential=False, memory_tokens=0, distilled=False, seed=7)
+  return Converted(ref, root / "converted", _convert(ref.diffusers_dir, root / "converted"))

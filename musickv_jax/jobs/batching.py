@@ -117,8 +117,11 @@ def plan_job(model: LoadedModel, job_id: str, settings: EditSettings, recording:
   x_init = init_latents
   if recording is not None:
     x_init = np.repeat(recording.inverted, len(settings.generation.prompts), axis=0)
+  seconds = None if recording is None else (
+      settings.generation.audio_start_in_s,
+      common.recording_seconds(model.config, recording.n_samples, settings.generation.audio_end_in_s))
   plan = build_plan(model, settings, x_init, source_guidance=SOURCE_GUIDANCE if recording is not None else None,
-                    check_coverage=recording is None, step_noise=step_noise)
+                    check_coverage=recording is None, step_noise=step_noise, seconds=seconds)
   if kv_from_inversion:  # the source is not regenerated: the edits read the inversion's K/V
     inversion_kv_cache(recording, settings)  # refused now if the inversion recorded other K/V
     plan = plan.select(range(1, plan.n))

@@ -51,8 +51,9 @@ import jax.numpy as jnp
 
 from musickv_jax.config import SA3DiTConfig, to_jnp_dtype
 from musickv_jax.models import attention_kernels
-from musickv_jax.models.attention import QKNorm, apply_rotary, blend_kv, rotary_tables
-from musickv_jax.models.dit import KVCache, KVControls, LayerInputs, _validate_controls
+from musickv_jax.models.attention import QKNorm, apply_rotary, rotary_tables
+from musickv_jax.models import kv_hook
+from musickv_jax.models.kv_hook import KVCache, KVControls, LayerInputs
 from musickv_jax.models.layers import MLP2, Dense, dense_apply, dense_init, in_row_blocks, wide
 from musickv_jax.models.sa3_conditioning import expo_features, expo_frequencies
 
@@ -217,26 +218,10 @@ class SA3DiTBlock(nn.Module):
     own_k, own_v = k, v
 
     if shared.has_reference:  # blend toward the reference; weight 0 (no reference here) is exact
-      def blended(k, v):
-        if shared.injected_k is None:  # joint: the reference rows are this batch
-          ref_k, ref_v = k, v
-        else:  # cached: the reference comes from outside
-          ref_k = jax.lax.dynamic_index_in_dim(shared.injected_k, layer.read_slot, keepdims=False)
-          ref_v = jax.lax.dynamic_index_in_dim(shared.injected_v, layer.read_slot, keepdims=False)
-        if shared.source_index is not None:
-          ref_k = jnp.take(ref_k, shared.source_index, axis=0)
-          ref_v = jnp.take(ref_v, shared.source_index, axis=0)
-        return blend_kv(k, ref_k.astype(k.dtype), layer.weight), blend_kv(v, ref_v.astype(v.dtype), layer.weight)
-
-      # only the layers that inject pay for the blend (as in models/dit.py)
-      k, v = jax.lax.cond(layer.blends, blended, lambda k, v: (k, v), k, v)
-
-    if record_k is not None:  # write this layer's own K/V into its slot if it is recorded
-      slot = layer.record_slot
-      old_k = jax.lax.dynamic_index_in_dim(record_k, slot, keepdims=False)
-      old_v = jax.lax.dynamic_index_in_dim(record_v, slot, keepdims=False)
-      record_k = jax.lax.dynamic_update_index_in_dim(record_k, jnp.where(layer.recorded, own_k, old_k), slot, 0)
-      record_v = jax.lax.dynamic_update_index_in_dim(record_v, jnp.where(layer.recorded, own_v, old_v), slot, 0)
+      k, v = kv_hook.blend_toward_reference(k, v, layer, source_index=shared.source_index,
+                                            injected_k=shared.injected_k, injected_v=shared.injected_v)
+    if record_k is not None:
+      record_k, record_v = kv_hook.record(record_k, record_v, own_k, own_v, layer)
 
     attn_out = gated(attn.attend(q, k, v), gate_attn)  # (B, S, D)
     # bypass: the residual only, no attention term at all
@@ -297,7 +282,7 @@ class SA3DiT(nn.Module):
                        f"multiple of patch_size {cfg.patch_size}")
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
     controls = controls or KVControls()
-    _validate_controls(controls, cfg.depth, batch)
+    kv_hook.validate_controls(controls, cfg.depth, batch)
     memory = cfg.num_memory_tokens
     frames = length // cfg.patch_size
     seq = memory + frames
@@ -355,37 +340,7 @@ class SA3DiT(nn.Module):
     return out, recorded
 
   def _layer_inputs(self, controls: KVControls, batch: int, seq: int, dtype) -> tuple[LayerInputs, tuple]:
-    """Per-layer scan inputs and the (zeroed) record buffers; checks an injected cache's shapes."""
+    """Per-layer scan inputs and the (zeroed) record buffers (models/kv_hook.py)."""
     cfg = self.config
-    depth = cfg.depth
-    bypass = controls.bypass if controls.bypass is not None else jnp.zeros((depth,), bool)
-    weight = blends = read_slot = record_slot = recorded = None
-    if controls.injected is not None:
-      held = controls.injected.layers
-      k_shape, v_shape = tuple(controls.injected.k.shape), tuple(controls.injected.v.shape)
-      rows = k_shape[1] if len(k_shape) > 1 else None
-      want_k = (len(held), rows, seq, cfg.num_heads, cfg.key_dim)
-      want_v = (len(held), rows, seq, cfg.num_heads, cfg.head_dim)
-      if k_shape != want_k or v_shape != want_v:
-        raise ValueError(f"KVControls: injected K/V have shapes {k_shape} and {v_shape}; this SA3 DiT and latent "
-                         f"need k {want_k} and v {want_v} (layers, rows, memory tokens + frames, heads, width)")
-    if controls.inject_weight is not None:
-      weight = controls.inject_weight  # (depth, B)
-      blends = (jnp.asarray(controls.blend_layers, bool) if controls.blend_layers is not None
-                else jnp.ones((depth,), bool))
-      if controls.injected is not None:  # only the layers the cache holds can blend
-        held = controls.injected.layers
-        read_slot = jnp.asarray([held.index(i) if i in held else 0 for i in range(depth)], jnp.int32)
-        weight = weight * jnp.asarray([i in held for i in range(depth)], weight.dtype)[:, None]
-        blends = blends & jnp.asarray([i in held for i in range(depth)])
-
-    records = (None, None)
-    if controls.record_layers:
-      rec = tuple(controls.record_layers)
-      record_slot = jnp.asarray([rec.index(i) if i in rec else 0 for i in range(depth)], jnp.int32)
-      recorded = jnp.asarray([i in rec for i in range(depth)])
-      records = (jnp.zeros((len(rec), batch, seq, cfg.num_heads, cfg.key_dim), dtype),
-                 jnp.zeros((len(rec), batch, seq, cfg.num_heads, cfg.head_dim), dtype))
-    layer = LayerInputs(bypass=jnp.asarray(bypass, bool), weight=weight, blends=blends, read_slot=read_slot,
-                        record_slot=record_slot, recorded=recorded)
-    return layer, records
+    return kv_hook.layer_inputs(controls, depth=cfg.depth, batch=batch, seq=seq, heads=cfg.num_heads,
+                                key_dim=cfg.key_dim, value_dim=cfg.head_dim, dtype=dtype)

@@ -66,6 +66,10 @@ def check_init_latents(latents: np.ndarray, n: int, settings: GenerationSettings
   if not np.issubdtype(latents.dtype, np.floating):
     raise SettingsError(f"{{field}} has dtype {latents.dtype}; expected floating point", field="init_latents")
   covered = frames * config.vae.hop_length / config.sample_rate
+  if require_coverage and config.variable_length and frames != latent_frames(settings, config):
+    raise SettingsError(f"{{field}} has {frames} frames, but {{audio_end_in_s}} {settings.resolved_end(config):g} s "
+                        f"is {latent_frames(settings, config)} latent frames (this model's latent follows the "
+                        "requested duration)", field="init_latents", mentions=("audio_end_in_s",))
   if require_coverage and settings.resolved_end(config) > covered + 1e-6:
     raise SettingsError(f"{{field}} covers {covered:.2f} s but {{audio_end_in_s}} is "
                         f"{settings.resolved_end(config):g} s", field="init_latents", mentions=("audio_end_in_s",))
@@ -81,13 +85,30 @@ def step_plan(settings: GenerationSettings, config: ModelConfig | None = None, f
   if config is not None and config.diffusion.is_rectified_flow:
     settings = settings.for_model(config)
     times = rf_schedules.rf_times(settings.num_inference_steps, config.diffusion.shift,
-                                  config.dit.sample_size if frames is None else frames)
+                                  config.dit.sample_size if frames is None else frames, start=settings.init_noise_level)
     return sampler.make_plan(times, settings.sampler, config.diffusion.objective)
   # without a config: the v objective's own defaults (Stable Audio Open 1.0, the default ModelConfig)
   settings = settings.for_model(ModelConfig() if config is None else config)
   sigmas = schedules.sigma_schedule(settings.sigma_schedule, settings.num_inference_steps, settings.sigma_min,
-                                    settings.sigma_max)
+                                    start_sigma(settings))
   return sampler.make_plan(sigmas, settings.sampler)
+
+
+def start_sigma(settings: GenerationSettings) -> float:
+  """The v objective's first noise level: sigma_max, or for a run started part-way the level whose
+  time (atan(sigma) 2 / pi, what the DiT sees) is init_noise_level of sigma_max's."""
+  if settings.init_noise_level >= 1.0:
+    return float(settings.sigma_max)
+  return float(np.tan(settings.init_noise_level * np.arctan(settings.sigma_max)))
+
+
+def recording_seconds(config: ModelConfig, n_samples: int, asked: float | None = None) -> float:
+  """The seconds conditioning of a recording edited in one window: as asked, else Stable Audio
+  Open's window (the reference conditions a recording on the model's maximum) or Stable Audio 3's
+  duration, the recording's own length (its latent is exactly that long)."""
+  if asked is not None:
+    return float(asked)
+  return n_samples / config.sample_rate if config.variable_length else config.max_audio_seconds
 
 
 def step_noise(seed: int, steps: int, shape: tuple[int, ...]) -> jax.Array:

@@ -79,8 +79,12 @@ def _check_generation(settings: EditSettings) -> None:
                         "on its own start); leave it out", field="audio_start_in_s")
 
 
-def seconds_total(config: ModelConfig, n_samples: int) -> float:
-  """The seconds_total conditioning of every window: the recording's length."""
+def seconds_total(config: ModelConfig, n_samples: int, layout: windows_lib.WindowLayout | None = None) -> float:
+  """The seconds conditioning of every window of a recording longer than one window: Stable Audio
+  Open's seconds_total, the recording's length (each window a crop of it, conditioned on its start
+  too); Stable Audio 3's duration, the window's own length (it has no start to condition on)."""
+  if config.variable_length and layout is not None:
+    return config.seconds_of_frames(layout.width)
   return n_samples / config.sample_rate
 
 
@@ -125,7 +129,8 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, win
   mesh = placement.default_mesh(mesh)
   windows = layout.arrays(memory.windows_per_batch(model, window_settings, layout, 1, n_samples, 1,
                                                    placement.devices_of(mesh)), placement.devices_of(mesh))
-  total = settings.resolved_total(cfg) if layout.n_windows == 1 else seconds_total(cfg, n_samples)
+  total = (common.recording_seconds(cfg, n_samples, settings.seconds_total) if layout.n_windows == 1
+           else seconds_total(cfg, n_samples, layout))
   # the inversion's rows: the description alone, conditional only (guidance 1)
   rows = GenerationSettings(prompts=(settings.prompt,), num_inference_steps=settings.num_inference_steps,
                             guidance_scale=1.0)
@@ -152,7 +157,8 @@ def edit_latents(model: LoadedModel, settings: EditSettings, x_init, window_sett
   if layout is None:
     _check_generation(settings)
   layout = layout or window_settings.layout(cfg, int(np.shape(x_init)[-1]))
-  total = gen.resolved_end(cfg) if layout.n_windows == 1 else seconds_total(cfg, n_samples)
+  total = (common.recording_seconds(cfg, n_samples, gen.audio_end_in_s) if layout.n_windows == 1
+           else seconds_total(cfg, n_samples, layout))
   plans = window_plans(model, settings, x_init, layout, total, source_guidance=source_guidance)
   first = plans[0]
   mesh = placement.default_mesh(mesh)

@@ -149,14 +149,15 @@ def edit_rows(n_prompts: int, edit_all: bool, guidance: float, source_guidance: 
 
 def build_plan(model: LoadedModel, settings: EditSettings | GenerationSettings, x_init=None, *,
                source_guidance: float | None = None, seconds: tuple[float, float] | None = None,
-               check_coverage: bool = True, step_noise=None) -> EditPlan:
+               check_coverage: bool = True, step_noise=None, local_cond=None) -> EditPlan:
   """The plan of a generation (GenerationSettings: every prompt plain) or an edit (EditSettings).
 
   x_init (n, C, T): the exact initial latents, used as given (an inverted recording, --init_latents);
   None: drawn from the seed (one draw shared by every prompt of an edit, as the reference; one
   per prompt of a generation). source_guidance: the source row's own guidance (a recording's
   reconstruction runs at 1). seconds: (seconds_start, seconds_total) conditioning instead of the
-  settings' (a window of a long recording). step_noise (steps, 1, C, T): a stochastic sampler's
+  settings' (a window of a long recording). local_cond (n, C + 1, T): the inpainting conditioning
+  of each prompt row (Stable Audio 3: [mask, kept latents * mask]). step_noise (steps, 1, C, T): a stochastic sampler's
   noise, shared by every prompt (default for ping-pong: drawn from the seed). Settings left open
   take the model's defaults; they are validated first."""
   cfg = model.config
@@ -185,6 +186,8 @@ def build_plan(model: LoadedModel, settings: EditSettings | GenerationSettings, 
   conditioning = guided_conditioning(model, gen.prompts, negative_prompt=gen.negative_prompt, seconds_start=start,
                                      seconds_total=total, guidance=guidance, use_cfg=use_cfg)
   frames = int(x_init.shape[-1])
+  if local_cond is not None:
+    conditioning = conditioning.replace(local_cond=rows_lib.to_dit_rows(jnp.asarray(local_cond, jnp.float32), use_cfg))
   noise = _step_noise(gen, cfg, n, frames, step_noise)
   return EditPlan(rows=rows, use_cfg=use_cfg, conditioning=conditioning, x_init=x_init,
                   steps=common.step_plan(gen, cfg, frames), solver=gen.sampler, seed=gen.seed, depth=cfg.dit.depth,

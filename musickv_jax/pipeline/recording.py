@@ -8,6 +8,7 @@ edited many times later: `load_inversion` reads and checks such a file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -98,6 +99,9 @@ def invert_audio(model: LoadedModel, audio: np.ndarray, settings: InversionSetti
   n_samples = int(np.shape(audio)[-1])
   settings = settings.for_model(model.config)
   geometry = check_inversion(model, n_samples, settings, windows, tuple(record_layers))
+  if geometry is None and model.config.variable_length:  # conditioned on the recording's own duration
+    settings = dataclasses.replace(settings, seconds_total=common.recording_seconds(model.config, n_samples,
+                                                                                     settings.seconds_total))
   encoded = encode_audio(model, audio, sample=settings.sample_latent, seed=settings.seed)
   if geometry is not None:
     inverted = long_recording.invert_latents(model, encoded, settings, geometry, n_samples, on_step=on_step)
@@ -141,7 +145,10 @@ def edit_recording(model: LoadedModel, inversion: Inversion, settings: EditSetti
     latents, plan = long_recording.edit_latents(model, settings, x_init, geometry, inversion.n_samples,
                                                 source_guidance=SOURCE_GUIDANCE, on_step=on_step)
   else:
-    plan = build_plan(model, settings, x_init, source_guidance=SOURCE_GUIDANCE, check_coverage=False)
+    plan = build_plan(model, settings, x_init, source_guidance=SOURCE_GUIDANCE, check_coverage=False,
+                      seconds=(settings.generation.audio_start_in_s,
+                               common.recording_seconds(model.config, inversion.n_samples,
+                                                             settings.generation.audio_end_in_s)))
     if kv_from_inversion:
       plan = plan.select(range(1, n))  # the source is not regenerated: the edits read the inversion's K/V
       latents = run_from_cache(model, plan, inversion_kv_cache(inversion, settings), on_step=on_step)

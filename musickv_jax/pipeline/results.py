@@ -106,8 +106,8 @@ def edit_result(model: LoadedModel, plan: EditPlan, settings: EditSettings, late
     span, seconds_total, record = common.output_span(gen, cfg), gen.resolved_end(cfg), None
   else:
     span = (0, recording.n_samples)
-    seconds_total = (gen.resolved_end(cfg) if recording.windows is None
-                     else recording.n_samples / cfg.sample_rate)
+    seconds_total = (common.recording_seconds(cfg, recording.n_samples, gen.audio_end_in_s)
+                     if recording.windows is None else recording.n_samples / cfg.sample_rate)
     record = recording.describe() | {"kv_from_inversion": kv_from_inversion, "source_guidance": SOURCE_GUIDANCE}
   audio = common.decode(model, latents, *span, decode_chunk_frames)
   return EditResult(audio=audio, latents=latents, prompts=plan.prompts, roles=plan.roles,

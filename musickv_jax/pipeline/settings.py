@@ -84,6 +84,9 @@ class GenerationSettings:
   seed: int = 0
   latent_length: str = "full"
   noise_convention: str = "diffusers"  # x_T = noise * sqrt(sigma_max^2 + 1)
+  # where sampling starts on the model's time axis, (0, 1]: 1 from pure noise; less from a
+  # reference latent noised to that level (audio-to-audio / SDEdit, pipeline.variation)
+  init_noise_level: float = 1.0
 
   def resolved_end(self, config: ModelConfig) -> float:
     return config.max_audio_seconds if self.audio_end_in_s is None else float(self.audio_end_in_s)
@@ -123,6 +126,11 @@ class GenerationSettings:
                           field="noise_convention")
     if not math.isfinite(self.guidance_scale):
       raise SettingsError(f"{{field}} must be a finite number, got {self.guidance_scale}", field="guidance_scale")
+    level = self.init_noise_level
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not (
+        math.isfinite(level) and 0.0 < level <= 1.0):
+      raise SettingsError(f"{{field}} must be more than 0 and at most 1 (1: from pure noise), got {level!r}",
+                          field="init_noise_level")
     _check_seed(self.seed)
     start, end, maximum = self.audio_start_in_s, self.resolved_end(config), config.max_audio_seconds
     if not math.isfinite(start) or start < 0:
