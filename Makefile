@@ -32,13 +32,15 @@ setup-test: $(VENV)/.test
 demo: $(VENV)/.runtime
 	$(VENV)/bin/musickv-demo
 
-# The full default suite (what CI runs): parity, properties, command lines, the demo, the wheel.
+# The full default suite (what CI runs): parity, properties, command lines, the demo, the wheel. Two
+# workers (pytest-xdist), one file each at a time; one persistent compilation cache (tests/conftest.py).
 test: $(VENV)/.test
-	$(PY) -m pytest -m "not slow and not studio and not browser" -q
+	$(PY) -m pytest -m "not slow and not studio and not browser" -q -n 2 --dist loadfile
 
-# The library's core in under a minute: for the inner loop while changing code.
+# The library's core in under a minute: for the inner loop while changing code. Its compiled programs
+# are kept between runs (.cache/xla-test-fast), so the second run onwards compiles only what changed.
 test-fast: $(VENV)/.test
-	$(PY) -m pytest -m fast -q
+	MUSICKV_TEST_XLA_CACHE=$(CURDIR)/.cache/xla-test-fast $(PY) -m pytest -m fast -q
 
 test-slow: $(VENV)/.test
 	$(PY) -m pytest -m slow -q -s

@@ -17,8 +17,6 @@ from musickv_jax.cli import edit as edit_cli
 from musickv_jax.cli import options
 from musickv_jax.cli.runner import Flags, expand_multi_value_flags
 
-pytestmark = pytest.mark.fast
-
 
 def _request(prompts, steps, seed=0):
   return dataclasses.replace(jobs.DEFAULTS, prompts=prompts, num_inference_steps=steps, seed=seed,
@@ -95,6 +93,7 @@ def _parse(argv: list[str]) -> options.Values:
   return options.Values.from_flags(fv)
 
 
+@pytest.mark.fast
 def test_the_command_lines_defaults_are_the_librarys():
   """musickv-edit with nothing set asks exactly the library's default request (jobs.DEFAULTS): the
   studio and the command line read their defaults from one place."""
@@ -102,6 +101,7 @@ def test_the_command_lines_defaults_are_the_librarys():
   assert asked == dataclasses.replace(jobs.DEFAULTS, prompts=("a", "b"))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("argv", [
     ["--num_inference_steps=7", "--guidance_scale=3", "--seed=5", "--vital_layers=1,2", "--schedule=window",
      "--window=0.25,0.75", "--schedule_weight=0.5", "--edit_all"],

@@ -120,31 +120,23 @@ def _invert(model: LoadedModel, request: EditRequest, resolved: ResolvedEdit, re
   """Every check of the edit and the inversion, then the inversion (or the cache's): (inversion,
   whether it came from the cache, seconds it took)."""
   cfg = model.config
-  settings = resolved.settings.for_recording(cfg)
   kv_from_inversion = request.recording.kv_from_inversion
-  record_layers = tuple(settings.vital_layers) if kv_from_inversion else ()
   inversion_settings = resolved.inversion_settings().for_model(cfg)
   audio = recording.audio
   n_samples = int(audio.shape[-1])
-  # the edit's checks first: a refused edit must not be reported as the inversion's problem
-  recording_lib.check_edit(model, settings, n_samples, recording_lib.window_geometry(model, n_samples, request.windows),
-                           kv_from_inversion=kv_from_inversion)
-  geometry = recording_lib.check_inversion(model, n_samples, inversion_settings, request.windows, record_layers)
-  if geometry is not None and request.audio_end_in_s is not None:
+  checks = recording_lib.check_recording_edit(model, n_samples, resolved.settings, inversion_settings, request.windows,
+                                              kv_from_inversion=kv_from_inversion)
+  if checks.geometry is not None and request.audio_end_in_s is not None:
     raise SettingsError("{field} does not apply to a recording longer than one window (each window is conditioned "
                         "on its start and the recording's length); leave it out", field="audio_end_in_s")
+  record_layers = checks.record_layers
   key = InversionKey(model_key, audio_digest(audio), inversion_settings,
                      dataclasses.astuple(request.windows.geometry()), record_layers)
   found = inversions.get(key) if inversions is not None else None
   if found is not None:
     return found, True, 0.0
-  seconds_long = n_samples / cfg.sample_rate
-  if geometry is not None:
-    layout = geometry.layout(cfg, cfg.frames_for_samples(n_samples))
-    log(f"{seconds_long:.2f} s is longer than one window: {layout.n_windows} windows of "
-        f"{cfg.seconds_of_frames(layout.width):.2f} s, one diffusion process over the whole latent")
-  log(f"inverting {seconds_long:.2f} s ({inversion_settings.variant} inversion, "
-      f"{inversion_settings.num_inference_steps} steps)")
+  for message in checks.messages:
+    log(message)
   start = time.perf_counter()
   inversion = recording_lib.invert_audio(model, np.asarray(audio), inversion_settings, record_layers=record_layers,
                                          windows=request.windows, on_step=on_step)

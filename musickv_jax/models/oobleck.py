@@ -77,19 +77,114 @@ class ConvTranspose1d(nn.Module):
 _PI_HI = np.float32(3.140625)  # pi in two parts: k * _PI_HI is exact for |k| < 2**15
 _PI_LO = np.float32(np.pi - 3.140625)
 
+# Below this |z| the two-part reduction above is within the bound (3.3e-7 measured without fused
+# multiply-adds, less with them); from it to the largest float32, the exact reduction below.
+_SIN_FAST_BELOW = np.float32(2.0 ** 13)
 
-def sin_squared(z: Array) -> Array:
-  """sin(z)^2 within 4e-7 of float64 for |z| < 1e4 (about 7 float32 ulps of 1; jnp.sin's own error is 9e-8).
+# The first 192 bits of 1/pi (1/pi = 0x0.517CC1B7...), checked against an integer computation of pi
+# by tests/test_sin_squared.py. The exact reduction reads them as six 32-bit words of 2**-16 / pi
+# (16 zero bits first, so that every float32 from 2**13 up finds its window at a bit offset >= 0).
+_INV_PI_HEX = "517CC1B727220A94FE13ABE8FA9A6EE06DB14ACC9E21C820"
+_INV_PI_WORDS = tuple(np.uint32((int(_INV_PI_HEX, 16) >> 16 >> (32 * (5 - i))) & 0xFFFFFFFF) for i in range(6))
 
-  The decoder's Snake activations are most of its elementwise work, and XLA's CPU sine costs about
-  four times this: sin^2 has period pi, so z is reduced to r in [-pi/2, pi/2] (Cody-Waite, two-part
-  pi) and sin(r) is its Taylor series to r^13 (error < 6e-9 there), one fused vectorisable loop."""
+
+def _reduce_fast(z: Array) -> Array:
+  """z - k pi in [-pi/2, pi/2] (Cody-Waite, two-part pi): within the bound for |z| < _SIN_FAST_BELOW."""
   k = jnp.round(z * np.float32(1 / np.pi))
-  r = (z - k * _PI_HI) - k * _PI_LO
+  return (z - k * _PI_HI) - k * _PI_LO
+
+
+def _reduce_exact(a: Array) -> Array:
+  """a - k pi, in [-pi/2, pi/2], for float32 a from _SIN_FAST_BELOW to the largest float32 (Payne-Hanek
+  in 32-bit integers): a / pi mod 1 to a few units of 2**-32, then one float32 rounding and a product
+  with pi. No table look-ups (XLA's CPU code makes them scalar): selects and shifts pick the bits of
+  1/pi. Garbage, but finite, for smaller a, inf and NaN.
+
+  a = m 2**(e - 150) with m the 24-bit integer mantissa, so a / pi mod 1 = m * frac(2**(e - 150) / pi)
+  mod 1, and frac(2**(e - 150) / pi) is the bits of 2**-16 / pi from bit p = e - 134 on: a0 and a1,
+  the two 32-bit words there. m * a0 mod 2**32 (the integer product's low word, exact) is the
+  fraction to 2**-32; m * a1 / 2**32 (< 2**24, in float32 to a few units) carries into it; the rest
+  of the bits add less than 2**-40."""
+  bits = jax.lax.bitcast_convert_type(a, jnp.uint32)
+  p = (bits >> 23) - np.uint32(134)  # the window's first bit; wraps around below 2**7 (then unused)
+  q, s, s_rev = p >> 5, p & 31, ~p & 31  # s_rev = 31 - s
+  w = _INV_PI_WORDS
+
+  def word(i):  # w[q + i], q in 0..3 (1 from 2**39, 2 from 2**71, 3 from 2**103), as selects that vectorise
+    return jnp.where(q == 3, w[i + 3], jnp.where(q == 2, w[i + 2], jnp.where(q == 1, w[i + 1], w[i])))
+
+  w0, w1, w2 = word(0), word(1), word(2)
+  a0 = (w0 << s) | ((w1 >> 1) >> s_rev)  # (w1 >> 1) >> (31 - s): no shift by 32 when s = 0
+  a1 = (w1 << s) | ((w2 >> 1) >> s_rev)
+  m = (bits & 0x7FFFFF) | 0x800000
+  carry = jnp.round(m.astype(jnp.int32).astype(jnp.float32)
+                    * ((a1 >> 1).astype(jnp.int32).astype(jnp.float32) * np.float32(2.0 ** -31)))
+  turns = jax.lax.bitcast_convert_type(m * a0 + carry.astype(jnp.int32).astype(jnp.uint32), jnp.int32)
+  return turns.astype(jnp.float32) * np.float32(np.pi * 2.0 ** -32)  # (a / pi mod 1, in [-1/2, 1/2)) * pi
+
+
+@jax.custom_jvp
+def _at_most_one(x: Array) -> Array:
+  """min(x, 1), with the derivative of x: the clip only undoes rounding, and sin^2's slope there is
+  not zero."""
+  return jnp.minimum(x, np.float32(1))
+
+
+@_at_most_one.defjvp
+def _at_most_one_jvp(primals, tangents):
+  return _at_most_one(primals[0]), tangents[0]
+
+
+def _sin_squared_reduced(r: Array) -> Array:
+  """sin(r)^2 for r in [-pi/2, pi/2]: the Taylor series of sin to r^13 (error < 6e-9 there), squared,
+  and at most 1 (the square rounds to 1 + 2 ulps near r = pi/2)."""
   r2 = r * r
   sin_r = r * (1 + r2 * (-1 / 6 + r2 * (1 / 120 + r2 * (-1 / 5040 + r2 * (1 / 362880 + r2 * (
       -1 / 39916800 + r2 * (1 / 6227020800)))))))
-  return sin_r * sin_r
+  return _at_most_one(sin_r * sin_r)
+
+
+def _sin_squared_fast(z: Array) -> Array:
+  return _sin_squared_reduced(_reduce_fast(z))
+
+
+def _sin_squared_exact(z: Array) -> Array:
+  a = jnp.abs(z)
+  # The exact reduction has no derivative; r's is d|z|/dz (sin^2 is even), and a - a also makes
+  # inf and NaN into NaN.
+  r_large = jax.lax.stop_gradient(_reduce_exact(a)) + (a - jax.lax.stop_gradient(a))
+  return _sin_squared_reduced(jnp.where(a < _SIN_FAST_BELOW, _reduce_fast(z), r_large))
+
+
+def map_sin_squared(z: Array, then=lambda s: s) -> Array:
+  """then(sin(z)^2) elementwise, as `sin_squared` computes it, with `then` (elementwise: the
+  Snake's x + s / beta) in the same fused loop.
+
+  float32 (and narrower, computed in float32): a reduction finds max |z| (one more read of z); below
+  _SIN_FAST_BELOW (the usual case) the loop is the fast reduction and the polynomial, else it also
+  computes the exact reduction for every element and selects (about twice the loop's time on CPU,
+  which is why it is not always computed). Under vmap the cond becomes a select: both loops run.
+  float64: jnp.sin."""
+  z = jnp.asarray(z)
+  if z.dtype == jnp.float64:
+    return then(jnp.sin(z) ** 2)
+  if z.dtype != jnp.float32:
+    return map_sin_squared(z.astype(jnp.float32), lambda s: then(s.astype(z.dtype)))
+  usual = jnp.max(jnp.abs(z), initial=0.0) < _SIN_FAST_BELOW  # NaN or inf: the exact loop (NaN out)
+  return jax.lax.cond(usual, lambda z: then(_sin_squared_fast(z)), lambda z: then(_sin_squared_exact(z)), z)
+
+
+def sin_squared(z: Array) -> Array:
+  """sin(z)^2 within 4e-7 (absolute; about 7 float32 ulps of 1) of float64 for every finite float32 z,
+  up to the largest float32, and always in [0, 1]; NaN for inf or NaN. jnp.sin's own error is 9e-8.
+
+  The decoder's Snake activations are most of its elementwise work, and XLA's CPU sine costs about
+  four times this: sin^2 has period pi, so z is reduced to r in [-pi/2, pi/2] and sin(r) is a
+  polynomial, one fused vectorisable loop. Below 2**13 (the decoder's usual range) the reduction is
+  Cody-Waite's with a two-part pi, which loses accuracy above about 1e5 (and gave inf above 1e10);
+  above, an exact reduction (Payne-Hanek) that reads z's exponent and mantissa as integers. A
+  reduction over |z| picks which loop runs (`map_sin_squared`). float64: jnp.sin."""
+  return map_sin_squared(z)
 
 
 class Snake(nn.Module):
@@ -102,7 +197,8 @@ class Snake(nn.Module):
     alpha = jnp.exp(self.param("alpha", nn.initializers.zeros, (channels,)).astype(dtype))
     beta = jnp.exp(self.param("beta", nn.initializers.zeros, (channels,)).astype(dtype))
     x32 = x.astype(dtype)
-    return (x32 + jnp.reciprocal(beta + 1e-9) * sin_squared(alpha * x32)).astype(x.dtype)
+    inv_beta = jnp.reciprocal(beta + 1e-9)
+    return map_sin_squared(alpha * x32, lambda s: x32 + inv_beta * s).astype(x.dtype)
 
 
 class ResidualUnit(nn.Module):

@@ -171,6 +171,41 @@ def inversion_kv_cache(inversion: Inversion, settings: EditSettings) -> KVCache:
   return kv_lib.cache_from_inversion(kv)
 
 
+@dataclasses.dataclass(frozen=True)
+class InversionChecks:
+  """What checking a recording's edit and inversion found: the windows of a recording longer than
+  one window (None: it fits one), the layers whose K/V the inversion records, and what to tell a
+  person before the inversion starts."""
+
+  geometry: WindowSettings | None
+  record_layers: tuple[int, ...]
+  messages: tuple[str, ...]
+
+
+def check_recording_edit(model: LoadedModel, n_samples: int, settings: EditSettings,
+                         inversion_settings: InversionSettings, windows: WindowSettings | None, *,
+                         kv_from_inversion: bool = False) -> InversionChecks:
+  """Every check of an edit of a recording of n_samples, before its inversion (which costs as many
+  DiT calls as the edit): the edit's first (a refused edit is not the inversion's problem), then the
+  inversion's. Raises SettingsError (naming the setting)."""
+  cfg = model.config
+  settings = settings.for_recording(cfg)
+  inversion_settings = inversion_settings.for_model(cfg)
+  record_layers = tuple(settings.vital_layers) if kv_from_inversion else ()
+  check_edit(model, settings, n_samples, window_geometry(model, n_samples, windows),
+             kv_from_inversion=kv_from_inversion)
+  geometry = check_inversion(model, n_samples, inversion_settings, windows, record_layers)
+  seconds = n_samples / cfg.sample_rate
+  messages = []
+  if geometry is not None:
+    layout = geometry.layout(cfg, cfg.frames_for_samples(n_samples))
+    messages.append(f"{seconds:.2f} s is longer than one window: {layout.n_windows} windows of "
+                    f"{cfg.seconds_of_frames(layout.width):.2f} s, one diffusion process over the whole latent")
+  messages.append(f"inverting {seconds:.2f} s ({inversion_settings.variant} inversion, "
+                  f"{inversion_settings.num_inference_steps} steps)")
+  return InversionChecks(geometry, record_layers, tuple(messages))
+
+
 def edit_audio(model: LoadedModel, audio: np.ndarray, settings: EditSettings, inversion_settings: InversionSettings, *,
                windows: WindowSettings | None = None, kv_from_inversion: bool = False,
                progress: PhaseProgress | None = None,
@@ -179,21 +214,14 @@ def edit_audio(model: LoadedModel, audio: np.ndarray, settings: EditSettings, in
   (windows or not, the edit, the memory), then the inversion, then the edit. progress(phase,
   steps) gives the listener of each phase; log tells what is about to happen."""
   cfg = model.config
-  n_samples = int(np.shape(audio)[-1])
   settings = settings.for_recording(cfg)
   inversion_settings = inversion_settings.for_model(cfg)
-  record_layers = tuple(settings.vital_layers) if kv_from_inversion else ()
-  check_edit(model, settings, n_samples, window_geometry(model, n_samples, windows),
-             kv_from_inversion=kv_from_inversion)
-  geometry = check_inversion(model, n_samples, inversion_settings, windows, record_layers)
-  if geometry is not None:
-    layout = geometry.layout(cfg, cfg.frames_for_samples(n_samples))
-    log(f"{n_samples / cfg.sample_rate:.2f} s is longer than one window: {layout.n_windows} windows of "
-        f"{cfg.seconds_of_frames(layout.width):.2f} s, one diffusion process over the whole latent")
-  log(f"inverting {n_samples / cfg.sample_rate:.2f} s ({inversion_settings.variant} inversion, "
-      f"{inversion_settings.num_inference_steps} steps)")
+  checks = check_recording_edit(model, int(np.shape(audio)[-1]), settings, inversion_settings, windows,
+                                kv_from_inversion=kv_from_inversion)
+  for message in checks.messages:
+    log(message)
   with _phase(progress, "inverting", inversion_settings.num_inference_steps) as listener:
-    inversion = invert_audio(model, audio, inversion_settings, record_layers=record_layers, windows=windows,
+    inversion = invert_audio(model, audio, inversion_settings, record_layers=checks.record_layers, windows=windows,
                              on_step=listener)
   with _phase(progress, "editing", settings.generation.num_inference_steps) as listener:
     result = edit_recording(model, inversion, settings, kv_from_inversion=kv_from_inversion, windows=windows,
