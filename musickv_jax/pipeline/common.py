@@ -52,13 +52,15 @@ def shared_initial_latents(settings: GenerationSettings, config: ModelConfig, n:
 
 def check_init_latents(latents: np.ndarray, n: int, settings: GenerationSettings, config: ModelConfig, *,
                        require_coverage: bool = True) -> np.ndarray:
-  """Given initial latents x_T must be (n, C, T), finite, fit the window and (unless the output
-  length comes from elsewhere) cover audio_end_in_s. Returns them as float32."""
+  """Given initial latents x_T must be (n, C, T) (or (1, C, T): shared by every prompt), finite, fit
+  the window and (unless the output length comes from elsewhere) cover audio_end_in_s; a model whose
+  latent follows the duration (Stable Audio 3) needs exactly its frames. Returns (n, C, T) float32."""
   latents = np.asarray(latents)
   channels = config.dit.io_channels
-  if latents.ndim != 3 or latents.shape[0] != n or latents.shape[1] != channels:
-    raise SettingsError(f"{{field}} has shape {latents.shape}; expected ({n}, {channels}, T) for {n} prompt(s)",
-                        field="init_latents")
+  if latents.ndim != 3 or latents.shape[0] not in (1, n) or latents.shape[1] != channels:
+    raise SettingsError(f"{{field}} has shape {latents.shape}; expected ({n}, {channels}, T) for {n} prompt(s), or "
+                        f"(1, {channels}, T) shared by every prompt", field="init_latents")
+  latents = np.repeat(latents, n, axis=0) if latents.shape[0] == 1 else latents
   frames = latents.shape[2]
   if not 0 < frames <= config.dit.sample_size:
     raise SettingsError(f"{{field}} has {frames} frames; the model takes 1 to {config.dit.sample_size}",
