@@ -26,6 +26,7 @@ REPRESENTATIVE = {
     "sao-small": [("dit_call", "splash"), ("edit_chunk", "xla"), ("generation_chunk", "xla"),
                   ("window_group", "xla"), ("batch_bucket", "xla"), ("batch_bucket", "splash"),
                   ("schedule_gradient", "xla"), ("vae_encode", None)],
+    "sa3-small": [("edit_step", "splash"), ("edit_chunk", "xla"), ("vae_decode", None)],
 }
 
 
@@ -57,7 +58,7 @@ def test_every_program_lowers_for_tpu_and_cuda():
 
 def test_the_list_holds_every_program_of_the_issue():
   names = {str(n) for n in programs.all_names()}
-  for model in ("sao1.0", "sao-small"):
+  for model in ("sao1.0", "sao-small", "sa3-small"):
     for dtype in ("f32", "bf16"):
       for program in programs.DIT_PROGRAMS:
         assert f"{model}/{program}/{dtype}/xla" in names and f"{model}/{program}/{dtype}/splash" in names
@@ -65,7 +66,7 @@ def test_the_list_holds_every_program_of_the_issue():
         assert f"{model}/{program}/{dtype}" in names
     for program in programs.DIT_PROGRAMS:
       assert f"{model}/{program}/bf16/cudnn" in names and f"{model}/{program}/f32/cudnn" not in names
-  assert len(names) == 2 * (2 * (2 * 8 + 2) + 8)
+  assert len(names) == 3 * (2 * (2 * 8 + 2) + 8)
   assert ProgramName("sao1.0", "edit_step", "bf16", "splash").platforms == ("tpu",)
 
 

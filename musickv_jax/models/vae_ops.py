@@ -37,6 +37,16 @@ def _encode(params, audio, *, config: OobleckConfig):
   return dist.mean, dist.std
 
 
+def decode_traced(params, latents, config: OobleckConfig | SAMEConfig):
+  """latents (B, latent_dim, T) -> audio (B, channels, T * hop) in one pass, as a traceable function
+  of the parameters and latents (jit, grad: the schedule optimiser decodes through it)."""
+  if isinstance(config, SAMEConfig):
+    model = same.SAME(config)
+    return model.apply({"params": params}, latents, method=model.decode)
+  vae = OobleckVAE(config)
+  return vae.apply({"params": params}, latents, method=vae.decode)
+
+
 def decode(params, latents, config: OobleckConfig | SAMEConfig, chunk_frames: int | None = DECODE_CHUNK_FRAMES,
            frames: tuple[int, int] | None = None) -> np.ndarray:
   """latents (B, latent_dim, T) -> audio (B, channels, (stop - start) * hop) float32 NumPy for the
