@@ -102,8 +102,9 @@ def test_cli_refuses_unknown_platforms_and_models(argv, capsys):
 
 def test_memory_plan_table(capsys, tmp_path):
   entries = memory_plan.table()
-  assert len(entries) == 2 * 2 * 7
-  by = {(e.window.config, e.dtype, e.accelerator.name): e for e in entries}
+  assert len(entries) == len(memory_plan.WINDOWS) * 2 * 7
+  by = {(e.window.config, e.dtype, e.accelerator.name): e for e in entries if e.window.frames != 1292
+        and e.window.frames != 4096}
   big = by[("sao-1.0", "bfloat16", "H100 80GB")]
   assert big.attention == "cudnn" and big.prompts == big.dit_rows // 2 and big.edits == big.prompts - 1
   # bfloat16 and a flash kernel hold far more rows than float32 with materialised logits
@@ -120,13 +121,17 @@ def test_memory_plan_table(capsys, tmp_path):
     memory.check_rows(config, memory.config_params_bytes(config), e.dit_rows + 1, 1024, budget)
   assert run(benchmark_cli.COMMAND, ["--memory_plan", f"--json_out={tmp_path / 'm.json'}"]) == 0
   assert "| SAO 1.0, 47.6 s (1024 frames) | bfloat16 | H200 |" in capsys.readouterr().out
-  assert len(json.loads((tmp_path / "m.json").read_text())["entries"]) == 28
+  assert len(json.loads((tmp_path / "m.json").read_text())["entries"]) == len(entries)
+  # Stable Audio 3: a longer window holds fewer rows; Medium fewer than Small
+  assert by[("sa3-small", "bfloat16", "H100 80GB")].dit_rows > by[("sa3-medium", "bfloat16", "H100 80GB")].dit_rows
 
 
-def test_the_estimate_bounds_the_compiled_program():
-  """XLA's temporaries of the real-size SAO Small edit step compiled for this CPU stay under the
-  estimate (and within 3x of it: an estimate that is not absurdly loose)."""
-  result = memory_plan.compiled_check("sao-small", "float32")
+@pytest.mark.parametrize("model", ["sao-small", "sa3-small"])
+def test_the_estimate_bounds_the_compiled_program(model):
+  """XLA's temporaries of the real-size edit step compiled for this CPU stay under the estimate (and
+  within 3x of it: an estimate that is not absurdly loose)."""
+  result = memory_plan.compiled_check(model, "float32")
+  print(result)
   assert 1.0 <= result.ratio <= 3.0, result
 
 
