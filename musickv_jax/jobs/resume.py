@@ -87,7 +87,8 @@ def _shown(value) -> str:
 
 # fields added to the record after it was first written, with the value an older record (without
 # them) was made with: such a record still matches a request that asks that value
-ADDED_FIELDS = {"init_noise_level": 1.0}
+ADDED_FIELDS = {"init_noise_level": 1.0, "regions": [], "region_crossfade_s": 0.25, "method": "inversion",
+                "flowedit_samples": 1, "flowedit_start": 0.8, "flowedit_source_guidance": None}
 
 
 def request_differences(recorded: dict, asked: dict) -> list[str]:

@@ -18,6 +18,10 @@ from musickv_jax.sampling import windows as windows_lib
 
 LATENT_LENGTHS = ("full", "fit")
 NOISE_CONVENTIONS = ("diffusers", "stable-audio-tools")
+METHODS = ("inversion", "flowedit", "sdedit")  # how a recording is edited (pipeline.methods)
+MAX_FLOWEDIT_SAMPLES = 16  # FlowEdit's noise draws a step: each is a DiT call of every row
+DEFAULT_FLOWEDIT_START = 0.8
+DEFAULT_CROSSFADE_S = 0.25  # a region's edges: short enough to stay local, long enough to hide the seam
 REFERENCE_VITAL_LAYERS = presets.REFERENCE_LAYERS  # the authors' layers of SAO 1.0 (presets: what other depths get)
 MAX_SEED = 2**32 - 1  # JAX keys take 32-bit seeds: larger ones would silently alias smaller ones
 
@@ -176,6 +180,16 @@ class EditSettings:
   injection_mode: str = "joint"
   edit_all: bool = False
   allow_unbounded_schedule: bool = False
+  # only these spans (seconds) follow the edit; elsewhere the result is the source (pipeline.regions)
+  regions: tuple[tuple[float, float], ...] = ()
+  region_crossfade_s: float = DEFAULT_CROSSFADE_S
+  # how a recording is edited (pipeline.methods): inversion (invert, then regenerate), flowedit (no
+  # inversion: velocity differences from the recording's latent), sdedit (from the recording's latent
+  # noised to generation.init_noise_level)
+  method: str = "inversion"
+  flowedit_samples: int = 1  # noise draws the velocity difference is averaged over, at every step
+  flowedit_start: float = DEFAULT_FLOWEDIT_START  # the model time FlowEdit starts at, (0, 1]
+  flowedit_source_guidance: float | None = None  # the source branch's guidance (None: the edit's)
 
   @property
   def n_edits(self) -> int:
@@ -223,14 +237,42 @@ class EditSettings:
     if self.injection_mode not in kv.MODES:
       raise SettingsError(f"{{field}} must be one of {kv.MODES}, got {self.injection_mode!r}",
                           field="injection_mode")
+    self._validate_method_and_regions()
     return kv_schedules.validate(self.resolved_schedule(), gen.num_inference_steps, len(self.vital_layers),
                                  self.n_edits, allow_unbounded=self.allow_unbounded_schedule)
+
+  def _validate_method_and_regions(self) -> None:
+    if self.method not in METHODS:
+      raise SettingsError(f"{{field}} must be one of {', '.join(METHODS)}, got {self.method!r}", field="method")
+    samples = self.flowedit_samples
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= MAX_FLOWEDIT_SAMPLES:
+      raise SettingsError(f"{{field}} must be a whole number from 1 to {MAX_FLOWEDIT_SAMPLES}, got {samples!r}",
+                          field="flowedit_samples")
+    if not _is_real(self.flowedit_start) or not 0.0 < self.flowedit_start <= 1.0:
+      raise SettingsError(f"{{field}} must be more than 0 and at most 1 (a time of the model's schedule), got "
+                          f"{_seconds(self.flowedit_start)}", field="flowedit_start")
+    guidance = self.flowedit_source_guidance
+    if guidance is not None and not _is_real(guidance):
+      raise SettingsError(f"{{field}} must be a finite number, got {guidance!r}", field="flowedit_source_guidance")
+    if not _is_real(self.region_crossfade_s) or self.region_crossfade_s < 0:
+      raise SettingsError(f"{{field}} must be 0 or more seconds, got {_seconds(self.region_crossfade_s)}",
+                          field="region_crossfade_s")
+    for region in self.regions:
+      if (len(region) != 2 or not all(_is_real(v) for v in region) or not 0 <= region[0] < region[1]):
+        raise SettingsError(f"{{field}} {region!r}: a region is START,END seconds with 0 <= START < END",
+                            field="regions")
+    if self.regions and self.injection_mode != "joint":
+      raise SettingsError("region edits paste the source back at every step, which the source's own row does: they "
+                          "need the joint {field}", field="injection_mode")
 
   def to_json_dict(self) -> dict:
     return {"vital_layers": None if self.vital_layers is None else list(self.vital_layers),
             "skip_layers": list(self.skip_layers),
             "injection_mode": self.injection_mode, "edit_all": self.edit_all,
-            "allow_unbounded_schedule": self.allow_unbounded_schedule}
+            "allow_unbounded_schedule": self.allow_unbounded_schedule,
+            "regions": [list(region) for region in self.regions], "region_crossfade_s": self.region_crossfade_s,
+            "method": self.method, "flowedit_samples": self.flowedit_samples, "flowedit_start": self.flowedit_start,
+            "flowedit_source_guidance": self.flowedit_source_guidance}
 
 
 # ----------------------------------------------------------------------------- inversion

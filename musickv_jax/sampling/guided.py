@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from musickv_jax.config import DiTConfig, SA3DiTConfig
 from musickv_jax.models import family
 from musickv_jax.models.dit import KVCache, KVControls
+from musickv_jax.sampling import regions
 from musickv_jax.sampling import rows as rows_lib
 from musickv_jax.sampling import sampler as sampler_lib
 from musickv_jax.sampling import solvers
@@ -89,7 +90,8 @@ class RowBlock:
 
   cond: (R, ...) conditioning, guidance (n,) (over windows: (groups, R, ...), guidance (G * n,));
   x_init (n, C, T); kv: the injection and bypass controls of the DiT rows; keys (n, 2) uint32 key
-  data and sample_ids (n,): each row's noise; step_noise (steps, n, C, T) or None."""
+  data and sample_ids (n,): each row's noise; step_noise (steps, n, C, T) or None; paste: the
+  rows' region edits (sampling.regions) or None."""
 
   cond: GuidedConditioning
   x_init: Array
@@ -97,6 +99,7 @@ class RowBlock:
   keys: Array
   sample_ids: Array
   step_noise: Array | None = None
+  paste: regions.Paste | None = None  # region edits (sampling.regions), or None
 
   @property
   def n(self) -> int:
@@ -195,7 +198,7 @@ def _denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditioning, windo
 def sample(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_lib.StepPlan, key: Array,
            kv: KVSteps | None = None, sample_ids: Array | None = None, step_noise: Array | None = None, *,
            dit_config: DiTConfig, solver: str = "dpmpp-2m", use_cfg: bool = True, record_layers: tuple[int, ...] = (),
-           remat: bool = False) -> tuple[Array, KVCache | None]:
+           remat: bool = False, paste: regions.Paste | None = None) -> tuple[Array, KVCache | None]:
   """x_init (B, C, T) at noise level plan.sigma[0] -> (x_0, recorded K/V over steps or None).
 
   sample_ids (B,): the stochastic sampler's noise stream of each sample (default 0..B-1).
@@ -209,23 +212,23 @@ def sample(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_li
   chex.assert_shape(cond.guidance, (batch,))
   denoise = guided_denoiser(dit_params, dit_config, cond, use_cfg=use_cfg, kv=kv, record_layers=record_layers)
   return sampler_lib.run(denoise, x_init, plan, _per_step(kv), solver=solver, key=key, sample_ids=sample_ids,
-                         step_noise=step_noise, remat=remat)
+                         step_noise=step_noise, remat=remat, paste=paste)
 
 
 @functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers", "mesh"))
 def sample_chunk(dit_params, cond: GuidedConditioning, state: solvers.SolverState, plan: sampler_lib.StepPlan,
                  key: Array, kv: KVSteps | None, per_step: dict, sample_ids: Array | None, step_index: Array,
-                 windows: windows_lib.Windows | None = None, step_noise: Array | None = None, *,
-                 dit_config: DiTConfig, solver: str = "dpmpp-2m",
+                 windows: windows_lib.Windows | None = None, step_noise: Array | None = None,
+                 paste: regions.Paste | None = None, *, dit_config: DiTConfig, solver: str = "dpmpp-2m",
                  use_cfg: bool = True, record_layers: tuple[int, ...] = (),
                  mesh: jax.sharding.Mesh | None = None) -> tuple[solvers.SolverState, KVCache | None]:
-  """Some consecutive steps of `sample` from a carried state (plan, per_step and step_index hold
-  just those steps). windows: sample a latent longer than the model's window (windowed_denoiser,
-  with its groups spread over `mesh`)."""
+  """Some consecutive steps of `sample` from a carried state (plan, per_step, step_index and the
+  paste's per-step arrays hold just those steps). windows: sample a latent longer than the model's
+  window (windowed_denoiser, with its groups spread over `mesh`)."""
   denoise = _denoiser(dit_params, dit_config, cond, windows, use_cfg=use_cfg, kv=kv, record_layers=record_layers,
                       mesh=mesh)
   return sampler_lib.run_steps(denoise, state, plan, per_step, step_index, solver=solver, key=key,
-                               sample_ids=sample_ids, step_noise=step_noise)
+                               sample_ids=sample_ids, step_noise=step_noise, paste=paste)
 
 
 @functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers", "remat"))
@@ -234,7 +237,8 @@ def sample_block(dit_params, block: RowBlock, plan: sampler_lib.StepPlan, *, dit
                  remat: bool = False) -> tuple[Array, KVCache | None]:
   """`sample` over the rows of a block (traceable: jit, grad and shard_map take it)."""
   return sample(dit_params, block.cond, block.x_init, plan, block.key, block.kv, block.sample_ids, block.step_noise,
-                dit_config=dit_config, solver=solver, use_cfg=use_cfg, record_layers=record_layers, remat=remat)
+                dit_config=dit_config, solver=solver, use_cfg=use_cfg, record_layers=record_layers, remat=remat,
+                paste=block.paste)
 
 
 def sample_block_in_chunks(dit_params, block: RowBlock, plan: sampler_lib.StepPlan,
@@ -246,7 +250,7 @@ def sample_block_in_chunks(dit_params, block: RowBlock, plan: sampler_lib.StepPl
   windowed_denoiser)."""
   return sample_in_chunks(dit_params, block.cond, block.x_init, plan, block.key, block.kv, block.sample_ids, windows,
                           block.step_noise, dit_config=dit_config, solver=solver, use_cfg=use_cfg,
-                          record_layers=record_layers, mesh=mesh, on_step=on_step)
+                          record_layers=record_layers, mesh=mesh, on_step=on_step, paste=block.paste)
 
 
 def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_lib.StepPlan, key: Array,
@@ -254,8 +258,8 @@ def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: 
                      windows: windows_lib.Windows | None = None, step_noise: Array | None = None, *,
                      dit_config: DiTConfig, solver: str = "dpmpp-2m",
                      use_cfg: bool = True, record_layers: tuple[int, ...] = (),
-                     mesh: jax.sharding.Mesh | None = None,
-                     on_step: sampler_lib.Listener | None = None) -> tuple[Array, KVCache | None]:
+                     mesh: jax.sharding.Mesh | None = None, on_step: sampler_lib.Listener | None = None,
+                     paste: regions.Paste | None = None) -> tuple[Array, KVCache | None]:
   """`sample`, run a chunk of steps at a time from the host, calling on_step(steps done, steps)
   between chunks. Computes what `sample` computes; the chunk program has no host callbacks, so
   JAX's persistent compilation cache keeps it between runs.
@@ -274,11 +278,13 @@ def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: 
   fixed = None if kv is None else dataclasses.replace(kv, inject_weight=None, injected=None)
 
   def run_chunk(state, chunk, step_index):
-    chunk_plan, per_step, chunk_noise = chunk
+    chunk_plan, per_step, chunk_noise, chunk_paste = chunk
+    chunk_paste = None if paste is None else paste.replace(**chunk_paste)
     return sample_chunk(dit_params, cond, state, chunk_plan, key, fixed, per_step, sample_ids, step_index, windows,
-                        chunk_noise, dit_config=dit_config, solver=solver, use_cfg=use_cfg,
+                        chunk_noise, chunk_paste, dit_config=dit_config, solver=solver, use_cfg=use_cfg,
                         record_layers=record_layers, mesh=mesh)
 
-  state, aux = sampler_lib.run_in_chunks(run_chunk, solvers.init_state(x_init), (plan, _per_step(kv), step_noise),
-                                         plan.steps, on_step)
+  paste_steps = None if paste is None else paste.per_step()
+  state, aux = sampler_lib.run_in_chunks(run_chunk, solvers.init_state(x_init),
+                                         (plan, _per_step(kv), step_noise, paste_steps), plan.steps, on_step)
   return state.x, aux
