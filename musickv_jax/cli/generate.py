@@ -39,7 +39,7 @@ def slug(text: str, limit: int = 40) -> str:
   return s[:limit].rstrip("-") or "prompt"
 
 
-A2A_DEFAULT_LEVEL = 0.6  # --input_audio without --init_noise_level or --inpaint_range: a variation
+A2A_DEFAULT_LEVEL = variation.DEFAULT_NOISE_LEVEL  # --input_audio without --init_noise_level or --inpaint_range
 
 
 def define(fv: Flags) -> None:

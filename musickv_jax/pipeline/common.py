@@ -84,6 +84,11 @@ def step_plan(settings: GenerationSettings, config: ModelConfig | None = None, f
               ) -> sampler.StepPlan:
   """The per-step arrays of a run: the v objective's sigma schedule (the default config), or
   rectified flow's times for a latent of `frames` frames (its shift may depend on the length)."""
+  if settings.init_noise_level == 0:  # starts at the reference itself: every level 0, nothing to sample
+    config = ModelConfig() if config is None else config
+    settings = settings.for_model(config)
+    objective = config.diffusion.objective if config.diffusion.is_rectified_flow else "v"
+    return sampler.make_plan(np.zeros((settings.num_inference_steps + 1,)), settings.sampler, objective)
   if config is not None and config.diffusion.is_rectified_flow:
     settings = settings.for_model(config)
     times = rf_schedules.rf_times(settings.num_inference_steps, config.diffusion.shift,
@@ -94,6 +99,11 @@ def step_plan(settings: GenerationSettings, config: ModelConfig | None = None, f
   sigmas = schedules.sigma_schedule(settings.sigma_schedule, settings.num_inference_steps, settings.sigma_min,
                                     start_sigma(settings))
   return sampler.make_plan(sigmas, settings.sampler)
+
+
+def samples_nothing(steps: sampler.StepPlan) -> bool:
+  """Whether a step plan starts at level 0 (init_noise_level 0): its result is its start."""
+  return float(steps.sigma[0]) == 0.0
 
 
 def start_sigma(settings: GenerationSettings) -> float:

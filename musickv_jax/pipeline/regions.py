@@ -71,27 +71,38 @@ def paste_noise(seed: int, steps: int, shape: tuple[int, ...]) -> jax.Array:
 
 
 def region_paste(config: ModelConfig, settings: EditSettings, roles: list[Role], source_index: np.ndarray,
-                 steps: StepPlan, frames: int, *, clean=None, seed: int = 0) -> regions_lib.Paste | None:
+                 steps: StepPlan, frames: int, *, clean=None, seed: int = 0,
+                 step_noise=None) -> regions_lib.Paste | None:
   """The rows' Paste for the settings' regions (None without regions). clean (1, C, T): a recording's
-  latent (the reference outside the regions); None: a generated source (its row is the reference)."""
+  latent, the reference outside the regions, noised with a stochastic sampler's own step_noise
+  (steps, n, C, T) when it has one (the rows' noise, so the seam is alike on both sides), else with
+  noise from the seed; None: the source row's state is the reference (a generated source; FlowEdit,
+  whose source row stays the recording's latent)."""
   if not settings.regions:
     return None
   n = len(roles)
   keep = jnp.asarray(keep_masks(config, settings, roles, frames))
+  paste = regions_lib.Paste(keep=keep, source_row=jnp.asarray(source_index, jnp.int32))
   if clean is None:
-    return regions_lib.Paste(keep=keep, source_row=jnp.asarray(source_index, jnp.int32))
+    return paste
   clean = jnp.asarray(np.repeat(np.asarray(clean, np.float32), n, axis=0))
-  noise = jnp.repeat(paste_noise(seed, steps.steps, (1, *clean.shape[1:])), n, axis=1)
+  noise = step_noise if step_noise is not None else jnp.repeat(
+      paste_noise(seed, steps.steps, (1, *clean.shape[1:])), n, axis=1)
   clean_scale, noise_scale = level_scales(config, steps)
-  return regions_lib.Paste(keep=keep, source_row=jnp.asarray(source_index, jnp.int32), clean=clean, noise=noise,
-                           clean_scale=jnp.asarray(clean_scale), noise_scale=jnp.asarray(noise_scale))
+  return paste.replace(from_clean=jnp.ones((n,), bool), clean=clean, noise=jnp.asarray(noise, jnp.float32),
+                       clean_scale=jnp.asarray(clean_scale), noise_scale=jnp.asarray(noise_scale))
 
 
-def inpainting_conditioning(config: ModelConfig, keep: np.ndarray, clean: np.ndarray) -> np.ndarray | None:
-  """Stable Audio 3's native inpainting conditioning of a recording's region edit: [known, clean *
-  known] with known = 1 where a row keeps the recording (its mask is 0); None for other models."""
-  if not config.is_sa3:
+def inpainting_conditioning(config: ModelConfig, settings: EditSettings, roles: list[Role],
+                            clean: np.ndarray) -> np.ndarray | None:
+  """Stable Audio 3's native inpainting conditioning of a recording's region edit, (n, C + 1, T):
+  [known, clean * known] with known = 1 where a row keeps the recording (an edit row outside its
+  regions and their crossfades; every frame of the rows that edit nothing: the source and plain
+  rows hear the whole recording). None for other models and without regions."""
+  if not config.is_sa3 or not settings.regions:
     return None
-  known = (np.asarray(keep) == 0).astype(np.float32)  # (n, 1, T)
   clean = np.asarray(clean, np.float32)
+  keep = keep_masks(config, settings, roles, int(clean.shape[-1]))  # (n, 1, T)
+  known = np.where(np.asarray([role is Role.EDIT for role in roles])[:, None, None], keep == 0, True)
+  known = known.astype(np.float32)
   return np.concatenate([known, clean * known], axis=1)

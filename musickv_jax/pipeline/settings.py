@@ -88,8 +88,9 @@ class GenerationSettings:
   seed: int = 0
   latent_length: str = "full"
   noise_convention: str = "diffusers"  # x_T = noise * sqrt(sigma_max^2 + 1)
-  # where sampling starts on the model's time axis, (0, 1]: 1 from pure noise; less from a
-  # reference latent noised to that level (audio-to-audio / SDEdit, pipeline.variation)
+  # where sampling starts on the model's time axis, [0, 1]: 1 from pure noise; less from a
+  # reference latent noised to that level (audio-to-audio / SDEdit, pipeline.variation); 0 samples
+  # nothing (the result is the reference latent itself)
   init_noise_level: float = 1.0
 
   def resolved_end(self, config: ModelConfig) -> float:
@@ -132,9 +133,9 @@ class GenerationSettings:
       raise SettingsError(f"{{field}} must be a finite number, got {self.guidance_scale}", field="guidance_scale")
     level = self.init_noise_level
     if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not (
-        math.isfinite(level) and 0.0 < level <= 1.0):
-      raise SettingsError(f"{{field}} must be more than 0 and at most 1 (1: from pure noise), got {level!r}",
-                          field="init_noise_level")
+        math.isfinite(level) and 0.0 <= level <= 1.0):
+      raise SettingsError(f"{{field}} must be from 0 to 1 (1: from pure noise; 0: the recording itself), got "
+                          f"{level!r}", field="init_noise_level")
     _check_seed(self.seed)
     start, end, maximum = self.audio_start_in_s, self.resolved_end(config), config.max_audio_seconds
     if not math.isfinite(start) or start < 0:
@@ -202,11 +203,11 @@ class EditSettings:
     return dataclasses.replace(self, generation=self.generation.for_model(config), vital_layers=layers)
 
   def for_recording(self, config: ModelConfig) -> "EditSettings":
-    """for_model for the edit of a recording: a sampler left open is the deterministic one that
-    the inversion ran backwards (rectified flow's Euler, not the ping-pong sampler, whose fresh
-    noise at every step would undo the reconstruction)."""
+    """for_model for the edit of a recording: a sampler left open is, for the inversion method, the
+    deterministic one that the inversion ran backwards (rectified flow's Euler, not the ping-pong
+    sampler, whose fresh noise at every step would undo the reconstruction)."""
     gen = self.generation
-    if gen.sampler is None:
+    if gen.sampler is None and self.method == "inversion":  # FlowEdit and SDEdit run no inversion backwards
       gen = dataclasses.replace(gen, sampler=config.diffusion.deterministic_sampler)
     return dataclasses.replace(self, generation=gen).for_model(config)
 
@@ -261,6 +262,9 @@ class EditSettings:
       if (len(region) != 2 or not all(_is_real(v) for v in region) or not 0 <= region[0] < region[1]):
         raise SettingsError(f"{{field}} {region!r}: a region is START,END seconds with 0 <= START < END",
                             field="regions")
+    if self.method == "flowedit" and self.injection_mode != "joint":
+      raise SettingsError("FlowEdit compares every edit row with its source row at every step: it needs the joint "
+                          "{field}", field="injection_mode")
     if self.regions and self.injection_mode != "joint":
       raise SettingsError("region edits paste the source back at every step, which the source's own row does: they "
                           "need the joint {field}", field="injection_mode")

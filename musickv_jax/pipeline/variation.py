@@ -33,6 +33,8 @@ from musickv_jax.pipeline.plan import build_plan, run_plan
 from musickv_jax.pipeline.results import Generation
 from musickv_jax.pipeline.settings import GenerationSettings
 
+DEFAULT_NOISE_LEVEL = 0.6  # audio-to-audio / SDEdit left without a level: a variation that keeps the form
+
 
 def reference_latents(model: LoadedModel, audio: np.ndarray, frames: int) -> np.ndarray:
   """(channels, samples) audio at the model's rate -> its latent (1, C, frames): encoded (the

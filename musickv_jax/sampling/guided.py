@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from musickv_jax.config import DiTConfig, SA3DiTConfig
 from musickv_jax.models import family
 from musickv_jax.models.dit import KVCache, KVControls
+from musickv_jax.sampling import flowedit as flowedit_lib
 from musickv_jax.sampling import regions
 from musickv_jax.sampling import rows as rows_lib
 from musickv_jax.sampling import sampler as sampler_lib
@@ -91,7 +92,8 @@ class RowBlock:
   cond: (R, ...) conditioning, guidance (n,) (over windows: (groups, R, ...), guidance (G * n,));
   x_init (n, C, T); kv: the injection and bypass controls of the DiT rows; keys (n, 2) uint32 key
   data and sample_ids (n,): each row's noise; step_noise (steps, n, C, T) or None; paste: the
-  rows' region edits (sampling.regions) or None."""
+  rows' region edits (sampling.regions) or None; flowedit: the rows' FlowEdit references and noise
+  (sampling.flowedit: the block is edited by FlowEdit instead of sampled) or None."""
 
   cond: GuidedConditioning
   x_init: Array
@@ -100,6 +102,7 @@ class RowBlock:
   sample_ids: Array
   step_noise: Array | None = None
   paste: regions.Paste | None = None  # region edits (sampling.regions), or None
+  flowedit: flowedit_lib.FlowEditData | None = None  # FlowEdit's references and noise, or None
 
   @property
   def n(self) -> int:
@@ -198,12 +201,15 @@ def _denoiser(dit_params, dit_config: DiTConfig, cond: GuidedConditioning, windo
 def sample(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_lib.StepPlan, key: Array,
            kv: KVSteps | None = None, sample_ids: Array | None = None, step_noise: Array | None = None, *,
            dit_config: DiTConfig, solver: str = "dpmpp-2m", use_cfg: bool = True, record_layers: tuple[int, ...] = (),
-           remat: bool = False, paste: regions.Paste | None = None) -> tuple[Array, KVCache | None]:
+           remat: bool = False, paste: regions.Paste | None = None,
+           flowedit: flowedit_lib.FlowEditData | None = None) -> tuple[Array, KVCache | None]:
   """x_init (B, C, T) at noise level plan.sigma[0] -> (x_0, recorded K/V over steps or None).
 
   sample_ids (B,): the stochastic sampler's noise stream of each sample (default 0..B-1).
   step_noise (steps, B, C, T): the noise a stochastic sampler adds at each step, instead of drawing it.
   Recorded K/V, when record_layers is given: a KVCache with k, v (steps, n_layers, R, S, H, D).
+  paste: region edits (sampling.regions); flowedit: FlowEdit instead of the solver (x_init: the
+  rows' references).
   """
   batch = x_init.shape[0]
   rows = rows_lib.branches(use_cfg) * batch
@@ -211,24 +217,38 @@ def sample(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_li
   chex.assert_shape(cond.global_cond, (rows, dit_config.global_cond_dim))
   chex.assert_shape(cond.guidance, (batch,))
   denoise = guided_denoiser(dit_params, dit_config, cond, use_cfg=use_cfg, kv=kv, record_layers=record_layers)
-  return sampler_lib.run(denoise, x_init, plan, _per_step(kv), solver=solver, key=key, sample_ids=sample_ids,
-                         step_noise=step_noise, remat=remat, paste=paste)
+  final, aux = _run_steps(denoise, solvers.init_state(x_init), plan, _per_step(kv), jnp.arange(plan.steps),
+                          solver=solver, key=key, sample_ids=sample_ids, step_noise=step_noise, paste=paste,
+                          flowedit=flowedit, remat=remat)
+  return final.x, aux
+
+
+def _run_steps(denoise, state: solvers.SolverState, plan: sampler_lib.StepPlan, per_step: dict, step_index: Array, *,
+               solver: str, key: Array, sample_ids: Array | None, step_noise: Array | None,
+               paste: regions.Paste | None, flowedit: flowedit_lib.FlowEditData | None,
+               remat: bool = False) -> tuple[solvers.SolverState, KVCache | None]:
+  """The steps of a plan by the solver, or by FlowEdit when its data is given."""
+  if flowedit is not None:
+    return flowedit_lib.run_steps(denoise, state, plan, per_step, flowedit, paste=paste, remat=remat)
+  return sampler_lib.run_steps(denoise, state, plan, per_step, step_index, solver=solver, key=key,
+                               sample_ids=sample_ids, step_noise=step_noise, paste=paste, remat=remat)
 
 
 @functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers", "mesh"))
 def sample_chunk(dit_params, cond: GuidedConditioning, state: solvers.SolverState, plan: sampler_lib.StepPlan,
                  key: Array, kv: KVSteps | None, per_step: dict, sample_ids: Array | None, step_index: Array,
                  windows: windows_lib.Windows | None = None, step_noise: Array | None = None,
-                 paste: regions.Paste | None = None, *, dit_config: DiTConfig, solver: str = "dpmpp-2m",
+                 paste: regions.Paste | None = None, flowedit: flowedit_lib.FlowEditData | None = None, *,
+                 dit_config: DiTConfig, solver: str = "dpmpp-2m",
                  use_cfg: bool = True, record_layers: tuple[int, ...] = (),
                  mesh: jax.sharding.Mesh | None = None) -> tuple[solvers.SolverState, KVCache | None]:
   """Some consecutive steps of `sample` from a carried state (plan, per_step, step_index and the
-  paste's per-step arrays hold just those steps). windows: sample a latent longer than the model's
-  window (windowed_denoiser, with its groups spread over `mesh`)."""
+  paste's and flowedit's per-step arrays hold just those steps). windows: sample a latent longer
+  than the model's window (windowed_denoiser, with its groups spread over `mesh`)."""
   denoise = _denoiser(dit_params, dit_config, cond, windows, use_cfg=use_cfg, kv=kv, record_layers=record_layers,
                       mesh=mesh)
-  return sampler_lib.run_steps(denoise, state, plan, per_step, step_index, solver=solver, key=key,
-                               sample_ids=sample_ids, step_noise=step_noise, paste=paste)
+  return _run_steps(denoise, state, plan, per_step, step_index, solver=solver, key=key, sample_ids=sample_ids,
+                    step_noise=step_noise, paste=paste, flowedit=flowedit)
 
 
 @functools.partial(jax.jit, static_argnames=("dit_config", "solver", "use_cfg", "record_layers", "remat"))
@@ -238,7 +258,7 @@ def sample_block(dit_params, block: RowBlock, plan: sampler_lib.StepPlan, *, dit
   """`sample` over the rows of a block (traceable: jit, grad and shard_map take it)."""
   return sample(dit_params, block.cond, block.x_init, plan, block.key, block.kv, block.sample_ids, block.step_noise,
                 dit_config=dit_config, solver=solver, use_cfg=use_cfg, record_layers=record_layers, remat=remat,
-                paste=block.paste)
+                paste=block.paste, flowedit=block.flowedit)
 
 
 def sample_block_in_chunks(dit_params, block: RowBlock, plan: sampler_lib.StepPlan,
@@ -250,7 +270,8 @@ def sample_block_in_chunks(dit_params, block: RowBlock, plan: sampler_lib.StepPl
   windowed_denoiser)."""
   return sample_in_chunks(dit_params, block.cond, block.x_init, plan, block.key, block.kv, block.sample_ids, windows,
                           block.step_noise, dit_config=dit_config, solver=solver, use_cfg=use_cfg,
-                          record_layers=record_layers, mesh=mesh, on_step=on_step, paste=block.paste)
+                          record_layers=record_layers, mesh=mesh, on_step=on_step, paste=block.paste,
+                          flowedit=block.flowedit)
 
 
 def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: sampler_lib.StepPlan, key: Array,
@@ -259,7 +280,8 @@ def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: 
                      dit_config: DiTConfig, solver: str = "dpmpp-2m",
                      use_cfg: bool = True, record_layers: tuple[int, ...] = (),
                      mesh: jax.sharding.Mesh | None = None, on_step: sampler_lib.Listener | None = None,
-                     paste: regions.Paste | None = None) -> tuple[Array, KVCache | None]:
+                     paste: regions.Paste | None = None,
+                     flowedit: flowedit_lib.FlowEditData | None = None) -> tuple[Array, KVCache | None]:
   """`sample`, run a chunk of steps at a time from the host, calling on_step(steps done, steps)
   between chunks. Computes what `sample` computes; the chunk program has no host callbacks, so
   JAX's persistent compilation cache keeps it between runs.
@@ -278,13 +300,14 @@ def sample_in_chunks(dit_params, cond: GuidedConditioning, x_init: Array, plan: 
   fixed = None if kv is None else dataclasses.replace(kv, inject_weight=None, injected=None)
 
   def run_chunk(state, chunk, step_index):
-    chunk_plan, per_step, chunk_noise, chunk_paste = chunk
+    chunk_plan, per_step, chunk_noise, chunk_paste, chunk_flowedit = chunk
     chunk_paste = None if paste is None else paste.replace(**chunk_paste)
+    chunk_flowedit = None if flowedit is None else flowedit.replace(**chunk_flowedit)
     return sample_chunk(dit_params, cond, state, chunk_plan, key, fixed, per_step, sample_ids, step_index, windows,
-                        chunk_noise, chunk_paste, dit_config=dit_config, solver=solver, use_cfg=use_cfg,
-                        record_layers=record_layers, mesh=mesh)
+                        chunk_noise, chunk_paste, chunk_flowedit, dit_config=dit_config, solver=solver,
+                        use_cfg=use_cfg, record_layers=record_layers, mesh=mesh)
 
-  paste_steps = None if paste is None else paste.per_step()
-  state, aux = sampler_lib.run_in_chunks(run_chunk, solvers.init_state(x_init),
-                                         (plan, _per_step(kv), step_noise, paste_steps), plan.steps, on_step)
+  per_step = (plan, _per_step(kv), step_noise, None if paste is None else paste.per_step(),
+              None if flowedit is None else flowedit.per_step())
+  state, aux = sampler_lib.run_in_chunks(run_chunk, solvers.init_state(x_init), per_step, plan.steps, on_step)
   return state.x, aux

@@ -30,17 +30,23 @@ Array = jax.Array
 
 @flax.struct.dataclass
 class Paste:
-  """keep (n, 1, T) in [0, 1]; source_row (n,) int32: the row whose new state is the reference where
-  no clean latent is given; clean (n, C, T) or None; noise (steps, n, C, T) or None; clean_scale and
-  noise_scale (steps,): the new level's coefficients (see the module). The per-step arrays are sliced
-  with the sampler's steps (sampler.take_steps)."""
+  """keep (n, 1, T) in [0, 1]; source_row (n,) int32: the row whose new state is the reference of a
+  row without a clean latent; from_clean (n,) bool: the rows whose reference is their clean latent
+  clean (n, C, T) noised with noise (steps, n, C, T); clean_scale and noise_scale (steps,): the new
+  level's coefficients (see the module). Without clean latents (None) every reference is a row. The
+  per-step arrays have the sampler's steps (a chunk's steps when run in chunks)."""
 
   keep: Array
   source_row: Array
+  from_clean: Array | None = None
   clean: Array | None = None
   noise: Array | None = None
   clean_scale: Array | None = None
   noise_scale: Array | None = None
+
+  @property
+  def n(self) -> int:
+    return int(self.keep.shape[0])
 
   def per_step(self) -> dict:
     return {} if self.clean is None else {"noise": self.noise, "clean_scale": self.clean_scale,
@@ -50,13 +56,57 @@ class Paste:
     return self.replace(noise=None, clean_scale=None, noise_scale=None)
 
 
+def kind(paste: Paste | None) -> str:
+  """What a program's pytree depends on: none, rows (references are rows) or clean."""
+  return "none" if paste is None else ("rows" if paste.clean is None else "clean")
+
+
+def select(paste: Paste, indices: Sequence[int]) -> Paste:
+  """The paste of some rows, in that order; a row whose reference row is left out becomes its own
+  reference (it is pasted from its clean latent, or not at all)."""
+  indices = list(indices)
+  position = {old: new for new, old in enumerate(indices)}
+  old_source = np.asarray(paste.source_row)
+  source = np.asarray([position.get(int(old_source[i]), new) for new, i in enumerate(indices)], np.int32)
+  take = jnp.asarray(indices, jnp.int32)
+  return paste.replace(keep=jnp.take(paste.keep, take, axis=0), source_row=jnp.asarray(source),
+                       from_clean=None if paste.from_clean is None else jnp.take(paste.from_clean, take, axis=0),
+                       clean=None if paste.clean is None else jnp.take(paste.clean, take, axis=0),
+                       noise=None if paste.noise is None else jnp.take(paste.noise, take, axis=1))
+
+
+def join(pastes: Sequence[Paste], padding: int = 0) -> Paste:
+  """Pastes of consecutive rows as one (each one's reference rows offset to its place), then
+  `padding` rows that are never pasted. They must be of one kind (see `kind`) and, with clean
+  latents, of one step plan."""
+  if len({kind(paste) for paste in pastes}) != 1:
+    raise ValueError("the rows of one batch must agree on how their regions are pasted")
+  offsets = np.cumsum([0] + [paste.n for paste in pastes])
+  total = int(offsets[-1])
+  first = pastes[0]
+  frames = first.keep.shape[-1]
+  keep = jnp.concatenate([paste.keep for paste in pastes] + [jnp.ones((padding, 1, frames), first.keep.dtype)])
+  source = jnp.concatenate([paste.source_row + offset for paste, offset in zip(pastes, offsets)]
+                           + [jnp.arange(total, total + padding, dtype=jnp.int32)])
+  joined = Paste(keep=keep, source_row=source.astype(jnp.int32))
+  if first.clean is None:
+    return joined
+  clean, noise = first.clean, first.noise
+  return joined.replace(
+      from_clean=jnp.concatenate([paste.from_clean for paste in pastes] + [jnp.zeros((padding,), bool)]),
+      clean=jnp.concatenate([paste.clean for paste in pastes] + [jnp.zeros((padding, *clean.shape[1:]), clean.dtype)]),
+      noise=jnp.concatenate([paste.noise for paste in pastes]
+                            + [jnp.zeros((noise.shape[0], padding, *noise.shape[2:]), noise.dtype)], axis=1),
+      clean_scale=first.clean_scale, noise_scale=first.noise_scale)
+
+
 def apply(paste: Paste, x: Array, step: dict) -> Array:
   """x (n, C, T) after a step, pasted back (see the module); step: this step's per_step() entries."""
-  if paste.clean is None:
-    reference = jnp.take(x, paste.source_row, axis=0)
-  else:
-    reference = (step["clean_scale"].astype(x.dtype) * paste.clean.astype(x.dtype)
-                 + step["noise_scale"].astype(x.dtype) * step["noise"].astype(x.dtype))
+  reference = jnp.take(x, paste.source_row, axis=0)
+  if paste.clean is not None:
+    noised = (step["clean_scale"].astype(x.dtype) * paste.clean.astype(x.dtype)
+              + step["noise_scale"].astype(x.dtype) * step["noise"].astype(x.dtype))
+    reference = jnp.where(paste.from_clean[:, None, None], noised, reference)
   keep = paste.keep.astype(x.dtype)
   mixed = keep * x + (1 - keep) * reference
   return jnp.where(keep == 1, x, jnp.where(keep == 0, reference, mixed))
@@ -76,3 +126,15 @@ def keep_mask(frames: int, regions: Sequence[tuple[int, int]], crossfade: int) -
       inside = np.maximum(inside, np.maximum(rise, fall))
     mask = np.maximum(mask, inside)
   return mask.astype(np.float32)
+
+
+def side_by_side(pastes: Sequence[Paste]) -> Paste:
+  """Blocks' pastes as the rows of one call whose devices each run one block (reference rows stay
+  local to their block)."""
+  def cat(name: str, axis: int = 0):
+    values = [getattr(paste, name) for paste in pastes]
+    return None if values[0] is None else jnp.concatenate(values, axis=axis)
+
+  first = pastes[0]
+  return first.replace(keep=cat("keep"), source_row=cat("source_row"), from_clean=cat("from_clean"),
+                       clean=cat("clean"), noise=cat("noise", axis=1))
