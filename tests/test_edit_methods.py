@@ -266,3 +266,60 @@ def test_stable_audio_3_region_edits_hear_the_kept_recording(sa3):
   np.testing.assert_array_equal(local[0], 1.0)
   np.testing.assert_array_equal(local[1, :, frames[0]:frames[1]], 0.0)
   np.testing.assert_array_equal(local[1, :, :frames[0]], 1.0)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_the_command_line_edits_a_region_by_flowedit_and_sdedit(tiny, tmp_path, capsys):
+  """musickv-edit --input_audio IN --edit_method=flowedit|sdedit --edit_region START,END (repeatable)
+  --region_crossfade_s S --flowedit_samples N --init_noise_level L: the record says how, and the
+  saved latents keep the recording's outside the regions."""
+  import json
+
+  import soundfile as sf
+
+  from musickv_jax.cli import edit as edit_cli
+  from tests.test_cli import cli
+
+  model = tiny.model
+  audio = _recording(model)
+  sf.write(tmp_path / "in.wav", audio.T, model.config.sample_rate, subtype="FLOAT")
+  latent = _latent(model, audio)
+  frames = latent.shape[-1]
+  regions = _regions(model, frames, 2)
+  region_flags = [arg for start, end in regions for arg in ("--edit_region", f"{start!r},{end!r}")]
+  for method, extra in (("flowedit", ["--flowedit_samples", "2", "--flowedit_start", "0.7"]),
+                        ("sdedit", ["--init_noise_level", "0.5"])):
+    out = tmp_path / method
+    status, _, err = cli(capsys, edit_cli, "--model", tiny.path, "--input_audio", tmp_path / "in.wav", "--prompts",
+                         *PROMPTS, "--num_inference_steps", STEPS, "--edit_method", method, *region_flags,
+                         "--region_crossfade_s", _frame_s(model), *extra, "--output_path", out,
+                         "--save_latents", out / "latents.npy")
+    assert status == 0, err
+    record = json.loads((out / "edit.json").read_text())
+    assert record["editing"]["method"] == method and record["real_audio"]["method"] == method
+    assert [tuple(region) for region in record["editing"]["regions"]] == [tuple(region) for region in regions]
+    saved = np.load(out / "latents.npy")
+    settings = _settings(regions=regions, region_crossfade_s=_frame_s(model))
+    outside = _outside(model, settings, frames)
+    # the file was read back from a float WAV: its latent is the recording's as the command heard it
+    heard = _latent(model, sf.read(out / "input.wav", always_2d=True, dtype="float32")[0].T)
+    np.testing.assert_array_equal(saved[1][:, outside], heard[:, outside])
+    assert "inverting" not in err
+
+
+def test_the_command_line_refuses_a_method_without_a_recording(tiny, tmp_path, capsys):
+  from musickv_jax.cli import edit as edit_cli
+  from tests.test_cli import assert_one_line_error, cli
+
+  status, _, err = cli(capsys, edit_cli, "--model", tiny.path, "--prompts", *PROMPTS, "--edit_method", "flowedit",
+                       "--output_path", tmp_path / "out")
+  assert_one_line_error(status, err, "--edit_method flowedit edits a recording without inverting it")
+  status, _, err = cli(capsys, edit_cli, "--model", tiny.path, "--prompts", *PROMPTS, "--init_noise_level", "0.5",
+                       "--output_path", tmp_path / "out")
+  assert_one_line_error(status, err, "--init_noise_level is where SDEdit starts: it needs --edit_method=sdedit")
+  status, _, err = cli(capsys, edit_cli, "--model", tiny.path, "--prompts", *PROMPTS, "--edit_region", "1,x",
+                       "--output_path", tmp_path / "out")
+  assert_one_line_error(status, err, "--edit_region takes START,END seconds", expected_status=2)
+  assert not (tmp_path / "out").exists()
