@@ -40,3 +40,26 @@ def probe_chart(path: Path, summary, model_name: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100, format="png")
   plt.close(fig)
+
+
+def fidelity_editability_chart(path: Path, points, *, x_label: str, y_label: str, title: str) -> None:
+  """One labelled point per (label, x, y): the trade-off between what an edit keeps (y) and how far
+  it moves (x); a method's variants with and without injection joined by a line."""
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  by_method: dict[str, list] = {}
+  for label, x, y in points:
+    by_method.setdefault(label.removesuffix("-no-kv"), []).append((label, x, y))
+  for method, members in by_method.items():
+    xs, ys = [m[1] for m in members], [m[2] for m in members]
+    line = ax.plot(xs, ys, "-", alpha=0.4)[0]
+    for label, x, y in members:
+      marker = "o" if label == method else "s"
+      ax.plot([x], [y], marker, color=line.get_color(), markerfacecolor="none" if marker == "s" else None)
+      ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+  ax.set_xlabel(x_label)
+  ax.set_ylabel(y_label)
+  ax.set_title(title, fontsize=9, loc="left")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100, format="png")
+  plt.close(fig)
