@@ -143,7 +143,8 @@ def diffusers(config: ModelConfig, params, inputs: Inputs, repeats: int, peak: f
   rows, _, frames = inputs.x.shape
   model = diffusers_dit(config, params)
   args = (torch.from_numpy(inputs.x), torch.from_numpy(inputs.t))
-  kwargs = dict(encoder_hidden_states=torch.from_numpy(inputs.cross), global_hidden_states=torch.from_numpy(inputs.glob),
+  kwargs = dict(encoder_hidden_states=torch.from_numpy(inputs.cross),
+                global_hidden_states=torch.from_numpy(inputs.glob),
                 encoder_attention_mask=torch.from_numpy(inputs.mask), return_dict=False)
   with torch.no_grad():
     flops = sa3_dit_flops(config, rows, frames, inputs.cross.shape[1])

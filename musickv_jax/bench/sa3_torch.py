@@ -138,8 +138,9 @@ def pipeline(config: ModelConfig, params, tokenizer, dtype: str = "float32",
              stochastic_sampling: bool = True) -> StableAudio3Pipeline:
   """diffusers' StableAudio3Pipeline whose four models hold exactly our parameters, with our tokenizer
   (a GemmaTokenizerFast; the pipeline caps prompts at min(its model_max_length, 256) tokens)."""
-  pipe = StableAudio3Pipeline(vae=diffusers_same(config, params, dtype), text_encoder=t5gemma_encoder(config, params, dtype),
-                              tokenizer=tokenizer, duration_embedder=duration_embedder(config, params, dtype),
+  pipe = StableAudio3Pipeline(vae=diffusers_same(config, params, dtype),
+                              text_encoder=t5gemma_encoder(config, params, dtype), tokenizer=tokenizer,
+                              duration_embedder=duration_embedder(config, params, dtype),
                               transformer=diffusers_dit(config, params, dtype),
                               scheduler=scheduler(stochastic_sampling))
   pipe.set_progress_bar_config(disable=True)
