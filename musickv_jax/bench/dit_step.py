@@ -8,6 +8,8 @@ same weights (ours, exported through the converter's name tables), shapes and th
 For each: median time over the repeats after a warm-up call, compile time (ours), the FLOPs of
 the call (dense layers and attention), the FLOP/s achieved and their fraction of that framework's
 own matmul peak measured in the same run, memory, and ours / diffusers.
+A Stable Audio 3 config (family sa3) is dispatched to bench/sa3.py: its DiT call against diffusers'
+StableAudio3DiTModel.
 """
 
 from __future__ import annotations
@@ -154,7 +156,12 @@ def diffusers(config: ModelConfig, params: dict, inputs: Inputs, repeats: int, p
 
 def run(config: ModelConfig, lengths, *, batch: int = 4, repeats: int = 3, compare_torch: bool = True,
         log=print) -> dict:
-  """The whole comparison; returns a JSON-ready dict."""
+  """The whole comparison; returns a JSON-ready dict. A Stable Audio 3 model (another DiT, another
+diffusers class) is timed by bench/sa3.py: its DiT call on `batch` rows against diffusers'."""
+  if config.is_sa3:
+    from musickv_jax.bench import sa3
+
+    return sa3.run(config, lengths, rows=batch, repeats=repeats, compare_torch=compare_torch, log=log)
   from musickv_jax.bench.measure import cpu_name
   from musickv_jax.models.sao import random_params
 
@@ -206,6 +213,10 @@ def table_row(entry: dict) -> str:
 
 def markdown_table(report: dict) -> str:
   """The report as the table in docs/performance.md."""
+  if report.get("family") == "sa3":
+    from musickv_jax.bench import sa3
+
+    return sa3.dit_summary(report)
   lines = ["| T | case | framework | seconds | compile s | GFLOP/s | of matmul peak | peak RSS + MiB | ours / reference |",
            "|---|---|---|---|---|---|---|---|---|"]
   for frames, entry in report["lengths"].items():
