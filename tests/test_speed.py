@@ -190,6 +190,24 @@ def test_the_small_edit_benchmark_times_warm_and_cold_runs(tmp_path, capsys):
   assert "cold command line" in out
 
 
+def test_the_edit_methods_benchmark_counts_and_times_each_method(tmp_path, capsys):
+  """--edit_methods on the tiny model: each way to edit a recording, its DiT rows (inversion: its
+  steps plus the edit's) and warm wall time."""
+  status, out, err = cli(capsys, benchmark_cli, "--edit_methods", "--config", "tiny", "--edit_seconds", "2",
+                         "--repeats", "1", "--json_out", tmp_path / "m.json")
+  assert status == 0, err
+  report = json.loads((tmp_path / "m.json").read_text())
+  methods = {m["method"]: m for m in report["methods"]}
+  assert list(methods) == ["inversion", "flowedit", "sdedit"]
+  steps = methods["inversion"]["steps"]
+  rows = 2 * 2  # source + edit, with CFG (tiny: guidance 7)
+  assert methods["inversion"]["dit_rows"] == steps + steps * rows and methods["inversion"]["inversion_s"] > 0
+  assert methods["flowedit"]["dit_rows"] == steps * rows and methods["flowedit"]["inversion_s"] == 0
+  assert methods["sdedit"]["dit_rows"] == steps * rows and methods["sdedit"]["init_noise_level"] == 0.6
+  assert all(m["median_s"] > 0 for m in report["methods"])
+  assert "| inversion |" in out and "| sdedit |" in out
+
+
 def test_the_sa3_step_benchmark_reports_every_field(tmp_path, capsys):
   """--config tiny-sa3: our SA3 DiT call (2 rows: source and edit at guidance 1) against diffusers'
   StableAudio3DiTModel holding our weights (bench/sa3.py, bench/sa3_torch.py)."""

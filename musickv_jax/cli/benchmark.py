@@ -20,7 +20,7 @@ from pathlib import Path
 
 from absl import flags
 
-from musickv_jax.bench import breakdown, dit_step, job, long_song, precision, sa3, small_edit
+from musickv_jax.bench import breakdown, dit_step, edit_methods, job, long_song, precision, sa3, small_edit
 from musickv_jax.cli import options
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 from musickv_jax.config import named_config
@@ -59,6 +59,9 @@ def define(fv: Flags) -> None:
   flags.DEFINE_bool("sa3_edit", False, "A whole Stable Audio 3 edit with the model's defaults (--config sa3-small "
                     "unless another SA3 config is given): warm in one process with its parts, the cold command line "
                     "with its parts, and diffusers' StableAudio3Pipeline holding the same weights.", flag_values=fv)
+  flags.DEFINE_bool("edit_methods", False, "What each way to edit a recording costs (inversion + edit, FlowEdit, "
+                    "SDEdit): DiT rows and warm wall time of a --edit_seconds recording (default 10 s).",
+                    flag_values=fv)
   flags.DEFINE_float("edit_seconds", None, "--small_edit / --sa3_edit: seconds of audio (default 11 / 30).",
                      flag_values=fv)
   flags.DEFINE_list("lower_for", None, "Lower every compiled program (real sizes, shapes only) for these platforms "
@@ -146,6 +149,9 @@ def body(fv: Flags) -> int | None:
   elif fv.small_edit:
     report = small_edit.run(config, seconds=fv.edit_seconds or 11.0, repeats=fv.repeats)
     print(small_edit.summary(report))
+  elif fv.edit_methods:
+    report = edit_methods.run(config, seconds=fv.edit_seconds or 10.0, repeats=fv.repeats)
+    print(edit_methods.summary(report))
   elif fv.sa3_edit:
     report = sa3.whole_edit(config, seconds=fv.edit_seconds or sa3.DEFAULT_SECONDS, repeats=fv.repeats)
     print(sa3.edit_summary(report))
