@@ -201,8 +201,8 @@ def test_the_edit_methods_benchmark_counts_and_times_each_method(tmp_path, capsy
   assert list(methods) == ["inversion", "flowedit", "sdedit"]
   steps = methods["inversion"]["steps"]
   rows = 2 * 2  # source + edit, with CFG (tiny: guidance 7)
-  assert methods["inversion"]["dit_rows"] == steps + steps * rows and methods["inversion"]["inversion_s"] > 0
-  assert methods["flowedit"]["dit_rows"] == steps * rows and methods["flowedit"]["inversion_s"] == 0
+  assert methods["inversion"]["dit_rows"] == steps + steps * rows and methods["inversion"]["inversion_dit_rows"] == steps
+  assert methods["flowedit"]["dit_rows"] == steps * rows and methods["flowedit"]["inversion_dit_rows"] == 0
   assert methods["sdedit"]["dit_rows"] == steps * rows and methods["sdedit"]["init_noise_level"] == 0.6
   assert all(m["median_s"] > 0 for m in report["methods"])
   assert "| inversion |" in out and "| sdedit |" in out

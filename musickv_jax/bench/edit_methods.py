@@ -4,11 +4,12 @@ with the model's defaults, real size, random weights (the weights do not change 
 
   inversion   invert (one conditional DiT row a step), then regenerate source and edit
   flowedit    no inversion: each step evaluates the source and the edit rows (per noise draw)
-  sdedit      no inversion: the steps from the noise level down (init_noise_level 0.6)
+  sdedit      no inversion: the steps from the noise level down (the default init_noise_level, 0.6)
 
 For each: the DiT rows evaluated (jobs.compare.dit_calls: a row of one DiT call, twice with CFG),
-and the wall time of the whole edit in one process, warm (the model loaded, the programs compiled
-by a first run): the median of `repeats` runs, encode, inversion, sampling and decode included."""
+and the wall time of the whole edit (pipeline.edit_audio) in one process, warm (the model loaded,
+the programs compiled by a first run): the median of `repeats` runs, encode, inversion, sampling
+and decode included."""
 
 from __future__ import annotations
 
@@ -33,32 +34,29 @@ def recording(config: ModelConfig, seconds: float) -> np.ndarray:
 
 
 def one_method(model, audio: np.ndarray, method: str, repeats: int) -> dict:
-  from musickv_jax import jobs
-  from musickv_jax.audio import LoadedAudio
-  from musickv_jax.jobs.compare import dit_calls
+  from musickv_jax import pipeline
+  from musickv_jax.pipeline.results import edit_dit_rows, inversion_dit_rows
+  from musickv_jax.pipeline.variation import DEFAULT_NOISE_LEVEL
 
-  request = jobs.EditRequest(prompts=(SOURCE, EDITS[0]), recording=jobs.RecordingRequest(path="(in memory)"),
-                             method=method)
-  loaded = LoadedAudio(audio=audio, sample_rate=model.config.sample_rate, source_rate=model.config.sample_rate,
-                       source_channels=audio.shape[0], start_s=0.0, warnings=[])
+  settings = pipeline.EditSettings(pipeline.GenerationSettings(
+      prompts=(SOURCE, EDITS[0]), init_noise_level=DEFAULT_NOISE_LEVEL if method == "sdedit" else 1.0),
+      method=method).for_recording(model.config)
+  inversion = pipeline.InversionSettings(prompt=SOURCE, num_inference_steps=settings.generation.num_inference_steps)
 
   def edit_once():
     start = time.perf_counter()
-    prepared = jobs.prepare(model, request, method, recording=loaded)  # no cache: every run inverts again
-    outcome = next(jobs.run(model, jobs.plan_run([prepared.job], prepared.job.n_prompts)))
-    if outcome.error is not None:
-      raise outcome.error
-    prepared.job.result(model, *outcome.latents[prepared.id])
-    return prepared, time.perf_counter() - start
+    result, _ = pipeline.edit_audio(model, audio, settings, inversion)
+    return result, time.perf_counter() - start
 
-  prepared, first = edit_once()
+  result, first = edit_once()
   runs = [edit_once()[1] for _ in range(repeats)]
-  gen = prepared.settings.generation
-  return {"method": method, "dit_rows": dit_calls(prepared), "first_run_s": round(first, 2),
+  gen = result.settings.generation
+  return {"method": method, "dit_rows": inversion_dit_rows(result.settings) + edit_dit_rows(result.settings,
+                                                                                            recording=True),
+          "inversion_dit_rows": inversion_dit_rows(result.settings), "first_run_s": round(first, 2),
           "runs_s": [round(r, 2) for r in runs], "median_s": round(statistics.median(runs), 2),
           "steps": gen.num_inference_steps, "sampler": gen.sampler, "guidance_scale": gen.guidance_scale,
-          "init_noise_level": gen.init_noise_level if method == "sdedit" else None,
-          "inversion_s": round(prepared.inversion_seconds, 2)}
+          "init_noise_level": gen.init_noise_level if method == "sdedit" else None}
 
 
 def run(config: ModelConfig, *, seconds: float = 10.0, repeats: int = 2, methods=METHODS, log=print) -> dict:
@@ -77,7 +75,7 @@ def run(config: ModelConfig, *, seconds: float = 10.0, repeats: int = 2, methods
 def summary(report: dict) -> str:
   lines = [f"{report['config']}: editing a {report['seconds']:g} s recording (source + 1 edit, the model's defaults) "
            f"on {report['cpu']}, warm, median of the runs:",
-           "| method | DiT rows | wall time (s) | of which inversion (s) |", "|---|---|---|---|"]
+           "| method | DiT rows (of which inversion) | wall time (s) |", "|---|---|---|"]
   for m in report["methods"]:
-    lines.append(f"| {m['method']} | {m['dit_rows']} | {m['median_s']} | {m['inversion_s']} |")
+    lines.append(f"| {m['method']} | {m['dit_rows']} ({m['inversion_dit_rows']}) | {m['median_s']} |")
   return "\n".join(lines)

@@ -26,10 +26,9 @@ from musickv_jax.jobs.inversions import InversionCache
 from musickv_jax.jobs.prepare import PreparedJob, prepare, read_recording
 from musickv_jax.jobs.request import DEFAULTS, EditRequest, ScheduleRequest
 from musickv_jax.jobs.runner import Progress, plan_run, run
-from musickv_jax.pipeline.results import EditResult
+from musickv_jax.pipeline.results import EditResult, edit_dit_rows, inversion_dit_rows
 from musickv_jax.pipeline.settings import METHODS
 from musickv_jax.metrics.scoring import Evaluation, evaluate_audio
-from musickv_jax.sampling import rows as rows_lib
 
 DEFAULT_METHODS = "inversion,flowedit,sdedit:0.5,sdedit:0.8"
 KEPT = "f0_chroma_accuracy"  # the plot's fidelity: the melody kept
@@ -101,18 +100,9 @@ def variant_request(request: EditRequest, variant: Variant) -> EditRequest:
 
 
 def dit_calls(prepared: PreparedJob) -> int:
-  """The DiT rows evaluated by a job: its inversion's (one conditional row a step) and its edit's
-  (every prompt row, twice with CFG, a step; FlowEdit: every noise draw)."""
-  settings = prepared.settings
-  gen = settings.generation
-  plan = prepared.job.plan
-  use_cfg = plan.use_cfg if plan is not None else rows_lib.uses_cfg([gen.guidance_scale], gen.negative_prompt)
-  steps = gen.num_inference_steps
-  if settings.method == "sdedit" and gen.init_noise_level == 0:
-    steps = 0
-  draws = settings.flowedit_samples if settings.method == "flowedit" else 1
-  inversion = steps if prepared.inversion_cached is False else 0
-  return inversion + steps * draws * len(gen.prompts) * rows_lib.branches(use_cfg)
+  """The DiT rows a job evaluates: its inversion's, unless it came from the cache, and its edit's."""
+  inversion = inversion_dit_rows(prepared.settings) if prepared.inversion_cached is False else 0
+  return inversion + edit_dit_rows(prepared.settings, recording=prepared.request.is_recording)
 
 
 @dataclasses.dataclass

@@ -15,6 +15,7 @@ from musickv_jax.models.dit import KVCache
 from musickv_jax.pipeline import common
 from musickv_jax.pipeline.plan import EditPlan
 from musickv_jax.pipeline.settings import EditSettings, GenerationSettings, InversionSettings, WindowSettings
+from musickv_jax.sampling import rows as rows_lib
 
 SOURCE_GUIDANCE = 1.0  # a recording's reconstruction runs without guidance, as in the reference
 
@@ -27,6 +28,25 @@ def source_guidance(settings: EditSettings) -> float:
     asked = settings.flowedit_source_guidance
     return float(settings.generation.guidance_scale if asked is None else asked)
   return SOURCE_GUIDANCE
+
+
+def edit_dit_rows(settings: EditSettings, *, recording: bool) -> int:
+  """The DiT rows an edit evaluates (settings resolved for the model): every prompt row, twice with
+  CFG, at every step (FlowEdit: every noise draw; SDEdit at level 0: none); the inversion's are
+  `inversion_dit_rows`."""
+  gen = settings.generation
+  source = source_guidance(settings) if recording else gen.guidance_scale
+  branches = rows_lib.branches(rows_lib.uses_cfg([source, gen.guidance_scale], gen.negative_prompt))
+  if settings.method == "sdedit" and gen.init_noise_level == 0:
+    return 0
+  draws = settings.flowedit_samples if settings.method == "flowedit" else 1
+  return gen.num_inference_steps * draws * len(gen.prompts) * branches
+
+
+def inversion_dit_rows(settings: EditSettings) -> int:
+  """The DiT rows of inverting a recording for this edit: one conditional row a step (0 for the
+  methods that invert nothing)."""
+  return settings.generation.num_inference_steps if settings.method == "inversion" else 0
 
 
 @dataclasses.dataclass
