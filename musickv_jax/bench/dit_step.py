@@ -22,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from musickv_jax.bench.measure import (
+  call_figures,
   dit_flops,
   jax_matmul_peak,
   time_calls,
   torch_matmul_peak,
+  xla_memory,
 )
 from musickv_jax.config import ModelConfig
 from musickv_jax.models.dit import StableAudioDiT
@@ -57,24 +59,6 @@ def make_inputs(config: ModelConfig, rows: int, frames: int) -> Inputs:
                 glob=rng.normal(size=(rows, d.global_cond_dim)).astype(np.float32))
 
 
-def _result(timing, flops: float, peak: float, compile_s: float | None = None, xla_memory: dict | None = None) -> dict:
-  out = {"seconds": round(timing.median_s, 4), "runs_s": [round(r, 4) for r in timing.runs_s],
-         "tflop": round(flops / 1e12, 4), "gflop_per_s": round(flops / timing.median_s / 1e9, 1),
-         "fraction_of_matmul_peak": round(flops / timing.median_s / peak, 3),
-         "peak_rss_increase_mib": round(timing.peak_rss_mib, 1)}
-  if compile_s is not None:
-    out["compile_s"] = round(compile_s, 2)
-  if xla_memory is not None:
-    out["xla_memory_mib"] = xla_memory
-  return out
-
-
-def _xla_memory(compiled) -> dict:
-  stats = compiled.memory_analysis()
-  return {"temp": round(stats.temp_size_in_bytes / 2**20, 1), "arguments": round(stats.argument_size_in_bytes / 2**20, 1),
-          "outputs": round(stats.output_size_in_bytes / 2**20, 1)}
-
-
 def ours(config: ModelConfig, dit_params, inputs: Inputs, repeats: int, peak: float) -> dict:
   """Our DiT call and edit step."""
   cfg = config.dit
@@ -86,8 +70,8 @@ def ours(config: ModelConfig, dit_params, inputs: Inputs, repeats: int, peak: fl
   start = time.perf_counter()
   compiled = forward.lower(*args).compile()
   compile_s = time.perf_counter() - start
-  results = {"dit": _result(time_calls(lambda: compiled(*args).block_until_ready(), repeats), flops, peak, compile_s,
-                            _xla_memory(compiled))}
+  results = {"dit": call_figures(time_calls(lambda: compiled(*args).block_until_ready(), repeats), flops, peak, compile_s,
+                            xla_memory(compiled))}
 
   prompts = rows // rows_lib.branches(True)  # CFG: [uncond; cond] rows of a source and its edits
   layers = presets.default_for(config).vital_layers
@@ -102,8 +86,8 @@ def ours(config: ModelConfig, dit_params, inputs: Inputs, repeats: int, peak: fl
   start = time.perf_counter()
   compiled = step.lower(dit_params, x_init).compile()
   compile_s = time.perf_counter() - start
-  results["edit_step"] = _result(time_calls(lambda: compiled(dit_params, x_init).block_until_ready(), repeats), flops,
-                                 peak, compile_s, _xla_memory(compiled))
+  results["edit_step"] = call_figures(time_calls(lambda: compiled(dit_params, x_init).block_until_ready(), repeats), flops,
+                                 peak, compile_s, xla_memory(compiled))
   return results
 
 
@@ -120,7 +104,7 @@ def stable_audio_tools(config: ModelConfig, params, inputs: Inputs, repeats: int
   args = (torch.from_numpy(inputs.x), torch.from_numpy(inputs.t))
   kwargs = dict(cross_attn_cond=torch.from_numpy(inputs.cross), global_embed=torch.from_numpy(inputs.glob))
   with torch.no_grad():
-    result = {"dit": _result(time_calls(lambda: model(*args, **kwargs), repeats), dit_flops(config.dit, rows, frames),
+    result = {"dit": call_figures(time_calls(lambda: model(*args, **kwargs), repeats), dit_flops(config.dit, rows, frames),
                              peak)}
     if ours is not None:
       theirs = model(*args, **kwargs).numpy()
@@ -147,10 +131,10 @@ def diffusers(config: ModelConfig, params: dict, inputs: Inputs, repeats: int, p
   prompts = rows // rows_lib.branches(True)
   blends = [(branch * prompts + p, branch * prompts, 0.5) for branch in range(2) for p in range(1, prompts)]
   with torch.no_grad():
-    results = {"dit": _result(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)}
+    results = {"dit": call_figures(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)}
     for layer in presets.default_for(config).vital_layers:
       model.transformer_blocks[layer].attn1.set_processor(KVBlendProcessor(blends))
-    results["edit_step"] = _result(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)
+    results["edit_step"] = call_figures(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)
   return results
 
 

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musickv_jax.bench.dit_step import _result, _xla_memory
-from musickv_jax.bench.measure import cpu_name, jax_matmul_peak, time_calls, torch_matmul_peak
+from musickv_jax.bench.measure import (call_figures, cpu_name, jax_matmul_peak, time_calls, torch_matmul_peak,
+                                      xla_memory)
 from musickv_jax.config import ModelConfig, SA3DiTConfig
 from musickv_jax.models import family
 
@@ -126,8 +126,8 @@ def ours(config: ModelConfig, dit_params, inputs: Inputs, repeats: int, peak: fl
   start = time.perf_counter()
   compiled = forward.lower(*args).compile()
   compile_s = time.perf_counter() - start
-  result = _result(time_calls(lambda: compiled(*args).block_until_ready(), repeats), flops, peak, compile_s,
-                   _xla_memory(compiled))
+  result = call_figures(time_calls(lambda: compiled(*args).block_until_ready(), repeats), flops, peak, compile_s,
+                   xla_memory(compiled))
   result["gflop"] = round(flops / 1e9, 3)
   return result, np.asarray(compiled(*args), np.float32)
 
@@ -148,7 +148,7 @@ def diffusers(config: ModelConfig, params, inputs: Inputs, repeats: int, peak: f
                 encoder_attention_mask=torch.from_numpy(inputs.mask), return_dict=False)
   with torch.no_grad():
     flops = sa3_dit_flops(config, rows, frames, inputs.cross.shape[1])
-    result = _result(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)
+    result = call_figures(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)
     result["gflop"] = round(flops / 1e9, 3)
     if ours_out is not None:
       theirs = model(*args, **kwargs)[0].numpy()
