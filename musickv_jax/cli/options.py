@@ -289,6 +289,24 @@ def _method_fields(values: Values) -> dict:
 def edit_command_line(model_source: str, request: EditRequest) -> str:
   """The musickv-edit command that makes the same edit: the flags of what the request asks (the
   prompts first; what it leaves open is left out)."""
+  args = ["musickv-edit", "--model", model_source, "--prompts", *request.prompts, *_asked_flags(request)]
+  return " ".join(shlex.quote(a) for a in args)
+
+
+def compare_command_line(model_source: str, request: EditRequest, methods: str, without_injection: bool) -> str:
+  """The musickv-compare command of the same comparison: the edit's flags as musickv-edit's (the
+  method of each variant comes from --methods, so the request's own is left out)."""
+  base = dataclasses.replace(request, method=DEFAULTS.method, init_noise_level=None)
+  methods = ",".join(part.strip() for part in methods.split(",") if part.strip())
+  args = ["musickv-compare", "--model", model_source, "--prompts", *request.prompts, *_asked_flags(base),
+          f"--methods={methods}"]
+  if not without_injection:
+    args.append("--nowithout_injection")
+  return " ".join(shlex.quote(a) for a in args)
+
+
+def _asked_flags(request: EditRequest) -> list[str]:
+  """The flags of what an edit request asks, regions first, then by name (what it leaves open: none)."""
   asked = {"negative_prompt": request.negative_prompt, "audio_end_in_s": request.audio_end_in_s,
            "num_inference_steps": request.num_inference_steps, "guidance_scale": request.guidance_scale,
            "sampler": request.sampler, "preset": request.preset, "vital_layers": request.vital_layers,
@@ -315,8 +333,7 @@ def edit_command_line(model_source: str, request: EditRequest) -> str:
         ("input_start_s", "start_s"), ("input_end_s", "end_s"), ("downmix", "downmix"), ("inversion", "variant"),
         ("inversion_order", "order"), ("sample_latent", "sample_latent"), ("kv_from_inversion", "kv_from_inversion"))
         if getattr(recording, field) != getattr(plain, field)}
-  args = ["musickv-edit", "--model", model_source, "--prompts", *request.prompts]
-  args += [f"--edit_region={start:g},{end:g}" for start, end in request.regions]
+  args = [f"--edit_region={start!r},{end!r}" for start, end in request.regions]
   for name, value in sorted(asked.items()):
     if value is None:
       continue
@@ -326,7 +343,7 @@ def edit_command_line(model_source: str, request: EditRequest) -> str:
       args.append(f"--{name}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in value)}")
     else:
       args.append(f"--{name}={value}")
-  return " ".join(shlex.quote(a) for a in args)
+  return args
 
 
 def with_probed_preset(request: EditRequest, model: LoadedModel) -> EditRequest:

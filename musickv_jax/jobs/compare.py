@@ -25,7 +25,7 @@ from musickv_jax.errors import SettingsError
 from musickv_jax.jobs.inversions import InversionCache
 from musickv_jax.jobs.prepare import PreparedJob, prepare, read_recording
 from musickv_jax.jobs.request import DEFAULTS, EditRequest, ScheduleRequest
-from musickv_jax.jobs.runner import Progress, plan_run, run
+from musickv_jax.jobs.runner import Cancelled, Progress, plan_run, run
 from musickv_jax.pipeline.results import EditResult, edit_dit_rows, inversion_dit_rows
 from musickv_jax.pipeline.settings import METHODS
 from musickv_jax.metrics.scoring import Evaluation, evaluate_audio
@@ -131,12 +131,16 @@ class Comparison:
 
 
 def compare(model: LoadedModel, request: EditRequest, variants: Sequence[Variant], *,
-            inversions: InversionCache | None = None, recording: LoadedAudio | None = None,
+            inversions: InversionCache | None = None, model_key: str = "", recording: LoadedAudio | None = None,
             on_progress: Callable[[Progress], None] | None = None,
+            on_step: Callable[[int, int], None] | None = None,
             log: Callable[[str], None] = lambda message: None) -> Comparison:
   """Every variant of the request's edit of its recording (see the module). The request has the
   source description and one edit prompt. A variant that cannot run fails alone (its row's error);
-  a request that no variant can run is refused (SettingsError) before any work."""
+  a request that no variant can run is refused (SettingsError) before any work.
+
+  model_key: the model's name in `inversions` (a server's cache of several models). on_step: the
+  inversion's progress. Cancelled raised by a listener stops the whole comparison."""
   if request.recording is None or request.recording.path is None:
     raise SettingsError("{field}: a comparison edits a recording; give one", field="input_audio")
   if len(request.prompts) != 2:
@@ -148,8 +152,8 @@ def compare(model: LoadedModel, request: EditRequest, variants: Sequence[Variant
   prepared_jobs: dict[str, PreparedJob] = {}
   for variant in variants:
     try:
-      prepared = prepare(model, variant_request(request, variant), variant.label, inversions=inversions,
-                         recording=recording, log=log)
+      prepared = prepare(model, variant_request(request, variant), variant.label, model_key=model_key,
+                         inversions=inversions, recording=recording, on_step=on_step, log=log)
     except SettingsError as e:
       if len(variants) == 1:
         raise
@@ -163,6 +167,8 @@ def compare(model: LoadedModel, request: EditRequest, variants: Sequence[Variant
   run_plan = plan_run([p.job for p in prepared_jobs.values()], rows_per_device=2 * n_prompts)
   by_label = {row.variant.label: row for row in rows}
   for outcome in run(model, run_plan, on_progress=on_progress):
+    if isinstance(outcome.error, Cancelled):  # the person stopped it: no later group starts
+      raise outcome.error
     ids = outcome.group.ids
     for job_id in ids:
       row = by_label[job_id]
