@@ -19,7 +19,10 @@ Array = jax.Array
 
 @flax.struct.dataclass
 class KVCache:
-  """Self-attention keys and values of some layers: k, v (n_layers, B, S, H, D).
+  """Self-attention keys and values of some layers: k (n_layers, B, S, H, Dk), v (n_layers, B, S, H, Dv).
+
+  Dk = Dv = head_dim, except with Stable Audio 3's differential attention, whose keys hold both
+  branches side by side (Dk = 2 * head_dim).
 
   `layers` (static) names the DiT block each leading index belongs to."""
 
