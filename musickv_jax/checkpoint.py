@@ -33,6 +33,7 @@ from musickv_jax.config import ModelConfig, to_jnp_dtype
 from musickv_jax.errors import CheckpointError, ConfigError
 from musickv_jax.models.sao import ModelParams, abstract_params
 from musickv_jax.text import load_tokenizer
+from musickv_jax.text_gemma import load_gemma_tokenizer
 
 FORMAT = "musickv-jax/1"
 MARKER = "musickv_checkpoint.json"
@@ -221,7 +222,10 @@ def load_converted(directory: str | Path, *, dtype: str | None = None, attention
     params = cast_params(params, dtype)
   if attention is not None:
     config = config.with_attention(attention)
-  tokenizer = load_tokenizer(directory / "tokenizer", config.t5.max_length) if load_tokenizer_files else None
+  tokenizer = None
+  if load_tokenizer_files:
+    tokenizer = (load_gemma_tokenizer(directory / "tokenizer") if config.is_sa3
+                 else load_tokenizer(directory / "tokenizer", config.t5.max_length))
   return LoadedModel(config=config, params=params, tokenizer=tokenizer, path=directory, info=info)
 
 

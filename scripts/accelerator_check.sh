@@ -7,7 +7,7 @@
 # each part in a process of its own under a hard timeout: the environment, the parity tests that
 # matter on an accelerator, cuDNN / splash attention against XLA, the real-size random-weight
 # benchmark of SAO 1.0 (DiT call and edit step, float32 and bfloat16, each attention; a 100-step
-# 47 s edit extrapolated) and SAO Small's 11 s edit. Each part merges its result into OUT.json as it
+# 47 s edit extrapolated), SAO Small's 11 s edit and Stable Audio 3 Small's 30 s edit. Each part merges its result into OUT.json as it
 # ends; a table is printed at the end. Runs on a CPU too (the accelerator parts reported absent).
 #
 # Environment:
@@ -70,6 +70,7 @@ run_part parity "${MUSICKV_PARITY_TIMEOUT:-180}"
 run_part attention "$PART_TIMEOUT"
 run_part bench "$PART_TIMEOUT"
 run_part small_edit "$PART_TIMEOUT"
+run_part sa3_edit "$PART_TIMEOUT"
 
 "$PY" -m musickv_jax.readiness.accelerator_check --part table --json_out "$OUT"
 say "wrote $OUT"

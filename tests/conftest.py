@@ -85,3 +85,42 @@ def tiny44k(tmp_path_factory):
   write_diffusers_checkpoint(root / "diffusers", config, random_params(config, 1),
                              build_tiny_tokenizer(config.t5.max_length))
   return Converted(None, root / "converted", _convert(root / "diffusers", root / "converted"))
+
+
+@pytest.fixture(scope="session")
+def sa3(tmp_path_factory) -> Converted:
+  """A tiny random Stable Audio 3 pipeline (distilled: ping-pong) in the diffusers layout, converted
+  (tests/sa3_reference.py)."""
+  from tests.sa3_reference import build_sa3_reference
+
+  root = tmp_path_factory.mktemp("sa3")
+  ref = build_sa3_reference(root)
+  return Converted(ref, root / "converted", _convert(ref.diffusers_dir, root / "converted"))
+
+
+@pytest.fixture(scope="session")
+def sa3_base(tmp_path_factory) -> Converted:
+  """The -base kind of Stable Audio 3 (Euler, CFG), without differential attention and without
+  memory tokens: the other options of the DiT."""
+  from tests.sa3_reference import build_sa3_reference
+
+  root = tmp_path_factory.mktemp("sa3_base")
+  ref = build_sa3_reference(root, differential=False, memory_tokens=0, distilled=False, seed=7)
+  return Converted(ref, root / "converted", _convert(ref.diffusers_dir, root / "converted"))
+
+
+@pytest.fixture(scope="session")
+def sa3_44k(tmp_path_factory) -> Converted:
+  """configs/tiny-sa3 (44.1 kHz, Stable Audio 3's 4096x SAME, 4 layers with differential attention
+  and memory tokens), random weights and the tiny Gemma tokenizer written as a converted checkpoint:
+  for the commands that read real audio and compute music metrics."""
+  from musickv_jax.checkpoint import load_converted, save_checkpoint
+  from musickv_jax.config import named_config
+  from musickv_jax.convert.export_sa3_text import build_tiny_gemma_tokenizer
+  from musickv_jax.models.sao import random_params
+
+  root = tmp_path_factory.mktemp("sa3_44k")
+  config = named_config("tiny-sa3")
+  save_checkpoint(root / "converted", config, random_params(config, 2), tokenizer=build_tiny_gemma_tokenizer(
+      config.t5.vocab_size, model_max_length=config.t5.max_length), log=lambda message: None)
+  return Converted(None, root / "converted", load_converted(root / "converted"))

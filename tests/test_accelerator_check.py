@@ -39,6 +39,8 @@ def test_accelerator_check_runs_on_cpu_in_cheap_mode(tmp_path):
   assert target["measured_s"] is None and target["met"] is False and target["limit_s"] == 2.5
   small = parts["small_edit"]
   assert small["status"] == "ok" and small["edit"]["seconds"] > 0 and small["target"]["limit_s"] == 0.3
+  sa3 = parts["sa3_edit"]
+  assert sa3["status"] == "ok" and sa3["edit"]["seconds"] > 0 and sa3["solver"] == "pingpong" and sa3["frames"] == 8
   assert "target: 100-step 47 s SAO 1.0 edit" in done.stdout and "not measured here" in done.stdout
 
 

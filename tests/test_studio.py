@@ -1,13 +1,16 @@
 """musickv-studio through its API (gradio_client), as a real server process on the tiny 44.1 kHz
 model: four clients at once, each edit equal to musickv-edit with the same settings; the second
-edit of a recording takes its inversion from the cache; bad input answered in one line while the
-server keeps serving; login, file serving; Ctrl-C in one line, no temporary left.
+edit of a recording takes its inversion from the cache; a FlowEdit of one region equal to
+musickv-edit's, which keeps the recording's latent outside the region; /compare equal to
+musickv-compare run with the command its compare.json records; bad input answered in one line while
+the server keeps serving; login, file serving; Ctrl-C in one line, no temporary left.
 The page in a real browser: tests/test_studio_browser.py (make test-browser)."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
+import shlex
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +24,7 @@ pytestmark = pytest.mark.studio  # about two minutes on 2 cores: `make test-stud
 
 gradio_client = pytest.importorskip("gradio_client", reason="musickv-studio needs the studio extra (gradio)")
 
+from musickv_jax.cli import compare as compare_command  # noqa: E402
 from musickv_jax.cli import edit as edit_command  # noqa: E402
 from musickv_jax.cli.runner import run  # noqa: E402
 from tests import studio_server, tolerances  # noqa: E402
@@ -51,11 +55,13 @@ def client(server, tmp_path):
   return gradio_client.Client(server.url, auth=AUTH, download_files=str(tmp_path / "downloads"), verbose=False)
 
 
-def edit(c, source_prompt, edit_prompt, audio=None, *, seed=0, duration_s=3.0, guidance_scale=7.0, vital_layers=""):
+def edit(c, source_prompt, edit_prompt, audio=None, *, seed=0, duration_s=3.0, guidance_scale=7.0, vital_layers="",
+         **method):
+  """method: the method's parameters (method, sdedit_level, regions); left out: the API's defaults."""
   return c.predict(source_prompt=source_prompt, edit_prompt=edit_prompt,
                    audio=gradio_client.handle_file(str(audio)) if audio else None, num_inference_steps=STEPS,
                    guidance_scale=guidance_scale, seed=seed, duration_s=duration_s, vital_layers=vital_layers,
-                   api_name="/edit")
+                   api_name="/edit", **method)
 
 
 def musickv_edit(model, out, source_prompt, edit_prompt, audio=None, *, seed=0, duration_s=3.0, guidance_scale=7.0):
@@ -64,6 +70,17 @@ def musickv_edit(model, out, source_prompt, edit_prompt, audio=None, *, seed=0, 
           f"--guidance_scale={guidance_scale}", f"--seed={seed}", "--output_path", str(out)]
   args += [f"--input_audio={audio}", f"--input_end_s={duration_s}"] if audio else [f"--audio_end_in_s={duration_s}"]
   assert run(edit_command.COMMAND, args) == 0
+  return out
+
+
+def run_recorded(command: str, recording: Path, out: Path, *extra: str, module=edit_command) -> Path:
+  """The command line a studio record holds, run in this process on the original recording (the
+  server read a copy of the upload)."""
+  args = shlex.split(command)
+  inputs = [i for i, arg in enumerate(args) if arg.startswith("--input_audio=")]
+  assert len(inputs) == 1, command
+  args[inputs[0]] = f"--input_audio={recording}"
+  assert run(module.COMMAND, [*args[1:], "--output_path", str(out), *extra]) == 0, command
   return out
 
 
@@ -118,6 +135,86 @@ def test_second_edit_of_a_recording_skips_the_inversion(studio, tiny44k, recordi
   assert relative_difference(second[1], out / "edit_1.wav") <= TOLERANCE
 
 
+def test_a_flowedit_of_one_region_equals_musickv_edit_and_keeps_the_recording_outside(studio, tiny44k, recording,
+                                                                                      tmp_path):
+  from musickv_jax import pipeline
+
+  c = client(studio, tmp_path)
+  region = (0.8, 1.6)
+  result = edit(c, "bright guitar tone", "warm cello", recording, duration_s=0, guidance_scale=3.0,
+                method="flowedit", regions=f"{region[0]},{region[1]}")
+  record = json.loads(Path(result[3]).read_text())
+  assert record["editing"]["method"] == "flowedit" and record["editing"]["regions"] == [list(region)]
+  assert record["studio"]["inversion_cached"] is None  # FlowEdit inverts nothing
+  command = record["command"]
+  assert command.startswith("musickv-edit ") and "--edit_method=flowedit" in command, command
+  assert "--edit_region=0.8,1.6" in command, command
+  out = run_recorded(command, recording, tmp_path / "cli", "--save_latents", str(tmp_path / "cli" / "latents.npy"))
+  errors = [relative_difference(result[i], out / name) for i, name in ((0, "source_reconstruction.wav"),
+                                                                       (1, "edit_1.wav"))]
+  assert max(errors) <= TOLERANCE, errors
+  # the command's latent: the recording's own outside the region and its crossfade, bit for bit
+  model = tiny44k.model
+  heard = np.asarray(pipeline.encode_audio(model, sf.read(out / "input.wav", always_2d=True, dtype="float32")[0].T))[0]
+  saved = np.load(out / "latents.npy")
+  assert saved.shape[1:] == heard.shape, (saved.shape, heard.shape)
+  rate = model.config.sample_rate / model.config.vae.hop_length
+  fade = int(round(record["editing"]["region_crossfade_s"] * rate))
+  outside = np.ones(heard.shape[-1], bool)
+  outside[int(np.floor(region[0] * rate)) - fade:int(np.ceil(region[1] * rate)) + fade] = False
+  assert outside.sum() >= 10 and not outside.all()
+  np.testing.assert_array_equal(saved[1][:, outside], heard[:, outside])
+  assert np.abs(saved[1][:, ~outside] - heard[:, ~outside]).max() > 1e-3  # and inside, the edit moved it
+  print(f"\n/edit flowedit region {region}: |studio - musickv-edit| / max |musickv-edit| {max(errors):.1e}; "
+        f"{int(outside.sum())} of {outside.size} latent frames kept bit for bit")
+
+
+def test_compare_equals_musickv_compare_with_its_recorded_command(studio, recording, tmp_path):
+  c = client(studio, tmp_path)
+  methods = "inversion,flowedit,sdedit:0.5"
+  record_path, plot, files = c.predict(source_prompt="a guitar tone", edit_prompt="a church organ",
+                                       audio=gradio_client.handle_file(str(recording)), methods=methods,
+                                       without_injection=True, num_inference_steps=STEPS, guidance_scale=3.0, seed=5,
+                                       vital_layers="", api_name="/compare")
+  ours = json.loads(Path(record_path).read_text())
+  labels = ["inversion", "inversion-no-kv", "flowedit", "flowedit-no-kv", "sdedit-0.5", "sdedit-0.5-no-kv"]
+  assert [row["label"] for row in ours["rows"]] == labels
+  assert all(row["error"] is None and row["metrics"] for row in ours["rows"]), ours["rows"]
+  assert ours["studio"]["methods"] == methods and ours["studio"]["input_audio"] == recording.name
+  assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert [point["label"] for point in ours["plot"]["points"]] == labels
+  names = sorted(Path(f).name for f in files)
+  assert names == sorted(["compare.json", "index.html", "fidelity_editability.png", "input.wav",
+                          *(f"{label}.wav" for label in labels)]), names
+  served = {Path(f).name: Path(f) for f in files}
+  command = ours["command"]
+  assert command.startswith("musickv-compare ") and f"--methods={methods}" in command, command
+  out = run_recorded(command, recording, tmp_path / "cli", module=compare_command)
+  theirs = json.loads((out / "compare.json").read_text())
+  timings = ("inversion_seconds", "sampling_seconds")
+  strip = [{key: value for key, value in row.items() if key not in timings} for row in ours["rows"]]
+  assert strip == [{key: value for key, value in row.items() if key not in timings} for row in theirs["rows"]]
+  assert ours["plot"] == theirs["plot"] and ours["prompts"] == theirs["prompts"]
+  errors = {label: relative_difference(served[f"{label}.wav"], out / f"{label}.wav") for label in labels}
+  assert max(errors.values()) <= TOLERANCE, errors
+  print(f"\n/compare vs musickv-compare: rows equal; max |studio - cli| / max |cli| per WAV "
+        f"{max(errors.values()):.1e}")
+
+
+def test_bad_compare_requests_are_one_line(studio, recording, tmp_path):
+  c = client(studio, tmp_path)
+  cases = [(dict(methods="inversion,magic"), "methods: unknown method 'magic'"),
+           (dict(audio=None), "audio is empty: a comparison edits a recording"),
+           (dict(vital_layers="99"), "vital layers: layer 99 is out of range")]
+  for kwargs, expected in cases:
+    asked = dict(source_prompt="piano", edit_prompt="guitar", audio=gradio_client.handle_file(str(recording)),
+                 num_inference_steps=STEPS) | kwargs
+    with pytest.raises(gradio_client.exceptions.AppError) as caught:
+      c.predict(api_name="/compare", **asked)
+    message = str(caught.value)
+    assert expected in message and "\n" not in message and "--" not in message, message
+
+
 def test_bad_input_is_one_line_and_the_server_keeps_serving(studio, tmp_path):
   c = client(studio, tmp_path)
   text = tmp_path / "notes.wav"
@@ -128,7 +225,10 @@ def test_bad_input_is_one_line_and_the_server_keeps_serving(studio, tmp_path):
            (dict(vital_layers="99"), "vital layers: layer 99 is out of range"),
            (dict(vital_layers="x"), "vital layers must be comma-separated integers"),
            (dict(duration_s=1000.0), "duration_s"),
-           (dict(duration_s=-2.0), "duration_s")]
+           (dict(duration_s=-2.0), "duration_s"),
+           (dict(method="flowedit"), "method flowedit edits a recording without inverting it"),
+           (dict(method="sdedit", sdedit_level=1.5, audio=silent), "SDEdit level must be from 0 to 1"),
+           (dict(regions="3-4"), "regions: '3-4' is not START,END")]
   for kwargs, expected in cases:
     with pytest.raises(gradio_client.exceptions.AppError) as caught:
       edit(c, "piano", "guitar", **kwargs)
@@ -161,4 +261,5 @@ def test_ctrl_c_stops_in_one_line_and_leaves_no_temporary(studio):
   left = [p for p in studio.output.rglob("*") if ".partial-" in p.name]
   assert not left, left
   folders = [p for p in studio.output.iterdir()]
-  assert folders and all((p / "edit.json").is_file() for p in folders)
+  assert folders and all((p / "edit.json").is_file() or (p / "compare.json").is_file() for p in folders), folders
+  assert any((p / "compare.json").is_file() for p in folders)

@@ -8,6 +8,8 @@ same weights (ours, exported through the converter's name tables), shapes and th
 For each: median time over the repeats after a warm-up call, compile time (ours), the FLOPs of
 the call (dense layers and attention), the FLOP/s achieved and their fraction of that framework's
 own matmul peak measured in the same run, memory, and ours / diffusers.
+A Stable Audio 3 config (family sa3) is dispatched to bench/sa3.py: its DiT call against diffusers'
+StableAudio3DiTModel.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from musickv_jax.bench.measure import (
+  call_figures,
   dit_flops,
   jax_matmul_peak,
   time_calls,
   torch_matmul_peak,
+  xla_memory,
 )
 from musickv_jax.config import ModelConfig
 from musickv_jax.models.dit import StableAudioDiT
@@ -55,24 +59,6 @@ def make_inputs(config: ModelConfig, rows: int, frames: int) -> Inputs:
                 glob=rng.normal(size=(rows, d.global_cond_dim)).astype(np.float32))
 
 
-def _result(timing, flops: float, peak: float, compile_s: float | None = None, xla_memory: dict | None = None) -> dict:
-  out = {"seconds": round(timing.median_s, 4), "runs_s": [round(r, 4) for r in timing.runs_s],
-         "tflop": round(flops / 1e12, 4), "gflop_per_s": round(flops / timing.median_s / 1e9, 1),
-         "fraction_of_matmul_peak": round(flops / timing.median_s / peak, 3),
-         "peak_rss_increase_mib": round(timing.peak_rss_mib, 1)}
-  if compile_s is not None:
-    out["compile_s"] = round(compile_s, 2)
-  if xla_memory is not None:
-    out["xla_memory_mib"] = xla_memory
-  return out
-
-
-def _xla_memory(compiled) -> dict:
-  stats = compiled.memory_analysis()
-  return {"temp": round(stats.temp_size_in_bytes / 2**20, 1), "arguments": round(stats.argument_size_in_bytes / 2**20, 1),
-          "outputs": round(stats.output_size_in_bytes / 2**20, 1)}
-
-
 def ours(config: ModelConfig, dit_params, inputs: Inputs, repeats: int, peak: float) -> dict:
   """Our DiT call and edit step."""
   cfg = config.dit
@@ -84,8 +70,8 @@ def ours(config: ModelConfig, dit_params, inputs: Inputs, repeats: int, peak: fl
   start = time.perf_counter()
   compiled = forward.lower(*args).compile()
   compile_s = time.perf_counter() - start
-  results = {"dit": _result(time_calls(lambda: compiled(*args).block_until_ready(), repeats), flops, peak, compile_s,
-                            _xla_memory(compiled))}
+  results = {"dit": call_figures(time_calls(lambda: compiled(*args).block_until_ready(), repeats), flops, peak, compile_s,
+                            xla_memory(compiled))}
 
   prompts = rows // rows_lib.branches(True)  # CFG: [uncond; cond] rows of a source and its edits
   layers = presets.default_for(config).vital_layers
@@ -100,8 +86,8 @@ def ours(config: ModelConfig, dit_params, inputs: Inputs, repeats: int, peak: fl
   start = time.perf_counter()
   compiled = step.lower(dit_params, x_init).compile()
   compile_s = time.perf_counter() - start
-  results["edit_step"] = _result(time_calls(lambda: compiled(dit_params, x_init).block_until_ready(), repeats), flops,
-                                 peak, compile_s, _xla_memory(compiled))
+  results["edit_step"] = call_figures(time_calls(lambda: compiled(dit_params, x_init).block_until_ready(), repeats), flops,
+                                 peak, compile_s, xla_memory(compiled))
   return results
 
 
@@ -118,7 +104,7 @@ def stable_audio_tools(config: ModelConfig, params, inputs: Inputs, repeats: int
   args = (torch.from_numpy(inputs.x), torch.from_numpy(inputs.t))
   kwargs = dict(cross_attn_cond=torch.from_numpy(inputs.cross), global_embed=torch.from_numpy(inputs.glob))
   with torch.no_grad():
-    result = {"dit": _result(time_calls(lambda: model(*args, **kwargs), repeats), dit_flops(config.dit, rows, frames),
+    result = {"dit": call_figures(time_calls(lambda: model(*args, **kwargs), repeats), dit_flops(config.dit, rows, frames),
                              peak)}
     if ours is not None:
       theirs = model(*args, **kwargs).numpy()
@@ -145,16 +131,21 @@ def diffusers(config: ModelConfig, params: dict, inputs: Inputs, repeats: int, p
   prompts = rows // rows_lib.branches(True)
   blends = [(branch * prompts + p, branch * prompts, 0.5) for branch in range(2) for p in range(1, prompts)]
   with torch.no_grad():
-    results = {"dit": _result(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)}
+    results = {"dit": call_figures(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)}
     for layer in presets.default_for(config).vital_layers:
       model.transformer_blocks[layer].attn1.set_processor(KVBlendProcessor(blends))
-    results["edit_step"] = _result(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)
+    results["edit_step"] = call_figures(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)
   return results
 
 
 def run(config: ModelConfig, lengths, *, batch: int = 4, repeats: int = 3, compare_torch: bool = True,
         log=print) -> dict:
-  """The whole comparison; returns a JSON-ready dict."""
+  """The whole comparison; returns a JSON-ready dict. A Stable Audio 3 model (another DiT, another
+diffusers class) is timed by bench/sa3.py: its DiT call on `batch` rows against diffusers'."""
+  if config.is_sa3:
+    from musickv_jax.bench import sa3
+
+    return sa3.run(config, lengths, rows=batch, repeats=repeats, compare_torch=compare_torch, log=log)
   from musickv_jax.bench.measure import cpu_name
   from musickv_jax.models.sao import random_params
 
@@ -206,6 +197,10 @@ def table_row(entry: dict) -> str:
 
 def markdown_table(report: dict) -> str:
   """The report as the table in docs/performance.md."""
+  if report.get("family") == "sa3":
+    from musickv_jax.bench import sa3
+
+    return sa3.dit_summary(report)
   lines = ["| T | case | framework | seconds | compile s | GFLOP/s | of matmul peak | peak RSS + MiB | ours / reference |",
            "|---|---|---|---|---|---|---|---|---|"]
   for frames, entry in report["lengths"].items():

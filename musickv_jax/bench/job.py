@@ -36,14 +36,26 @@ EDITS = ("Acoustic guitar, country, soft", "Jazz trio, upright bass, brushed dru
          "Synthwave, retro arpeggios, gated drums", "Solo violin, baroque", "Lo-fi hip hop beat, mellow Rhodes")
 
 
+def offline_tokenizer(config: ModelConfig):
+  """A small tokenizer of the model's family built offline (no download): T5's for Stable Audio
+  Open, Gemma's for Stable Audio 3 (its text encoder's vocabulary size, prompts capped at its
+  max_length)."""
+  if config.is_sa3:
+    from musickv_jax.convert.export_sa3_text import build_tiny_gemma_tokenizer
+
+    return build_tiny_gemma_tokenizer(config.t5.vocab_size, model_max_length=config.t5.max_length)
+  from musickv_jax.convert.export import build_tiny_tokenizer
+
+  return build_tiny_tokenizer(config.t5.max_length)
+
+
 def random_model(config: ModelConfig) -> LoadedModel:
   """A model of this config with random weights and a small offline tokenizer (no download)."""
   from pathlib import Path
 
-  from musickv_jax.convert.export import build_tiny_tokenizer
   from musickv_jax.models.sao import random_params
 
-  return LoadedModel(config=config, params=random_params(config, 0), tokenizer=build_tiny_tokenizer(config.t5.max_length),
+  return LoadedModel(config=config, params=random_params(config, 0), tokenizer=offline_tokenizer(config),
                      path=Path("<random weights>"), info={})
 
 

@@ -98,3 +98,24 @@ def cpu_name() -> str:
   except OSError:
     pass
   return "unknown"
+
+
+def call_figures(timing: Timing, flops: float, peak: float, compile_s: float | None = None,
+                 memory: dict | None = None) -> dict:
+  """One timed call's figures: median and runs, FLOP rate and its fraction of the matmul peak, memory."""
+  out = {"seconds": round(timing.median_s, 4), "runs_s": [round(r, 4) for r in timing.runs_s],
+         "tflop": round(flops / 1e12, 4), "gflop_per_s": round(flops / timing.median_s / 1e9, 1),
+         "fraction_of_matmul_peak": round(flops / timing.median_s / peak, 3),
+         "peak_rss_increase_mib": round(timing.peak_rss_mib, 1)}
+  if compile_s is not None:
+    out["compile_s"] = round(compile_s, 2)
+  if memory is not None:
+    out["xla_memory_mib"] = memory
+  return out
+
+
+def xla_memory(compiled) -> dict:
+  """XLA's own accounting of a compiled program's buffers, in MiB."""
+  stats = compiled.memory_analysis()
+  return {"temp": round(stats.temp_size_in_bytes / 2**20, 1), "arguments": round(stats.argument_size_in_bytes / 2**20, 1),
+          "outputs": round(stats.output_size_in_bytes / 2**20, 1)}

@@ -31,10 +31,12 @@ def _edit_settings(seconds: float):
   return EditSettings(GenerationSettings(prompts=(SOURCE, EDITS[0]), audio_end_in_s=seconds))
 
 
-def warm(config: ModelConfig, seconds: float, repeats: int) -> dict:
+def warm(config: ModelConfig, seconds: float, repeats: int, model=None) -> dict:
+  """pipeline.edit on `model` (default: random weights of `config`): the first run, then the median
+  of `repeats` runs."""
   from musickv_jax import pipeline
 
-  model = random_model(config)
+  model = random_model(config) if model is None else model
   settings = _edit_settings(seconds)
   start = time.perf_counter()
   pipeline.edit(model, settings)  # compiles
@@ -50,16 +52,15 @@ def warm(config: ModelConfig, seconds: float, repeats: int) -> dict:
           "guidance_scale": gen.guidance_scale, "audio_s": round(result.audio.shape[-1] / result.sample_rate, 2)}
 
 
-def cold(config: ModelConfig, seconds: float, log=print) -> dict:
-  from musickv_jax.convert.export import build_tiny_tokenizer
-
+def cold(config: ModelConfig, seconds: float, log=print, model=None) -> dict:
+  """musickv-edit in a fresh process on a converted checkpoint of `model` (default: random weights
+  of `config`) written to a temporary folder, no compilation cache; then its parts in another."""
   env = os.environ | {"MUSICKV_COMPILATION_CACHE": "0"}
   with tempfile.TemporaryDirectory(prefix="musickv-small-bench-") as folder:
     checkpoint = Path(folder) / "ckpt"
-    model = random_model(config)
-    log(f"writing a real-size {config.name} checkpoint with random weights to {checkpoint}")
-    save_checkpoint(checkpoint, config, model.params, tokenizer=build_tiny_tokenizer(config.t5.max_length),
-                    log=lambda message: None)
+    model = random_model(config) if model is None else model
+    log(f"writing a {config.name} checkpoint with random weights to {checkpoint}")
+    save_checkpoint(checkpoint, config, model.params, tokenizer=model.tokenizer, log=lambda message: None)
     del model
     start = time.perf_counter()
     command = [sys.executable, "-c", "from musickv_jax.cli.launch import edit; edit()", "--model", str(checkpoint),

@@ -2,6 +2,8 @@
 weights, shapes and threads; or a whole edit job done our way and the reference's way (--job).
 
   musickv-benchmark --config sao-1.0 --lengths 1024,384 --batch 4 --torch --json_out bench.json
+  musickv-benchmark --config sa3-small --torch --json_out sa3.json   # SA3's DiT call: 2 rows of 323 frames
+  musickv-benchmark --sa3_edit --json_out sa3_edit.json   # a 30 s SA3 Small-Music edit: warm, cold, diffusers
   musickv-benchmark --job --torch --job_steps 5 --json_out job.json
   musickv-benchmark --long_seconds 120 --json_out long.json   # a recording longer than the window
   musickv-benchmark --lower_for=tpu,cuda --json_out lowering.json   # every program lowered, no accelerator
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from absl import flags
 
-from musickv_jax.bench import breakdown, dit_step, job, long_song, precision, small_edit
+from musickv_jax.bench import breakdown, dit_step, edit_methods, job, long_song, precision, sa3, small_edit
 from musickv_jax.cli import options
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 from musickv_jax.config import named_config
@@ -27,8 +29,10 @@ from musickv_jax.writers.sets import write_json
 
 def define(fv: Flags) -> None:
   flags.DEFINE_string("config", "sao-1.0", "Named model config.", flag_values=fv)
-  flags.DEFINE_list("lengths", ["1024", "384"], "Latent lengths (frames) to time.", flag_values=fv)
-  flags.DEFINE_integer("batch", 4, "Rows per DiT call (4 = a source and one edit, with CFG).", flag_values=fv)
+  flags.DEFINE_list("lengths", ["1024", "384"], "Latent lengths (frames) to time (Stable Audio 3 configs: 323, "
+                    "30 s, unless given).", flag_values=fv)
+  flags.DEFINE_integer("batch", 4, "Rows per DiT call (4 = a source and one edit, with CFG; Stable Audio 3 configs: "
+                       "2, a source and one edit at guidance 1, unless given).", flag_values=fv)
   flags.DEFINE_integer("repeats", 3, "Timed calls per case (the median is reported).", flag_values=fv)
   flags.DEFINE_string("dtype", "float32", "float32 or bfloat16.", flag_values=fv)
   flags.DEFINE_string("attention", "auto", "Attention implementation (see musickv-edit --help).", flag_values=fv)
@@ -52,7 +56,14 @@ def define(fv: Flags) -> None:
                        flag_values=fv)
   flags.DEFINE_bool("small_edit", False, "A whole edit with Stable Audio Open Small's defaults (--config sao-small): "
                     "warm in one process, and the cold command line with its parts.", flag_values=fv)
-  flags.DEFINE_float("edit_seconds", 11.0, "--small_edit: seconds of audio.", flag_values=fv)
+  flags.DEFINE_bool("sa3_edit", False, "A whole Stable Audio 3 edit with the model's defaults (--config sa3-small "
+                    "unless another SA3 config is given): warm in one process with its parts, the cold command line "
+                    "with its parts, and diffusers' StableAudio3Pipeline holding the same weights.", flag_values=fv)
+  flags.DEFINE_bool("edit_methods", False, "What each way to edit a recording costs (inversion + edit, FlowEdit, "
+                    "SDEdit): DiT rows and warm wall time of a --edit_seconds recording (default 10 s).",
+                    flag_values=fv)
+  flags.DEFINE_float("edit_seconds", None, "--small_edit / --sa3_edit: seconds of audio (default 11 / 30).",
+                     flag_values=fv)
   flags.DEFINE_list("lower_for", None, "Lower every compiled program (real sizes, shapes only) for these platforms "
                     "(tpu, cuda) and report each: ok or the reason; exit 1 when one that must lower does not.",
                     flag_values=fv)
@@ -103,14 +114,26 @@ def body(fv: Flags) -> int | None:
   lengths = options.int_list(fv.lengths, "lengths")
   if any(n < 1 for n in lengths):
     raise UsageError("--lengths must be positive")
-  config = named_config(fv.config).with_dtype(fv.dtype).with_attention(fv.attention)
+  config_name = fv.config
+  if fv.sa3_edit and not fv["config"].present:
+    config_name = "sa3-small"
+  config = named_config(config_name).with_dtype(fv.dtype).with_attention(fv.attention)
+  if fv.sa3_edit and not config.is_sa3:
+    raise UsageError(f"--sa3_edit needs a Stable Audio 3 config (sa3-small, sa3-medium, tiny-sa3), got {fv.config}")
+  if config.is_sa3 and (fv.breakdown or fv.precision or fv.job or fv.small_edit or fv.long_seconds is not None):
+    raise UsageError("Stable Audio 3 configs are benchmarked by the DiT call (the default mode) and --sa3_edit")
+  if fv.edit_seconds is not None and fv.edit_seconds <= 0:
+    raise UsageError("--edit_seconds must be positive")
+  if config.is_sa3 and not fv["lengths"].present:
+    lengths = [sa3.default_frames(config)]
+  batch = 2 if config.is_sa3 and not fv["batch"].present else fv.batch
   if fv.depth is not None:
     if not 1 <= fv.depth <= config.dit.depth:
       raise UsageError(f"--depth must be between 1 and {config.dit.depth}")
     config = config.replace(dit=dataclasses.replace(config.dit, depth=fv.depth))
   if fv.breakdown:
 
-    report = {"layers": [breakdown.run(config.dit, frames, batch=fv.batch, repeats=fv.repeats, compare_torch=fv.torch)
+    report = {"layers": [breakdown.run(config.dit, frames, batch=batch, repeats=fv.repeats, compare_torch=fv.torch)
                          for frames in lengths]}
     print(breakdown.markdown(report["layers"]))
   elif fv.precision:
@@ -124,8 +147,14 @@ def body(fv: Flags) -> int | None:
     report = long_song.run(config, seconds=fv.long_seconds, steps=fv.long_steps)
     print(long_song.summary(report))
   elif fv.small_edit:
-    report = small_edit.run(config, seconds=fv.edit_seconds, repeats=fv.repeats)
+    report = small_edit.run(config, seconds=fv.edit_seconds or 11.0, repeats=fv.repeats)
     print(small_edit.summary(report))
+  elif fv.edit_methods:
+    report = edit_methods.run(config, seconds=fv.edit_seconds or 10.0, repeats=fv.repeats)
+    print(edit_methods.summary(report))
+  elif fv.sa3_edit:
+    report = sa3.whole_edit(config, seconds=fv.edit_seconds or sa3.DEFAULT_SECONDS, repeats=fv.repeats)
+    print(sa3.edit_summary(report))
   elif fv.job:
 
     report = job.run(config, steps=fv.job_steps, edits=fv.job_edits, seconds=fv.job_seconds,
@@ -133,7 +162,7 @@ def body(fv: Flags) -> int | None:
     print(job.summary(report))
   else:
 
-    report = dit_step.run(config, lengths, batch=fv.batch, repeats=fv.repeats, compare_torch=fv.torch)
+    report = dit_step.run(config, lengths, batch=batch, repeats=fv.repeats, compare_torch=fv.torch)
     print(dit_step.markdown_table(report))
   if fv.json_out:
     write_json(Path(fv.json_out), report)

@@ -2,6 +2,7 @@
 
   musickv-edit --model ckpt/sao --prompts "Piano solo" "Acoustic guitar, country, soft"
   musickv-edit --model ckpt/sao --input_audio song.mp3 --prompts "clean indie guitar" "classical piano solo"
+  musickv-edit --model ckpt/sao --input_audio song.mp3 --edit_method=flowedit --edit_region 4,7 --prompts ...
 
 Generated source: the first prompt describes the source, the second the edit. Further prompts are
 generated plainly, as the reference does, unless --edit_all makes each of them an edit of the
@@ -9,6 +10,12 @@ same source. Real audio (--input_audio, or --inverted_latent from musickv-invert
 prompt describes the recording; it is inverted with that description, then regenerated
 (source_reconstruction.wav: what inversion kept) and edited; input.wav is the recording as the
 model heard it (segment, stereo, the model's sample rate).
+
+--edit_method: inversion (the default, above), flowedit (no inversion: the recording's latent moves
+by the difference of the model's directions under the edit and the source prompts, the source's
+K/V injected into the edit), sdedit (from the recording's latent noised to --init_noise_level).
+--edit_region START,END (repeatable): only those spans follow the edit; elsewhere the result is the
+source (a recording's own latent), with a --region_crossfade_s crossfade just outside each span.
 
 A recording longer than the model's window (47.55 s) is edited whole: overlapping windows
 (--window_s, --overlap_s) run as one diffusion process, the source's window i injecting into the
@@ -46,6 +53,7 @@ def define(fv: Flags) -> None:
   options.define_generation_flags(fv, audio_end_default=None)
   options.define_edit_flags(fv)
   options.define_recording_flags(fv)
+  options.define_method_flags(fv)
   flags.DEFINE_string("inverted_latent", None, "inverted_latent.npy from musickv-invert: edit that recording "
                       "without inverting it again.", flag_values=fv)
   flags.DEFINE_bool("kv_from_inversion", False, "Real audio: take the source K/V recorded during inversion "
@@ -79,7 +87,7 @@ def body(fv: Flags) -> None:
   recording = jobs.read_recording(model, request)
   for warning in recording.warnings if recording is not None else ():
     print(f"warning: {warning}", file=sys.stderr)
-  inverts = request.is_recording and not request.recording.inverted_latent
+  inverts = request.is_recording and not request.recording.inverted_latent and request.method == "inversion"
   steps = resolved.inversion_settings().for_model(model.config).num_inference_steps
   with progress_bar(steps, "inverting") if inverts else contextlib.nullcontext() as listener:
     prepared = jobs.prepare(model, request, recording=recording, on_step=listener, log=print)

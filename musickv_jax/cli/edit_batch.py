@@ -66,6 +66,7 @@ def define(fv: Flags) -> None:
   options.define_generation_flags(fv, audio_end_default=None, output_default="outputs/batch", per_run=False)
   options.define_edit_flags(fv)
   options.define_recording_flags(fv)
+  options.define_method_flags(fv)
   flags.DEFINE_string("manifest", None, "The jobs: a JSON object a line (id, prompts, and optional settings).",
                       flag_values=fv)
   flags.DEFINE_bool("resume", False, "Skip the jobs already done (a folder made with the settings the manifest and "
@@ -89,7 +90,8 @@ REQUEST_FLAGS = (
     "guidance_scale", "sampler", "sigma_schedule", "seed", "latent_length", "wav_subtype", "preset", "vital_layers",
     "skip_layers", "schedule", "schedule_weight", "ramp", "window", "layer_schedules", "allow_unbounded_schedule",
     "injection_mode", "edit_all", "input_audio", "input_start_s", "input_end_s", "downmix", "inversion",
-    "inversion_order", "sample_latent", "window_s", "overlap_s")
+    "inversion_order", "sample_latent", "window_s", "overlap_s", "edit_region", "region_crossfade_s", "edit_method",
+    "init_noise_level", "flowedit_samples", "flowedit_start", "flowedit_source_guidance")
 RUN_FLAGS = ("manifest", "output_path", "resume", "recompute_changed", "rows_per_device", "coordinator_address",
              "num_processes", "process_id", "hf_token", "attention", "windows_per_batch", "memory_budget_gib")
 

@@ -53,6 +53,10 @@ def benchmark() -> None:
   launch("benchmark")
 
 
+def compare() -> None:
+  launch("compare")
+
+
 def evaluate() -> None:
   launch("evaluate")
 

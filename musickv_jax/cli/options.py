@@ -33,6 +33,7 @@ FLAG_OF_FIELD = {
     "variant": "inversion", "order": "inversion_order", "prompt": "prompts",  # InversionSettings
     "seconds_total": "audio_end_in_s", "sample_latent": "sample_latent", "path": "input_audio",
     "t5_dir": "t5",  # the converter
+    "method": "edit_method", "regions": "edit_region",  # EditRequest / EditSettings
 }
 
 
@@ -162,6 +163,40 @@ def define_edit_flags(fv: Flags) -> None:
   flags.DEFINE_string("injection_mode", DEFAULTS.injection_mode, "joint (one batch) or cached (record the source, then edit).",
                       flag_values=fv)
   flags.DEFINE_bool("edit_all", DEFAULTS.edit_all, "Every prompt after the first is an edit of the same source.", flag_values=fv)
+  flags.DEFINE_multi_string("edit_region", [], "START,END seconds: only this span follows the edit; outside it the "
+                            "result is the source (a recording's own latent). Repeat for several spans.",
+                            flag_values=fv)
+  flags.DEFINE_float("region_crossfade_s", DEFAULTS.region_crossfade_s, "Crossfade just outside each --edit_region, "
+                     "seconds.", flag_values=fv)
+
+
+def define_method_flags(fv: Flags) -> None:
+  """How a recording is edited (musickv-edit, musickv-edit-batch)."""
+  flags.DEFINE_string("edit_method", DEFAULTS.method, "How --input_audio is edited: inversion (invert it, then "
+                      "regenerate), flowedit (no inversion: moves the recording's latent by the difference of the "
+                      "model's directions under the edit and source prompts), sdedit (from the recording's latent "
+                      "noised to --init_noise_level). KV injection applies to each.", flag_values=fv)
+  flags.DEFINE_float("init_noise_level", None, "sdedit: where sampling starts on the model's time axis, 0 to 1 (0: "
+                     "the recording itself; 1: pure noise; default 0.6).", flag_values=fv)
+  flags.DEFINE_integer("flowedit_samples", DEFAULTS.flowedit_samples, "flowedit: noise draws the velocity difference "
+                       "is averaged over at every step (each a DiT call of every row).", flag_values=fv)
+  flags.DEFINE_float("flowedit_start", DEFAULTS.flowedit_start, "flowedit: the model time it starts at, (0, 1] "
+                     "(higher: larger changes).", flag_values=fv)
+  flags.DEFINE_float("flowedit_source_guidance", None, "flowedit: the source branch's guidance scale (default: the "
+                     "edit's).", flag_values=fv)
+
+
+def region_list(values, flag: str = "edit_region") -> tuple[tuple[float, float], ...]:
+  """START,END strings (or pairs) -> ((start, end), ...) seconds."""
+  regions = []
+  for value in values or ():
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+      start, end = (float(part) for part in parts)
+    except (TypeError, ValueError):
+      raise UsageError(f"--{flag} takes START,END seconds, got {value!r}") from None
+    regions.append((start, end))
+  return tuple(regions)
 
 
 def int_list(values, flag: str) -> tuple[int, ...]:
@@ -238,12 +273,40 @@ def edit_request(values: Values) -> EditRequest:
                      latent_length=fv.latent_length, preset=fv.preset, vital_layers=layers, skip_layers=skips,
                      schedule=schedule, allow_unbounded_schedule=fv.allow_unbounded_schedule,
                      injection_mode=fv.injection_mode, edit_all=fv.edit_all, recording=recording,
-                     windows=window_settings(values))
+                     windows=window_settings(values), regions=region_list(fv.edit_region),
+                     region_crossfade_s=fv.region_crossfade_s, **_method_fields(values))
+
+
+def _method_fields(values: Values) -> dict:
+  """The editing method's fields of a request (commands without the method flags: the defaults)."""
+  given = values.values
+  return {"method": given.get("edit_method", DEFAULTS.method), "init_noise_level": given.get("init_noise_level"),
+          "flowedit_samples": given.get("flowedit_samples", DEFAULTS.flowedit_samples),
+          "flowedit_start": given.get("flowedit_start", DEFAULTS.flowedit_start),
+          "flowedit_source_guidance": given.get("flowedit_source_guidance")}
 
 
 def edit_command_line(model_source: str, request: EditRequest) -> str:
   """The musickv-edit command that makes the same edit: the flags of what the request asks (the
   prompts first; what it leaves open is left out)."""
+  args = ["musickv-edit", "--model", model_source, "--prompts", *request.prompts, *_asked_flags(request)]
+  return " ".join(shlex.quote(a) for a in args)
+
+
+def compare_command_line(model_source: str, request: EditRequest, methods: str, without_injection: bool) -> str:
+  """The musickv-compare command of the same comparison: the edit's flags as musickv-edit's (the
+  method of each variant comes from --methods, so the request's own is left out)."""
+  base = dataclasses.replace(request, method=DEFAULTS.method, init_noise_level=None)
+  methods = ",".join(part.strip() for part in methods.split(",") if part.strip())
+  args = ["musickv-compare", "--model", model_source, "--prompts", *request.prompts, *_asked_flags(base),
+          f"--methods={methods}"]
+  if not without_injection:
+    args.append("--nowithout_injection")
+  return " ".join(shlex.quote(a) for a in args)
+
+
+def _asked_flags(request: EditRequest) -> list[str]:
+  """The flags of what an edit request asks, regions first, then by name (what it leaves open: none)."""
   asked = {"negative_prompt": request.negative_prompt, "audio_end_in_s": request.audio_end_in_s,
            "num_inference_steps": request.num_inference_steps, "guidance_scale": request.guidance_scale,
            "sampler": request.sampler, "preset": request.preset, "vital_layers": request.vital_layers,
@@ -256,6 +319,12 @@ def edit_command_line(model_source: str, request: EditRequest) -> str:
             "seed": request.seed, "latent_length": request.latent_length, "edit_all": request.edit_all,
             "injection_mode": request.injection_mode, "schedule_weight": request.schedule.weight,
             "ramp": request.schedule.ramp, "window": request.schedule.window}
+  asked |= {"init_noise_level": request.init_noise_level,
+            "flowedit_source_guidance": request.flowedit_source_guidance}
+  defaults |= {"edit_method": DEFAULTS.method, "flowedit_samples": DEFAULTS.flowedit_samples,
+               "flowedit_start": DEFAULTS.flowedit_start, "region_crossfade_s": DEFAULTS.region_crossfade_s}
+  values |= {"edit_method": request.method, "flowedit_samples": request.flowedit_samples,
+             "flowedit_start": request.flowedit_start, "region_crossfade_s": request.region_crossfade_s}
   asked |= {name: value for name, value in values.items() if value != defaults[name]}
   if request.recording is not None:
     recording, plain = request.recording, RecordingRequest()
@@ -264,7 +333,7 @@ def edit_command_line(model_source: str, request: EditRequest) -> str:
         ("input_start_s", "start_s"), ("input_end_s", "end_s"), ("downmix", "downmix"), ("inversion", "variant"),
         ("inversion_order", "order"), ("sample_latent", "sample_latent"), ("kv_from_inversion", "kv_from_inversion"))
         if getattr(recording, field) != getattr(plain, field)}
-  args = ["musickv-edit", "--model", model_source, "--prompts", *request.prompts]
+  args = [f"--edit_region={start!r},{end!r}" for start, end in request.regions]
   for name, value in sorted(asked.items()):
     if value is None:
       continue
@@ -274,7 +343,7 @@ def edit_command_line(model_source: str, request: EditRequest) -> str:
       args.append(f"--{name}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in value)}")
     else:
       args.append(f"--{name}={value}")
-  return " ".join(shlex.quote(a) for a in args)
+  return args
 
 
 def with_probed_preset(request: EditRequest, model: LoadedModel) -> EditRequest:

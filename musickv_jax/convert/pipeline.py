@@ -15,16 +15,24 @@ from musickv_jax import files
 from musickv_jax.checkpoint import check_replaceable, save_checkpoint
 from musickv_jax.convert import tables
 from musickv_jax.convert.rules import apply_rules
+from musickv_jax.convert.sa3_dit_tables import duration_rules, sa3_dit_rules
+from musickv_jax.convert.same_tables import same_rules
 from musickv_jax.convert.sources import SourceCheckpoint, read_source
+from musickv_jax.convert.t5gemma_tables import t5gemma_prefix, t5gemma_rules
 from musickv_jax.errors import CheckpointError, ConversionError, TokenizerError
 from musickv_jax.models.sao import COMPONENTS, abstract_params, count_params
 from musickv_jax.text import load_tokenizer
+from musickv_jax.text_gemma import load_gemma_tokenizer
 
 _NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
 def component_rules(source: SourceCheckpoint):
   cfg = source.config
+  if cfg.is_sa3:
+    return {"dit": sa3_dit_rules(cfg.dit), "vae": same_rules(cfg.vae),
+            "t5": t5gemma_rules(cfg.t5, prefix=t5gemma_prefix(source.state_dicts["t5"])),
+            "conditioner": duration_rules(cfg.conditioner)}
   return {
       "dit": tables.dit_rules(cfg.dit, source.layout),
       "vae": tables.vae_rules(cfg.vae, source.layout),
@@ -84,7 +92,8 @@ def convert_checkpoint(source: str | Path, output: str | Path, *, t5_dir: str | 
   log(f"layout: {src.layout}; model: DiT depth {src.config.dit.depth} width {src.config.dit.embed_dim}, "
       f"{src.config.vae.sample_rate} Hz, max {src.config.max_audio_seconds:.2f} s")
   try:
-    tokenizer = load_tokenizer(src.tokenizer_dir, src.config.t5.max_length)
+    tokenizer = (load_gemma_tokenizer(src.tokenizer_dir) if src.config.is_sa3
+                 else load_tokenizer(src.tokenizer_dir, src.config.t5.max_length))
   except TokenizerError as e:
     raise ConversionError(str(e)) from None
   params = convert_source(src, dtype=dtype, allow_unexpected=allow_unexpected, log=log)

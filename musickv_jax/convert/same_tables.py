@@ -14,7 +14,15 @@ persistent (not written by save_pretrained), so the table has no `Expect` rows; 
 
 from __future__ import annotations
 
-from musickv_jax.convert.rules import Conv1x1, Linear, Reshape, Rule, Target, WeightNorm, rule
+from musickv_jax.convert.rules import (
+  Conv1x1,
+  Linear,
+  Reshape,
+  Rule,
+  Target,
+  WeightNorm,
+  rule,
+)
 from musickv_jax.models.same import SAMEConfig
 
 

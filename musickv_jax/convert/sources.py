@@ -3,7 +3,8 @@
   diffusers:          a StableAudioPipeline folder (model_index.json, transformer/, vae/,
                       text_encoder/, projection_model/, tokenizer/, scheduler/)
   stable-audio-tools: model.safetensors (or model.ckpt) + model_config.json, with T5 from a
-                      separate Hugging Face folder (--t5)
+                      separate Hugging Face folder (--t5); Stability's single-file Stable Audio 3
+                      (its T5Gemma in t5gemma-b-b-ul2/ beside it) goes to convert/sa3_single_file.py
   hub:                a repo id, downloaded with huggingface_hub, then read as diffusers
 
 Each reader returns a `SourceCheckpoint`: our ModelConfig, one state dict per component,
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,6 @@ from musickv_jax.config import (
   OBJECTIVES,
   QK_NORMS,
   ConditionerConfig,
-  ConfigError,
   DiffusionConfig,
   DistributionShift,
   DiTConfig,
@@ -34,23 +33,16 @@ from musickv_jax.config import (
   OobleckConfig,
   T5Config,
 )
+from musickv_jax.convert.layout import SourceCheckpoint
+from musickv_jax.convert.sa3_single_file import is_sa3_single_file, read_sa3_single_file
+from musickv_jax.convert.sa3_sources import is_sa3_index, read_sa3_diffusers
 from musickv_jax.convert.tables import DIFFUSERS, SAT, t5_ignored
 from musickv_jax.convert.tensors import ConversionError, read_sharded, read_weights
+from musickv_jax.errors import ConfigError
 
 DIFFUSERS_PARTS = ("transformer", "vae", "text_encoder", "projection_model", "tokenizer")
 SAT_WEIGHT_FILES = ("model.safetensors", "model.ckpt")
 _UNSET_MAX_LENGTH = 100_000  # tokenizers without a limit report ~1e30
-
-
-@dataclasses.dataclass
-class SourceCheckpoint:
-  layout: str
-  config: ModelConfig
-  state_dicts: dict[str, dict[str, np.ndarray]]
-  origins: dict[str, str]  # component -> human-readable origin (files)
-  tokenizer_dir: Path
-  ignore: dict[str, Callable[[str], bool]]
-  scheduler: dict | None = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -125,6 +117,11 @@ def _model_config(**parts) -> ModelConfig:
 
 
 def read_diffusers(root: Path) -> SourceCheckpoint:
+  """A diffusers folder: Stable Audio Open's StableAudioPipeline, or Stable Audio 3's pipelines
+  (convert/sa3_sources.py)."""
+  index_path = root / "model_index.json"
+  if index_path.is_file() and is_sa3_index(_read_json(index_path)):
+    return read_sa3_diffusers(root)
   missing = [p for p in DIFFUSERS_PARTS if not (root / p).is_dir()]
   if missing:
     raise ConversionError(f"{root}: diffusers layout is missing the folder(s) {', '.join(missing)}/ "
@@ -132,7 +129,7 @@ def read_diffusers(root: Path) -> SourceCheckpoint:
   index = _read_json(root / "model_index.json")
   if index.get("_class_name") not in (None, "StableAudioPipeline"):
     raise ConversionError(f"{root}: model_index.json describes a {index.get('_class_name')}, "
-                          "not a StableAudioPipeline")
+                          "not a StableAudioPipeline or a Stable Audio 3 pipeline")
 
   def weights(part: str, stems: tuple[str, ...]):
     tensors, files = read_sharded(root / part, stems)
@@ -383,6 +380,8 @@ def read_sat(weights_file: Path, model_config: Path | None, t5_dir: Path | None)
   if not config_path.is_file():
     raise ConversionError(f"{weights_file}: no model_config.json beside it; pass {{field}}", field="model_config")
   mc = _read_json(config_path)
+  if is_sa3_single_file(mc):  # Stable Audio 3 (a T5Gemma prompt, a SAME autoencoder), not Stable Audio Open
+    return read_sa3_single_file(weights_file, config_path, t5_dir)
   t5_root, tokenizer_dir = _find_t5(t5_dir)
   t5_hf = _read_json(t5_root / "config.json")
   t5 = t5_config_from_hf(t5_hf, str(t5_root / "config.json"), _sat_max_length(mc, str(config_path)))

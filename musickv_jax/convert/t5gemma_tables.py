@@ -22,7 +22,12 @@ import numpy as np
 
 from musickv_jax.convert.rules import Linear, Rule, Target, apply_rules, rule
 from musickv_jax.errors import ConfigError
-from musickv_jax.models.t5gemma import ACTIVATIONS, T5GemmaConfig, T5GemmaEncoder, alternating_layer_types
+from musickv_jax.models.t5gemma import (
+  ACTIVATIONS,
+  T5GemmaConfig,
+  T5GemmaEncoder,
+  alternating_layer_types,
+)
 
 ENCODER_PREFIXES = ("encoder", "model.encoder")  # T5GemmaEncoderModel / T5GemmaModel, T5GemmaForConditionalGeneration
 IGNORED_PREFIXES = ("decoder.", "model.decoder.", "lm_head.")

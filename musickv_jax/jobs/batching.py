@@ -36,10 +36,10 @@ from musickv_jax.errors import SettingsError
 from musickv_jax.pipeline import common, long_recording, memory
 from musickv_jax.pipeline.editing import sample_edit
 from musickv_jax.pipeline.plan import EditPlan, block_of, build_plan, run_block, run_from_cache, stack_blocks
-from musickv_jax.pipeline.recording import inversion_kv_cache
-from musickv_jax.pipeline.results import SOURCE_GUIDANCE, EditResult, Inversion, edit_result
+from musickv_jax.pipeline.recording import inversion_kv_cache, region_reference
+from musickv_jax.pipeline.results import EditResult, Recording, edit_result, source_guidance
 from musickv_jax.pipeline.settings import EditSettings, WindowSettings
-from musickv_jax.sampling import guided, placement, sampler
+from musickv_jax.sampling import flowedit, guided, placement, regions, sampler
 from musickv_jax.sampling import rows as rows_lib
 from musickv_jax.sampling.guided import RowBlock
 
@@ -56,7 +56,7 @@ class EditJob:
   id: str
   settings: EditSettings
   plan: EditPlan | None  # None for a long recording (its windows have plans of their own)
-  recording: Inversion | None = None  # an edited recording's inversion
+  recording: Recording | None = None  # an edited recording: its inversion, or its latent (FlowEdit, SDEdit)
   windows: WindowSettings | None = None  # how a long recording's windows run (batching, memory budget)
   kv_from_inversion: bool = False  # the edits read the K/V the inversion recorded (the source is not rerun)
 
@@ -87,11 +87,12 @@ class EditJob:
     mesh / dit_params: a long recording's windows spread over a data mesh (default: every local
     device), its parameters already placed there."""
     if self.is_long:
-      inversion = self.recording
-      x_init = np.repeat(inversion.inverted, self.n_prompts, axis=0)
-      return long_recording.edit_latents(model, self.settings, x_init, inversion.windows.running_as(self.windows),
-                                         inversion.n_samples, source_guidance=SOURCE_GUIDANCE, mesh=mesh,
-                                         dit_params=dit_params, on_step=on_step)
+      recording = self.recording
+      x_init = np.repeat(recording.start, self.n_prompts, axis=0)
+      return long_recording.edit_latents(model, self.settings, x_init, recording.windows.running_as(self.windows),
+                                         recording.n_samples, source_guidance=source_guidance(self.settings),
+                                         mesh=mesh, dit_params=dit_params, on_step=on_step,
+                                         reference=region_reference(recording, self.settings))
     if self.kv_from_inversion:
       cache = inversion_kv_cache(self.recording, self.settings)
       return run_from_cache(model, self.plan, cache, on_step=on_step), self.plan
@@ -103,22 +104,28 @@ class EditJob:
                        kv_from_inversion=self.kv_from_inversion)
 
 
-def plan_job(model: LoadedModel, job_id: str, settings: EditSettings, recording: Inversion | None = None, *,
+def plan_job(model: LoadedModel, job_id: str, settings: EditSettings, recording: Recording | None = None, *,
              init_latents=None, step_noise=None, kv_from_inversion: bool = False,
              windows: WindowSettings | None = None) -> EditJob:
   """A job of a generated source (its initial noise from the seed, or init_latents; a stochastic
-  sampler's step_noise) or of an inverted recording (kv_from_inversion: its edits read the K/V
-  the inversion recorded; windows: how a long recording's windows run)."""
+  sampler's step_noise) or of a recording made ready by its method (inverted, or encoded;
+  kv_from_inversion: its edits read the K/V the inversion recorded; windows: how a long
+  recording's windows run)."""
   settings = settings.for_recording(model.config) if recording is not None else settings.for_model(model.config)
   settings.validate(model.config)
   if recording is not None and recording.windows is not None:
     long_recording.check_edit(model, settings, recording.windows.running_as(windows), recording.n_samples)
+    region_reference(recording, settings)  # refused now if the regions need a latent the job lacks
     return EditJob(job_id, settings, None, recording, windows)
-  x_init = init_latents
+  x_init, reference, seconds = init_latents, None, None
   if recording is not None:
-    x_init = np.repeat(recording.inverted, len(settings.generation.prompts), axis=0)
-  plan = build_plan(model, settings, x_init, source_guidance=SOURCE_GUIDANCE if recording is not None else None,
-                    check_coverage=recording is None, step_noise=step_noise)
+    x_init = np.repeat(recording.start, len(settings.generation.prompts), axis=0)
+    reference = region_reference(recording, settings)
+    seconds = (settings.generation.audio_start_in_s,
+               common.recording_seconds(model.config, recording.n_samples, settings.generation.audio_end_in_s))
+  plan = build_plan(model, settings, x_init,
+                    source_guidance=source_guidance(settings) if recording is not None else None,
+                    check_coverage=recording is None, step_noise=step_noise, seconds=seconds, reference=reference)
   if kv_from_inversion:  # the source is not regenerated: the edits read the inversion's K/V
     inversion_kv_cache(recording, settings)  # refused now if the inversion recorded other K/V
     plan = plan.select(range(1, plan.n))
@@ -136,12 +143,19 @@ class Bucket:
   sigma_schedule: str
   sigma_min: float
   sigma_max: float
+  start_level: float  # where sampling starts (audio-to-audio / SDEdit; FlowEdit's start)
+  method: str  # FlowEdit runs another program than the samplers
+  flowedit_samples: int
+  paste: str  # how region edits are pasted (sampling.regions.kind)
 
 
 def bucket_of(job: EditJob) -> Bucket:
-  gen = job.settings.generation
-  return Bucket(gen.num_inference_steps, int(job.plan.x_init.shape[-1]), job.plan.use_cfg, gen.sampler,
-                gen.sigma_schedule, float(gen.sigma_min), float(gen.sigma_max))
+  gen, plan = job.settings.generation, job.plan
+  flowedit_run = plan.flowedit is not None
+  return Bucket(gen.num_inference_steps, int(plan.x_init.shape[-1]), plan.use_cfg, gen.sampler,
+                gen.sigma_schedule, float(gen.sigma_min), float(gen.sigma_max), float(plan.steps.sigma[0]),
+                "flowedit" if flowedit_run else "sampler", plan.flowedit.samples if flowedit_run else 0,
+                regions.kind(plan.paste))
 
 
 @dataclasses.dataclass
@@ -212,11 +226,20 @@ def sample_on_mesh(dit_params, block: RowBlock, steps: sampler.StepPlan, *, mesh
     return latents
 
   rows = P(placement.DATA_AXIS)
-  spec = RowBlock(cond=guided.GuidedConditioning(rows, rows, rows), x_init=rows,
+  steps_rows = P(None, placement.DATA_AXIS)  # (steps, rows, ...)
+  paste = block.paste
+  if paste is not None:
+    clean = paste.clean is not None
+    paste = regions.Paste(keep=rows, source_row=rows, from_clean=rows if clean else None, clean=rows if clean else None,
+                          noise=steps_rows if clean else None, clean_scale=P() if clean else None,
+                          noise_scale=P() if clean else None)
+  data = None if block.flowedit is None else flowedit.FlowEditData(
+      reference=rows, source_row=rows, noise=P(None, None, placement.DATA_AXIS), clean_scale=P())
+  spec = RowBlock(cond=jax.tree.map(lambda _: rows, block.cond), x_init=rows,
                   kv=guided.KVSteps(inject_weight=P(None, None, placement.DATA_AXIS), source_index=rows,
                                     injected=None, bypass=P(None, placement.DATA_AXIS), blend_layers=P()),
-                  keys=rows, sample_ids=rows,
-                  step_noise=None if block.step_noise is None else P(None, placement.DATA_AXIS))
+                  keys=rows, sample_ids=rows, step_noise=None if block.step_noise is None else steps_rows,
+                  paste=paste, flowedit=data)
   # check_vma off: the rows are independent by construction, and the per-layer lax.cond of the blend
   # mixes replicated (which layers blend) and per-device (the weights) values
   return jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, P()), out_specs=rows, check_vma=False)(
@@ -229,6 +252,8 @@ def run_batch(model: LoadedModel, dit_params, batch: Batch, mesh: placement.Mesh
   parameters replicated on the mesh (see placement.replicate). One call: no progress between
   steps (a mesh program's chunks would each wait for the slowest device)."""
   template = batch.jobs[0].plan
+  if common.samples_nothing(template.steps):  # started at level 0 (SDEdit): each start is its result
+    return {job.id: np.asarray(job.plan.x_init) for job in batch.jobs}
   blocks = [block_of([job.plan for job in jobs] or [template.select([0])], batch.rows_per_device, dense=True)
             for jobs in batch.devices]
   # on the host: the program places each device's rows itself (the conditioning was computed on one device)

@@ -8,7 +8,9 @@ folder) and `prompts` (required: the source description, then at least one edit)
 musickv-edit's flag names: input_audio, input_start_s, input_end_s, seed, num_inference_steps,
 guidance_scale, audio_end_in_s, vital_layers, schedule (a name or a .npy path), edit_all,
 preset, negative_prompt, latent_length, window_s, overlap_s (a recording longer than the model's
-window is edited over overlapping windows, as musickv-edit does). Relative paths are taken from the manifest's folder.
+window is edited over overlapping windows, as musickv-edit does), edit_method, init_noise_level,
+flowedit_samples, flowedit_start, flowedit_source_guidance, edit_region (a list of [START, END] or
+"START,END"), region_crossfade_s. Relative paths are taken from the manifest's folder.
 Every line is checked before any work starts; a bad line is reported with its number and skipped,
 and never stops the good ones.
 """
@@ -27,7 +29,8 @@ from musickv_jax.files import not_a_file
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 OPTIONAL_KEYS = ("input_audio", "input_start_s", "input_end_s", "seed", "num_inference_steps", "guidance_scale",
                  "audio_end_in_s", "vital_layers", "schedule", "edit_all", "preset", "negative_prompt",
-                 "latent_length", "window_s", "overlap_s")
+                 "latent_length", "window_s", "overlap_s", "edit_method", "init_noise_level", "flowedit_samples",
+                 "flowedit_start", "flowedit_source_guidance", "edit_region", "region_crossfade_s")
 _PATH_KEYS = ("input_audio",)
 
 
@@ -62,11 +65,11 @@ def _is_finite(value) -> bool:
 
 def _check_value(key: str, value) -> str | None:
   """Why `value` cannot be the job's `key`, or None."""
-  if key in ("seed", "num_inference_steps"):
+  if key in ("seed", "num_inference_steps", "flowedit_samples"):
     return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
-  if key in ("guidance_scale", "input_start_s"):
+  if key in ("guidance_scale", "input_start_s", "flowedit_start", "region_crossfade_s"):
     return None if _is_finite(value) else "must be a finite number"
-  if key in ("audio_end_in_s", "input_end_s", "window_s", "overlap_s"):
+  if key in ("audio_end_in_s", "input_end_s", "window_s", "overlap_s", "init_noise_level", "flowedit_source_guidance"):
     return None if value is None or _is_finite(value) else "must be a finite number or null"
   if key == "edit_all":
     return None if isinstance(value, bool) else "must be true or false"
@@ -76,7 +79,13 @@ def _check_value(key: str, value) -> str | None:
     ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) or
                                          (isinstance(v, str) and v.strip().lstrip("-").isdigit()) for v in value)
     return None if ok else "must be a list of layer numbers (or \"20,3,4\")"
-  if key in ("schedule", "preset", "latent_length", "input_audio"):
+  if key == "edit_region":
+    spans = value if isinstance(value, list) else None
+    ok = spans is not None and all(
+        (isinstance(span, str) and span.count(",") == 1)
+        or (isinstance(span, list) and len(span) == 2 and all(_is_finite(v) for v in span)) for span in spans)
+    return None if ok else "must be a list of [START, END] seconds (or \"START,END\" strings)"
+  if key in ("schedule", "preset", "latent_length", "input_audio", "edit_method"):
     return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
   if key == "negative_prompt":
     return None if value is None or isinstance(value, str) else "must be a string"

@@ -27,9 +27,13 @@ from musickv_jax.jobs.request import (
   resolve,
 )
 from musickv_jax.pipeline import recording as recording_lib
-from musickv_jax.pipeline.results import Inversion
+from musickv_jax.pipeline.results import EncodedRecording, Inversion
 from musickv_jax.pipeline.settings import EditSettings, WindowSettings
 from musickv_jax.sampling.sampler import Listener
+
+
+_LONG_END = ("{field} does not apply to a recording longer than one window (each window is conditioned on its "
+             "start and the recording's length); leave it out")
 
 
 @dataclasses.dataclass
@@ -95,6 +99,10 @@ def prepare(model: LoadedModel, request: EditRequest, job_id: str = "edit", *, m
     inversion = _saved_inversion(model, request, settings, recording, warnings)
     job = batching.plan_job(model, job_id, settings, inversion, windows=request.windows)
     return PreparedJob(job_id, resolved, job, recording, None, 0.0, tuple(warnings))
+  if settings.method != "inversion":
+    encoded = _encode(model, request, resolved, recording, log)
+    job = batching.plan_job(model, job_id, settings, encoded, windows=request.windows)
+    return PreparedJob(job_id, resolved, job, recording, None, 0.0, tuple(warnings))
   inversion, cached, seconds = _invert(model, request, resolved, recording, model_key, inversions, on_step, log)
   job = batching.plan_job(model, job_id, settings, inversion, kv_from_inversion=request.recording.kv_from_inversion,
                           windows=request.windows)
@@ -107,11 +115,26 @@ def _saved_inversion(model: LoadedModel, request: EditRequest, settings: EditSet
   n_samples = int(recording.audio.shape[-1]) if recording is not None else None
   inversion = recording_lib.load_inversion(request.recording.inverted_latent, model.config, n_samples=n_samples)
   warnings += inversion.notes_for(settings)
+  if settings.regions and recording is not None:  # what a region edit pastes back outside its regions
+    inversion = dataclasses.replace(inversion, encoded=np.asarray(recording_lib.encode_audio(model, recording.audio)))
   asked = request.windows.geometry()
   if inversion.windows is not None and asked != WindowSettings() and asked != inversion.windows:
     warnings.append(f"the recording was inverted over other windows; its own (window_s {inversion.windows.window_s}, "
                     f"overlap_s {inversion.windows.overlap_s}) are used")
   return inversion
+
+
+def _encode(model: LoadedModel, request: EditRequest, resolved: ResolvedEdit, recording: LoadedAudio,
+            log: Callable[[str], None]) -> EncodedRecording:
+  """Every check of an edit that inverts nothing (FlowEdit, SDEdit), then the recording encoded."""
+  audio = np.asarray(recording.audio)
+  checks = recording_lib.check_recording_edit(model, int(audio.shape[-1]), resolved.settings,
+                                              resolved.inversion_settings(), request.windows)
+  if checks.geometry is not None and request.audio_end_in_s is not None:
+    raise SettingsError(_LONG_END, field="audio_end_in_s")
+  for message in checks.messages:
+    log(message)
+  return recording_lib.encode_recording(model, audio, resolved.settings, request.windows)
 
 
 def _invert(model: LoadedModel, request: EditRequest, resolved: ResolvedEdit, recording: LoadedAudio,
@@ -127,8 +150,7 @@ def _invert(model: LoadedModel, request: EditRequest, resolved: ResolvedEdit, re
   checks = recording_lib.check_recording_edit(model, n_samples, resolved.settings, inversion_settings, request.windows,
                                               kv_from_inversion=kv_from_inversion)
   if checks.geometry is not None and request.audio_end_in_s is not None:
-    raise SettingsError("{field} does not apply to a recording longer than one window (each window is conditioned "
-                        "on its start and the recording's length); leave it out", field="audio_end_in_s")
+    raise SettingsError(_LONG_END, field="audio_end_in_s")
   record_layers = checks.record_layers
   key = InversionKey(model_key, audio_digest(audio), inversion_settings,
                      dataclasses.astuple(request.windows.geometry()), record_layers)

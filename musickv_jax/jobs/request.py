@@ -24,7 +24,8 @@ import numpy as np
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig
 from musickv_jax.errors import ScheduleError, SettingsError
-from musickv_jax.pipeline import kv_schedules, presets
+from musickv_jax.pipeline import kv_schedules, presets, variation
+from musickv_jax.pipeline import settings as settings_lib
 from musickv_jax.pipeline.settings import EditSettings, GenerationSettings, InversionSettings, WindowSettings
 
 
@@ -80,6 +81,14 @@ class EditRequest:
   edit_all: bool = False
   recording: RecordingRequest | None = None
   windows: WindowSettings = WindowSettings()
+  # how a recording is edited: inversion, flowedit or sdedit (pipeline.recording)
+  method: str = "inversion"
+  init_noise_level: float | None = None  # SDEdit's start; None: variation.DEFAULT_NOISE_LEVEL
+  flowedit_samples: int = 1
+  flowedit_start: float = settings_lib.DEFAULT_FLOWEDIT_START
+  flowedit_source_guidance: float | None = None  # None: the edit's guidance
+  regions: tuple[tuple[float, float], ...] = ()  # only these spans (seconds) follow the edit
+  region_crossfade_s: float = settings_lib.DEFAULT_CROSSFADE_S
   init_latents: np.ndarray | None = dataclasses.field(default=None, compare=False)  # exact x_T (n, C, T)
   step_noise: np.ndarray | None = dataclasses.field(default=None, compare=False)  # (steps, 1, C, T)
 
@@ -159,11 +168,14 @@ def _generation(request: EditRequest, preset: presets.EditPreset | None) -> Gene
   end = request.audio_end_in_s
   if end is None and preset is not None:
     end = preset.audio_end_in_s
+  level = 1.0
+  if request.method == "sdedit":
+    level = variation.DEFAULT_NOISE_LEVEL if request.init_noise_level is None else request.init_noise_level
   return GenerationSettings(prompts=tuple(request.prompts), negative_prompt=request.negative_prompt,
                             audio_start_in_s=request.audio_start_in_s, audio_end_in_s=end,
                             num_inference_steps=request.num_inference_steps, guidance_scale=guidance,
                             sampler=request.sampler, sigma_schedule=request.sigma_schedule, seed=request.seed,
-                            latent_length=request.latent_length)
+                            latent_length=request.latent_length, init_noise_level=level)
 
 
 def asked_settings(request: EditRequest, config: ModelConfig | None = None) -> ResolvedEdit:
@@ -180,7 +192,11 @@ def asked_settings(request: EditRequest, config: ModelConfig | None = None) -> R
       if layers != () else None
   settings = EditSettings(generation=_generation(request, preset), vital_layers=layers, skip_layers=tuple(skips),
                           schedule=schedule, injection_mode=request.injection_mode, edit_all=request.edit_all,
-                          allow_unbounded_schedule=request.allow_unbounded_schedule)
+                          allow_unbounded_schedule=request.allow_unbounded_schedule,
+                          regions=tuple(tuple(region) for region in request.regions),
+                          region_crossfade_s=request.region_crossfade_s, method=request.method,
+                          flowedit_samples=request.flowedit_samples, flowedit_start=request.flowedit_start,
+                          flowedit_source_guidance=request.flowedit_source_guidance)
   return ResolvedEdit(request, settings, preset, schedule_name)
 
 
@@ -194,7 +210,7 @@ def resolve(request: EditRequest, model: LoadedModel | ModelConfig) -> ResolvedE
   asked = asked_settings(request, config)
   settings, notes = asked.settings, []
   real_audio = request.is_recording
-  if real_audio and settings.generation.sampler is None and \
+  if real_audio and request.method == "inversion" and settings.generation.sampler is None and \
       config.diffusion.defaults.sampler != config.diffusion.deterministic_sampler:
     notes.append(f"a recording is edited with the {config.diffusion.deterministic_sampler} sampler, the ODE its "
                  "inversion ran backwards ({sampler} chooses another)")
@@ -215,6 +231,7 @@ def resolve(request: EditRequest, model: LoadedModel | ModelConfig) -> ResolvedE
 def check_combinations(request: EditRequest) -> None:
   """Settings that cannot go together, refused in one line before anything loads."""
   recording = request.recording
+  _check_method(request)
   if recording is None:
     return
   if recording.path is None and recording.inverted_latent is None:
@@ -229,3 +246,28 @@ def check_combinations(request: EditRequest) -> None:
   if request.step_noise is not None:
     raise SettingsError("{field} applies to generated sources (a recording is edited with the deterministic "
                         "sampler its inversion ran backwards)", field="step_noise")
+
+
+def _check_method(request: EditRequest) -> None:
+  """The editing method's own settings, and what each method needs."""
+  method, recording = request.method, request.recording
+  if method not in settings_lib.METHODS:
+    raise SettingsError(f"{{field}} must be one of {', '.join(settings_lib.METHODS)}, got {method!r}", field="method")
+  if method != "inversion" and (recording is None or recording.path is None):
+    raise SettingsError(f"{{field}} {method} edits a recording without inverting it: give the recording "
+                        "({input_audio})", field="method", mentions=("input_audio",))
+  if method != "inversion" and recording.inverted_latent:
+    raise SettingsError(f"{{field}} {method} inverts nothing: leave out {{inverted_latent}} (a saved inversion is "
+                        "for the inversion method)", field="method", mentions=("inverted_latent",))
+  if method != "inversion" and recording.kv_from_inversion:
+    raise SettingsError(f"{{field}} reads the K/V an inversion recorded; the {method} method inverts nothing",
+                        field="kv_from_inversion")
+  if request.init_noise_level is not None and method != "sdedit":
+    raise SettingsError("{field} is where SDEdit starts: it needs {method}=sdedit", field="init_noise_level",
+                        mentions=("method",))
+  flowedit_asked = (request.flowedit_samples != DEFAULTS.flowedit_samples
+                    or request.flowedit_start != DEFAULTS.flowedit_start
+                    or request.flowedit_source_guidance is not None)
+  if flowedit_asked and method != "flowedit":
+    raise SettingsError("{field} and the other FlowEdit settings need {method}=flowedit", field="flowedit_samples",
+                        mentions=("method",))

@@ -85,11 +85,17 @@ def _shown(value) -> str:
   return text if len(text) <= 80 else text[:77] + "..."
 
 
+# fields added to the record after it was first written, with the value an older record (without
+# them) was made with: such a record still matches a request that asks that value
+ADDED_FIELDS = {"init_noise_level": 1.0, "regions": [], "region_crossfade_s": 0.25, "method": "inversion",
+                "flowedit_samples": 1, "flowedit_start": 0.8, "flowedit_source_guidance": None}
+
+
 def request_differences(recorded: dict, asked: dict) -> list[str]:
   """The fields where a finished job's request and what is asked now differ, each with its values."""
   out = []
   for key in [*asked, *(k for k in recorded if k not in asked)]:
-    old, new = recorded.get(key), asked.get(key)
+    old, new = recorded.get(key, ADDED_FIELDS.get(key)), asked.get(key)
     if old == new:
       continue
     if key == "input_audio" and old is not None and new is not None:

@@ -28,8 +28,9 @@ Array = jax.Array
 class Conditioning:
   """What the DiT is conditioned on, for one branch of the batch."""
 
-  cross_tokens: Array  # (B, N + 2, cond_dim)
-  global_cond: Array  # (B, 2 * cond_dim)
+  cross_tokens: Array  # (B, N + 2, cond_dim); Stable Audio 3: (B, N + 1, D), the duration last
+  global_cond: Array  # (B, 2 * cond_dim); Stable Audio 3: (B, D) the duration's embedding
+  cross_mask: Array | None = None  # (B, N + 1) bool, Stable Audio 3: the text's padding (False), else None
 
 
 class NumberConditioner(nn.Module):

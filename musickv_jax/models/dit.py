@@ -22,91 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from musickv_jax.config import DiTConfig, to_jnp_dtype
-from musickv_jax.models.attention import CrossAttention, SelfAttention, blend_kv, rotary_tables
+from musickv_jax.models import kv_hook
+from musickv_jax.models.attention import CrossAttention, SelfAttention, rotary_tables
+from musickv_jax.models.kv_hook import KVCache, KVControls, LayerInputs  # noqa: F401 (the hook's types, re-exported)
 from musickv_jax.models.layers import MLP2, Dense, LayerNorm, dense_apply, dense_init, in_row_blocks, wide
 
 Array = jax.Array
-
-
-@flax.struct.dataclass
-class KVCache:
-  """Self-attention keys and values of some layers: k, v (n_layers, B, S, H, D).
-
-  `layers` (static) names the DiT block each leading index belongs to."""
-
-  k: Array
-  v: Array
-  layers: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
-
-
-@flax.struct.dataclass
-class KVControls:
-  """Per-call steering of the self-attention layers (see module docstring).
-
-  inject_weight: (L, B) blend weight of every layer for every sample; 0 leaves it untouched.
-  source_index: (B,) int32 or None: for each sample, the row of the reference that it blends in;
-    joint mode (no `injected`): a row of this batch; cached mode: a row of `injected`.
-  injected: KVCache or None; cached mode: reference K/V (n, R, S, H, D) for the layers it holds
-    (other layers are never blended); without source_index its rows align with the batch.
-  bypass: (L,) or (L, B) bool or None; True skips that layer's self-attention (for every sample,
-    or per sample: the layer probe runs each bypassed layer as a row of one batch).
-  blend_layers: (L,) bool or None: the layers where blending runs at all (the vital layers; None:
-    every layer). Elsewhere the K/V pass through untouched without the blend's work; a weight
-    there must be 0, and no gradient reaches it.
-  record_layers: static; the call returns these layers' own K/V.
-  """
-
-  inject_weight: Array | None = None
-  source_index: Array | None = None
-  injected: KVCache | None = None
-  bypass: Array | None = None
-  blend_layers: Array | None = None
-  record_layers: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
-
-
-def _validate_controls(controls: KVControls, depth: int, batch: int) -> None:
-  has_reference = controls.source_index is not None or controls.injected is not None
-  if has_reference and controls.inject_weight is None:
-    raise ValueError("KVControls: a K/V reference needs inject_weight of shape (depth, batch)")
-  if controls.inject_weight is not None:
-    if not has_reference:
-      raise ValueError("KVControls: inject_weight needs source_index or injected K/V to blend with")
-    chex.assert_shape(controls.inject_weight, (depth, batch))
-  if controls.source_index is not None:
-    chex.assert_shape(controls.source_index, (batch,))
-  if controls.blend_layers is not None:
-    chex.assert_shape(controls.blend_layers, (depth,))
-  if controls.bypass is not None and tuple(controls.bypass.shape) not in ((depth,), (depth, batch)):
-    raise ValueError(f"KVControls: bypass has shape {tuple(controls.bypass.shape)}; expected ({depth},) or "
-                     f"({depth}, {batch})")
-  for name, layers in (("record_layers", tuple(controls.record_layers)),
-                       ("injected.layers", controls.injected.layers if controls.injected else ())):
-    for layer in layers:
-      if not 0 <= layer < depth:
-        raise ValueError(f"KVControls: layer index {layer} is out of range; valid layers are 0..{depth - 1}")
-    if len(set(layers)) != len(layers):
-      raise ValueError(f"KVControls: {name} {layers} lists a layer more than once")
-  if controls.injected is not None and controls.source_index is None:
-    chex.assert_axis_dimension(controls.injected.k, 1, batch)
-
-
-@flax.struct.dataclass
-class LayerInputs:
-  """What each block gets of its own (leading axis: depth), scanned with the blocks.
-
-  bypass: () or (B,) bool, skip this layer's self-attention (for every row, or per row).
-  weight: (B,) blend weight toward the reference K/V (0 where the layer has no reference), or None.
-  blends: () bool, whether this layer blends at all (see KVControls.blend_layers), or None.
-  read_slot: () int32, the slot of an external cache holding this layer (cached mode), or None.
-  record_slot: () int32 and recorded: () bool, where this layer's own K/V go when recording, or None.
-  """
-
-  bypass: Array
-  weight: Array | None = None
-  blends: Array | None = None
-  read_slot: Array | None = None
-  record_slot: Array | None = None
-  recorded: Array | None = None
 
 
 @flax.struct.dataclass
@@ -148,27 +69,10 @@ class DiTBlock(nn.Module):
     own_k, own_v = k, v
 
     if shared.has_reference:  # blend toward the reference; weight 0 (no reference here) is exact
-      def blended(k, v):
-        if shared.injected_k is None:  # joint: the reference rows are this batch
-          ref_k, ref_v = k, v
-        else:  # cached: the reference comes from outside
-          ref_k = jax.lax.dynamic_index_in_dim(shared.injected_k, layer.read_slot, keepdims=False)
-          ref_v = jax.lax.dynamic_index_in_dim(shared.injected_v, layer.read_slot, keepdims=False)
-        if shared.source_index is not None:
-          ref_k = jnp.take(ref_k, shared.source_index, axis=0)
-          ref_v = jnp.take(ref_v, shared.source_index, axis=0)
-        return blend_kv(k, ref_k, layer.weight), blend_kv(v, ref_v, layer.weight)
-
-      # only the layers that inject pay for the blend (a select here would read and write both
-      # whole K/V tensors in every layer)
-      k, v = jax.lax.cond(layer.blends, blended, lambda k, v: (k, v), k, v)
-
-    if record_k is not None:  # write this layer's own K/V into its slot if it is recorded
-      slot = layer.record_slot
-      old_k = jax.lax.dynamic_index_in_dim(record_k, slot, keepdims=False)
-      old_v = jax.lax.dynamic_index_in_dim(record_v, slot, keepdims=False)
-      record_k = jax.lax.dynamic_update_index_in_dim(record_k, jnp.where(layer.recorded, own_k, old_k), slot, 0)
-      record_v = jax.lax.dynamic_update_index_in_dim(record_v, jnp.where(layer.recorded, own_v, old_v), slot, 0)
+      k, v = kv_hook.blend_toward_reference(k, v, layer, source_index=shared.source_index,
+                                            injected_k=shared.injected_k, injected_v=shared.injected_v)
+    if record_k is not None:
+      record_k, record_v = kv_hook.record(record_k, record_v, own_k, own_v, layer)
 
     attn_out = attn.attend(q, k, v, shared.rope)
     h = jnp.where(jnp.reshape(layer.bypass, (-1, 1, 1)), h, h + attn_out)
@@ -228,7 +132,7 @@ class StableAudioDiT(nn.Module):
     chex.assert_shape(global_cond, (batch, cfg.global_cond_dim))
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
     controls = controls or KVControls()
-    _validate_controls(controls, cfg.depth, batch)
+    kv_hook.validate_controls(controls, cfg.depth, batch)
 
     context = MLP2(cfg.cond_token_dim, cfg.cond_token_dim, use_bias=False, dtype=dtype,
                    name="cond_mlp")(cross_tokens)
@@ -263,28 +167,7 @@ class StableAudioDiT(nn.Module):
     return out, recorded
 
   def _layer_inputs(self, controls: KVControls, batch: int, seq: int, dtype) -> tuple[LayerInputs, tuple]:
-    """Per-layer scan inputs and the (zeroed) record buffers."""
+    """Per-layer scan inputs and the (zeroed) record buffers (models/kv_hook.py)."""
     cfg = self.config
-    depth = cfg.depth
-    bypass = controls.bypass if controls.bypass is not None else jnp.zeros((depth,), bool)
-    weight = blends = read_slot = record_slot = recorded = None
-    if controls.inject_weight is not None:
-      weight = controls.inject_weight  # (depth, B)
-      blends = (jnp.asarray(controls.blend_layers, bool) if controls.blend_layers is not None
-                else jnp.ones((depth,), bool))
-      if controls.injected is not None:  # only the layers the cache holds can blend
-        held = controls.injected.layers
-        read_slot = jnp.asarray([held.index(i) if i in held else 0 for i in range(depth)], jnp.int32)
-        weight = weight * jnp.asarray([i in held for i in range(depth)], weight.dtype)[:, None]
-        blends = blends & jnp.asarray([i in held for i in range(depth)])
-
-    records = (None, None)
-    if controls.record_layers:
-      rec = tuple(controls.record_layers)
-      record_slot = jnp.asarray([rec.index(i) if i in rec else 0 for i in range(depth)], jnp.int32)
-      recorded = jnp.asarray([i in rec for i in range(depth)])
-      shape = (len(rec), batch, seq, cfg.num_heads, cfg.head_dim)
-      records = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-    layer = LayerInputs(bypass=jnp.asarray(bypass, bool), weight=weight, blends=blends, read_slot=read_slot,
-                        record_slot=record_slot, recorded=recorded)
-    return layer, records
+    return kv_hook.layer_inputs(controls, depth=cfg.depth, batch=batch, seq=seq, heads=cfg.num_heads,
+                                key_dim=cfg.head_dim, value_dim=cfg.head_dim, dtype=dtype)

@@ -20,7 +20,6 @@ as the DiT's global conditioning and as one extra cross-attention token after th
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import chex
@@ -29,34 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musickv_jax.config import to_jnp_dtype
-from musickv_jax.errors import ConfigError
+from musickv_jax.config import SA3DurationConfig, to_jnp_dtype
 from musickv_jax.models.layers import Dense
 
 Array = jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
-class SA3DurationConfig:
-  """diffusers' StableAudio3DurationEmbedder (stable-audio-tools' NumberConditioner, expo features)."""
 
-  output_dim: int = 768  # = the DiT's global_cond_dim (and its cond_token_dim: it is also a context token)
-  fourier_dim: int = 256
-  min_val: float = 0.0
-  max_val: float = 384.0  # seconds; larger values are clamped
-  min_freq: float = 0.5
-  max_freq: float = 10000.0
-  dtype: str = "float32"  # matmul dtype; the features stay float32
-
-  def validate(self) -> None:
-    if self.fourier_dim % 2 or self.fourier_dim < 2:
-      raise ConfigError(f"duration.fourier_dim {self.fourier_dim} must be even and at least 2")
-    if not self.max_val > self.min_val:
-      raise ConfigError(f"duration.max_val {self.max_val} must be larger than min_val {self.min_val}")
-    if not 0 < self.min_freq <= self.max_freq:
-      raise ConfigError(f"duration frequencies must satisfy 0 < min_freq <= max_freq, got {self.min_freq}, "
-                        f"{self.max_freq}")
-    to_jnp_dtype(self.dtype)
 
 
 def torch_linspace01(steps: int) -> np.ndarray:

@@ -42,7 +42,6 @@ same as rotating the blend.
 
 from __future__ import annotations
 
-import dataclasses
 
 import chex
 import flax.linen as nn
@@ -50,11 +49,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from musickv_jax.config import ATTENTION_IMPLEMENTATIONS, to_jnp_dtype
-from musickv_jax.errors import ConfigError, SettingsError
+from musickv_jax.config import SA3DiTConfig, to_jnp_dtype
 from musickv_jax.models import attention_kernels
-from musickv_jax.models.attention import QKNorm, apply_rotary, blend_kv, rotary_tables
-from musickv_jax.models.dit import KVCache, KVControls, LayerInputs, _validate_controls
+from musickv_jax.models.attention import QKNorm, apply_rotary, rotary_tables
+from musickv_jax.models import kv_hook
+from musickv_jax.models.kv_hook import KVCache, KVControls, LayerInputs
 from musickv_jax.models.layers import MLP2, Dense, dense_apply, dense_init, in_row_blocks, wide
 from musickv_jax.models.sa3_conditioning import expo_features, expo_frequencies
 
@@ -65,68 +64,7 @@ TIME_MIN_FREQ = 0.5
 TIME_MAX_FREQ = 10000.0
 
 
-@dataclasses.dataclass(frozen=True)
-class SA3DiTConfig:
-  """diffusers' StableAudio3DiTModel (its config.json names in comments where they differ)."""
 
-  io_channels: int = 256  # latent channels in and out
-  patch_size: int = 1  # latent frames per transformer token
-  embed_dim: int = 1536
-  depth: int = 24
-  num_heads: int = 24
-  cond_token_dim: int = 768  # width of the raw cross-attention tokens (text + duration)
-  global_cond_dim: int = 768  # width of the duration embedding
-  local_add_cond_dim: int = 257  # inpainting conditioning channels (mask + masked latents)
-  time_features_dim: int = 256  # timestep_features_dim: expo Fourier features of sigma (cos | sin)
-  ff_mult: float = 4.0
-  num_memory_tokens: int = 64
-  differential: bool = True  # use_differential_attention
-  rotary_base: float = 10000.0
-  norm_eps: float = 1e-6  # every RMSNorm (residual stream and q/k)
-  # the largest latent length accepted: SA3 trains on variable lengths and has no fixed window; the
-  # default is the duration embedder's 384 s at 44.1 kHz / 4096 (ceil(384 * 44100 / 4096))
-  sample_size: int = 4135
-  dtype: str = "float32"  # matmul dtype; norms, softmax, features and modulation gates stay float32
-  attention: str = "auto"  # how attention is computed (models/attention_kernels.py): a speed setting
-
-  @property
-  def head_dim(self) -> int:
-    return self.embed_dim // self.num_heads
-
-  @property
-  def rotary_dim(self) -> int:
-    """Channels of each head that get rotary embedding: diffusers builds its rotary table for
-    head_dim // 2."""
-    return self.head_dim // 2
-
-  @property
-  def key_dim(self) -> int:
-    """Width of a head's keys as the hook sees them: k1 | k2 with differential attention."""
-    return 2 * self.head_dim if self.differential else self.head_dim
-
-  @property
-  def ff_inner_dim(self) -> int:
-    return int(self.embed_dim * self.ff_mult)
-
-  def validate(self) -> None:
-    if self.embed_dim % self.num_heads:
-      raise ConfigError(f"sa3_dit.embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
-    if self.head_dim % 4:
-      raise ConfigError(f"sa3_dit head_dim {self.head_dim} must be a multiple of 4 (rotary on an even half)")
-    if self.time_features_dim % 2 or self.time_features_dim < 2:
-      raise ConfigError(f"sa3_dit.time_features_dim {self.time_features_dim} must be even and at least 2")
-    for name in ("io_channels", "patch_size", "depth", "cond_token_dim", "global_cond_dim", "local_add_cond_dim",
-                 "sample_size"):
-      if getattr(self, name) < 1:
-        raise ConfigError(f"sa3_dit.{name} must be at least 1, got {getattr(self, name)}")
-    if self.num_memory_tokens < 0:
-      raise ConfigError(f"sa3_dit.num_memory_tokens must be at least 0, got {self.num_memory_tokens}")
-    if self.ff_inner_dim < 1:
-      raise ConfigError(f"sa3_dit.ff_mult {self.ff_mult} gives no feed-forward width")
-    if self.attention not in ATTENTION_IMPLEMENTATIONS:
-      raise SettingsError(f"{{field}} must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}",
-                          field="attention")
-    to_jnp_dtype(self.dtype)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -280,26 +218,10 @@ class SA3DiTBlock(nn.Module):
     own_k, own_v = k, v
 
     if shared.has_reference:  # blend toward the reference; weight 0 (no reference here) is exact
-      def blended(k, v):
-        if shared.injected_k is None:  # joint: the reference rows are this batch
-          ref_k, ref_v = k, v
-        else:  # cached: the reference comes from outside
-          ref_k = jax.lax.dynamic_index_in_dim(shared.injected_k, layer.read_slot, keepdims=False)
-          ref_v = jax.lax.dynamic_index_in_dim(shared.injected_v, layer.read_slot, keepdims=False)
-        if shared.source_index is not None:
-          ref_k = jnp.take(ref_k, shared.source_index, axis=0)
-          ref_v = jnp.take(ref_v, shared.source_index, axis=0)
-        return blend_kv(k, ref_k.astype(k.dtype), layer.weight), blend_kv(v, ref_v.astype(v.dtype), layer.weight)
-
-      # only the layers that inject pay for the blend (as in models/dit.py)
-      k, v = jax.lax.cond(layer.blends, blended, lambda k, v: (k, v), k, v)
-
-    if record_k is not None:  # write this layer's own K/V into its slot if it is recorded
-      slot = layer.record_slot
-      old_k = jax.lax.dynamic_index_in_dim(record_k, slot, keepdims=False)
-      old_v = jax.lax.dynamic_index_in_dim(record_v, slot, keepdims=False)
-      record_k = jax.lax.dynamic_update_index_in_dim(record_k, jnp.where(layer.recorded, own_k, old_k), slot, 0)
-      record_v = jax.lax.dynamic_update_index_in_dim(record_v, jnp.where(layer.recorded, own_v, old_v), slot, 0)
+      k, v = kv_hook.blend_toward_reference(k, v, layer, source_index=shared.source_index,
+                                            injected_k=shared.injected_k, injected_v=shared.injected_v)
+    if record_k is not None:
+      record_k, record_v = kv_hook.record(record_k, record_v, own_k, own_v, layer)
 
     attn_out = gated(attn.attend(q, k, v), gate_attn)  # (B, S, D)
     # bypass: the residual only, no attention term at all
@@ -360,7 +282,7 @@ class SA3DiT(nn.Module):
                        f"multiple of patch_size {cfg.patch_size}")
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
     controls = controls or KVControls()
-    _validate_controls(controls, cfg.depth, batch)
+    kv_hook.validate_controls(controls, cfg.depth, batch)
     memory = cfg.num_memory_tokens
     frames = length // cfg.patch_size
     seq = memory + frames
@@ -418,37 +340,7 @@ class SA3DiT(nn.Module):
     return out, recorded
 
   def _layer_inputs(self, controls: KVControls, batch: int, seq: int, dtype) -> tuple[LayerInputs, tuple]:
-    """Per-layer scan inputs and the (zeroed) record buffers; checks an injected cache's shapes."""
+    """Per-layer scan inputs and the (zeroed) record buffers (models/kv_hook.py)."""
     cfg = self.config
-    depth = cfg.depth
-    bypass = controls.bypass if controls.bypass is not None else jnp.zeros((depth,), bool)
-    weight = blends = read_slot = record_slot = recorded = None
-    if controls.injected is not None:
-      held = controls.injected.layers
-      k_shape, v_shape = tuple(controls.injected.k.shape), tuple(controls.injected.v.shape)
-      rows = k_shape[1] if len(k_shape) > 1 else None
-      want_k = (len(held), rows, seq, cfg.num_heads, cfg.key_dim)
-      want_v = (len(held), rows, seq, cfg.num_heads, cfg.head_dim)
-      if k_shape != want_k or v_shape != want_v:
-        raise ValueError(f"KVControls: injected K/V have shapes {k_shape} and {v_shape}; this SA3 DiT and latent "
-                         f"need k {want_k} and v {want_v} (layers, rows, memory tokens + frames, heads, width)")
-    if controls.inject_weight is not None:
-      weight = controls.inject_weight  # (depth, B)
-      blends = (jnp.asarray(controls.blend_layers, bool) if controls.blend_layers is not None
-                else jnp.ones((depth,), bool))
-      if controls.injected is not None:  # only the layers the cache holds can blend
-        held = controls.injected.layers
-        read_slot = jnp.asarray([held.index(i) if i in held else 0 for i in range(depth)], jnp.int32)
-        weight = weight * jnp.asarray([i in held for i in range(depth)], weight.dtype)[:, None]
-        blends = blends & jnp.asarray([i in held for i in range(depth)])
-
-    records = (None, None)
-    if controls.record_layers:
-      rec = tuple(controls.record_layers)
-      record_slot = jnp.asarray([rec.index(i) if i in rec else 0 for i in range(depth)], jnp.int32)
-      recorded = jnp.asarray([i in rec for i in range(depth)])
-      records = (jnp.zeros((len(rec), batch, seq, cfg.num_heads, cfg.key_dim), dtype),
-                 jnp.zeros((len(rec), batch, seq, cfg.num_heads, cfg.head_dim), dtype))
-    layer = LayerInputs(bypass=jnp.asarray(bypass, bool), weight=weight, blends=blends, read_slot=read_slot,
-                        record_slot=record_slot, recorded=recorded)
-    return layer, records
+    return kv_hook.layer_inputs(controls, depth=cfg.depth, batch=batch, seq=seq, heads=cfg.num_heads,
+                                key_dim=cfg.key_dim, value_dim=cfg.head_dim, dtype=dtype)

@@ -36,10 +36,7 @@ parameter.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
-from collections.abc import Mapping
 from typing import Any
 
 import chex
@@ -48,8 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musickv_jax.config import to_jnp_dtype
-from musickv_jax.errors import ConfigError
+from musickv_jax.config import SAMEConfig, to_jnp_dtype
 from musickv_jax.models.attention import QKNorm, apply_rotary
 from musickv_jax.models.layers import Dense, matmul_precision, wide
 from musickv_jax.models.oobleck import windows
@@ -63,116 +59,7 @@ DECODE_CHUNK_FRAMES = 256  # latent frames per window of `decode_chunked` (23.8 
 # ----------------------------------------------------------------------------- config
 
 
-@dataclasses.dataclass(frozen=True)
-class SAMEConfig:
-  """Every option of diffusers' AutoencoderSAME, under the same names (so a checkpoint's
-  config.json reads straight into it: `from_diffusers`), plus the matmul dtype.
-  Defaults are SAME-S; SAME-L is encoder_channels=256, encoder_transformer_depths=(12,)."""
 
-  audio_channels: int = 2
-  patch_size: int = 256
-  encoder_channels: int = 128
-  encoder_c_mults: tuple[int, ...] = (6,)
-  encoder_strides: tuple[int, ...] = (16,)
-  encoder_transformer_depths: tuple[int, ...] = (6,)
-  latent_dim: int = 256
-  use_differential_attention: bool = True
-  dim_heads: int = 64
-  ff_mult: int = 3
-  sliding_window: int = 1  # band half-width in segments: sliding_window * (stride + 1) tokens
-  encoder_sinusoidal_blocks: tuple[int, ...] = (0,)  # per level, or one value for all levels
-  decoder_sinusoidal_blocks: tuple[int, ...] = (0,)
-  sampling_rate: int = 44100
-  dtype: str = "float32"  # matmul dtype; norms, softmax, rotary and the bottleneck stay float32
-
-  def __post_init__(self):  # lists (as in config.json) become tuples: the config is a static, hashable jit argument
-    for f in dataclasses.fields(self):
-      if isinstance(getattr(self, f.name), list):
-        object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
-
-  @property
-  def hop_length(self) -> int:
-    """Audio samples per latent frame: patch_size x prod(strides)."""
-    return self.patch_size * math.prod(self.encoder_strides)
-
-  @property
-  def sample_rate(self) -> int:
-    return self.sampling_rate
-
-  @property
-  def n_levels(self) -> int:
-    return len(self.encoder_strides)
-
-  @property
-  def channels(self) -> tuple[int, ...]:
-    """Channels between levels: [audio_channels * patch_size, encoder_channels * c_mult, ...]."""
-    return (self.audio_channels * self.patch_size,) + tuple(self.encoder_channels * m for m in self.encoder_c_mults)
-
-  def width(self, level: int) -> int:
-    """The transformer width of a level (the same in the encoder and the decoder)."""
-    return self.channels[level + 1]
-
-  def head_dim(self, level: int) -> int:
-    return min(self.dim_heads, self.width(level))
-
-  def band(self, level: int) -> int:
-    """Attention half-width of a level in tokens of its flat sequence."""
-    return self.sliding_window * (self.encoder_strides[level] + 1)
-
-  def sinusoidal_layers(self, side: str, level: int) -> tuple[bool, ...]:
-    """Which layers of a level's block gate with sin(pi x): the reference's `(depth - j) < k`."""
-    counts = self.encoder_sinusoidal_blocks if side == "encoder" else self.decoder_sinusoidal_blocks
-    k = counts[0] if len(counts) == 1 else counts[level]
-    depth = self.encoder_transformer_depths[level]
-    return tuple((depth - j) < k for j in range(depth))
-
-  def validate(self) -> None:
-    n = self.n_levels
-    if n < 1:
-      raise ConfigError("same.encoder_strides must have at least one level")
-    for name in ("encoder_c_mults", "encoder_transformer_depths"):
-      if len(getattr(self, name)) != n:
-        raise ConfigError(f"same.{name} {getattr(self, name)} must have one entry per level "
-                          f"(encoder_strides {self.encoder_strides})")
-    for name in ("encoder_sinusoidal_blocks", "decoder_sinusoidal_blocks"):
-      if len(getattr(self, name)) not in (1, n):
-        raise ConfigError(f"same.{name} {getattr(self, name)} must have length 1 or {n}")
-    if min((self.audio_channels, self.patch_size, self.encoder_channels, self.latent_dim, self.dim_heads,
-            *self.encoder_c_mults, *self.encoder_strides, *self.encoder_transformer_depths)) < 1:
-      raise ConfigError("same: channels, patch size, strides, depths, multipliers and dim_heads must be >= 1")
-    if self.sliding_window < 0:
-      raise ConfigError(f"same.sliding_window {self.sliding_window} must be >= 0")
-    for level in range(n):
-      width, head = self.width(level), self.head_dim(level)
-      if width % head:
-        raise ConfigError(f"same level {level}: width {width} is not a multiple of its head dim {head}")
-      if head // 2 < 1:
-        raise ConfigError(f"same level {level}: head dim {head} leaves no rotary channels")
-      if int(width * self.ff_mult) < 1:
-        raise ConfigError(f"same.ff_mult {self.ff_mult} leaves no feed-forward channels")
-    to_jnp_dtype(self.dtype)
-
-  @classmethod
-  def from_diffusers(cls, config: Mapping[str, Any], **overrides) -> "SAMEConfig":
-    """From AutoencoderSAME's config.json (keys starting with '_' ignored; ints stored as floats
-    and lists accepted). An unknown key is an error: another version of the model."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in config.items():
-      if key.startswith("_"):
-        continue
-      if key not in fields or key == "dtype":
-        raise ConfigError(f"AutoencoderSAME config key {key!r} is not known to this port")
-      if isinstance(value, (list, tuple)):
-        value = tuple(int(v) for v in value)
-      elif isinstance(value, bool) or key == "use_differential_attention":
-        value = bool(value)
-      elif isinstance(value, float) and value.is_integer():
-        value = int(value)
-      values[key] = value
-    cfg = cls(**{**values, **overrides})
-    cfg.validate()
-    return cfg
 
 
 def decoder_receptive_radius(config: SAMEConfig) -> int:

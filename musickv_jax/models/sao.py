@@ -1,4 +1,5 @@
-"""Stable Audio Open as a whole: the four modules and their parameters.
+"""A model as a whole: the four modules and their parameters (Stable Audio Open here, Stable Audio 3's
+in models/sa3.py, chosen by the config's family).
 
 `ModelParams` holds the Flax 'params' collection of each module (a pytree, so jax.tree functions,
 jit and device_put take it whole). On disk (Orbax) it is the plain dict {'dit', 'vae', 't5',
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from musickv_jax.config import ModelConfig
+from musickv_jax.models import sa3
 from musickv_jax.models.conditioning import Conditioner
 from musickv_jax.models.dit import StableAudioDiT
 from musickv_jax.models.oobleck import OobleckVAE
@@ -57,6 +59,8 @@ class StableAudioModules:
 
 
 def _init_fns(config: ModelConfig):
+  if config.is_sa3:
+    return sa3.init_fns(config)
   mods = StableAudioModules.from_config(config)
   d, v, c = config.dit, config.vae, config.conditioner
   f32 = jnp.float32
@@ -88,6 +92,8 @@ def random_params(config: ModelConfig, seed: int = 0) -> ModelParams:
   def draw(component: str, path, leaf) -> np.ndarray:
     name = path[-1].key
     shape = leaf.shape
+    if config.is_sa3:
+      return sa3.draw(rng, component, name, shape, config)
     stacked = component in ("dit", "t5") and path[0].key in ("blocks", "layers")
     if name == "kernel":
       fan_in = shape[-2] if (stacked or len(shape) == 2) else shape[0] * shape[1]

@@ -22,85 +22,28 @@ scan takes as data (one int per layer, `layer_windows`), so any `layer_types` pa
 
 from __future__ import annotations
 
-import dataclasses
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from musickv_jax.config import to_jnp_dtype
-from musickv_jax.errors import ConfigError
+from musickv_jax.config.sa3 import (  # noqa: F401 (re-exported for the converter and tests)
+  ACTIVATIONS,
+  FULL,
+  FULL_WINDOW,
+  LAYER_TYPES,
+  SLIDING,
+  T5GemmaConfig,
+  alternating_layer_types,
+)
 from musickv_jax.models.attention import apply_rotary, rotary_tables
 from musickv_jax.models.layers import Dense, matmul_precision, wide
 
 Array = jax.Array
 
-SLIDING, FULL = "sliding_attention", "full_attention"
-LAYER_TYPES = (SLIDING, FULL)
-ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")  # transformers' names: the tanh approximation, the exact erf GELU
-FULL_WINDOW = 2 ** 30  # the window of a full-attention layer: wider than any prompt
 
-
-def alternating_layer_types(layers: int) -> tuple[str, ...]:
-  """transformers' default layer_types: sliding, full, sliding, full, ..."""
-  return tuple(SLIDING if i % 2 == 0 else FULL for i in range(layers))
-
-
-@dataclasses.dataclass(frozen=True)
-class T5GemmaConfig:
-  """The T5Gemma encoder. Defaults: google/t5gemma-b-b-ul2's encoder as Stable Audio 3 uses it (12 layers of
-  width 768, 12 heads of 64 with 12 key/value heads, feed-forward 2048, soft-cap 50); a real checkpoint's values
-  come from its config.json (convert.t5gemma_tables.t5gemma_config_from_hf). The decoder's
-  final_logit_softcapping acts on the LM head's logits only: the encoder has no such option."""
-
-  vocab_size: int = 256000
-  hidden_size: int = 768
-  intermediate_size: int = 2048
-  num_hidden_layers: int = 12
-  num_attention_heads: int = 12
-  num_key_value_heads: int = 12  # grouped-query attention when fewer than num_attention_heads
-  head_dim: int = 64
-  query_pre_attn_scalar: float = 64.0  # scores are scaled by query_pre_attn_scalar ** -0.5
-  attn_logit_softcapping: float | None = 50.0  # None: no soft-capping
-  sliding_window: int = 4096  # sliding layers see keys with |query - key| <= sliding_window
-  layer_types: tuple[str, ...] = alternating_layer_types(12)  # one of LAYER_TYPES per layer
-  rms_norm_eps: float = 1e-6
-  rope_theta: float = 10000.0  # default rotary embedding only (no scaling)
-  hidden_activation: str = "gelu_pytorch_tanh"  # ACTIVATIONS
-  max_length: int = 256  # tokens a prompt is padded / truncated to (the SA3 pipelines' cap)
-  dtype: str = "float32"  # matmul dtype; norms, softmax and rotary stay float32
-
-  @property
-  def layer_windows(self) -> np.ndarray:
-    """(num_hidden_layers,) int32: each layer's attention window (FULL_WINDOW for a full layer)."""
-    return np.asarray([self.sliding_window if t == SLIDING else FULL_WINDOW for t in self.layer_types], np.int32)
-
-  def validate(self) -> None:
-    to_jnp_dtype(self.dtype)
-    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "num_key_value_heads", "head_dim", "sliding_window", "max_length"):
-      if int(getattr(self, name)) < 1:
-        raise ConfigError(f"t5gemma.{name} must be at least 1, got {getattr(self, name)}")
-    if self.num_attention_heads % self.num_key_value_heads:
-      raise ConfigError(f"t5gemma.num_attention_heads {self.num_attention_heads} is not a multiple of "
-                        f"num_key_value_heads {self.num_key_value_heads}")
-    if self.head_dim % 2:
-      raise ConfigError(f"t5gemma.head_dim {self.head_dim} must be even (rotary embedding)")
-    if not self.query_pre_attn_scalar > 0:
-      raise ConfigError(f"t5gemma.query_pre_attn_scalar must be positive, got {self.query_pre_attn_scalar}")
-    if self.attn_logit_softcapping is not None and not self.attn_logit_softcapping > 0:
-      raise ConfigError(f"t5gemma.attn_logit_softcapping must be positive or None, got {self.attn_logit_softcapping}")
-    if len(self.layer_types) != self.num_hidden_layers:
-      raise ConfigError(f"t5gemma.layer_types has {len(self.layer_types)} entries for "
-                        f"{self.num_hidden_layers} layers")
-    unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
-    if unknown:
-      raise ConfigError(f"t5gemma.layer_types: {unknown[0]!r} is not supported; use {LAYER_TYPES}")
-    if self.hidden_activation not in ACTIVATIONS:
-      raise ConfigError(f"t5gemma.hidden_activation {self.hidden_activation!r} is not supported; use one of "
-                        f"{ACTIVATIONS}")
 
 
 class GemmaRMSNorm(nn.Module):

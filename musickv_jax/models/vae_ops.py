@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musickv_jax.config import OobleckConfig
+from musickv_jax.config import OobleckConfig, SAMEConfig
+from musickv_jax.models import same
 from musickv_jax.models.oobleck import (
   LatentDistribution,
   OobleckVAE,
@@ -36,7 +37,17 @@ def _encode(params, audio, *, config: OobleckConfig):
   return dist.mean, dist.std
 
 
-def decode(params, latents, config: OobleckConfig, chunk_frames: int | None = DECODE_CHUNK_FRAMES,
+def decode_traced(params, latents, config: OobleckConfig | SAMEConfig):
+  """latents (B, latent_dim, T) -> audio (B, channels, T * hop) in one pass, as a traceable function
+  of the parameters and latents (jit, grad: the schedule optimiser decodes through it)."""
+  if isinstance(config, SAMEConfig):
+    model = same.SAME(config)
+    return model.apply({"params": params}, latents, method=model.decode)
+  vae = OobleckVAE(config)
+  return vae.apply({"params": params}, latents, method=vae.decode)
+
+
+def decode(params, latents, config: OobleckConfig | SAMEConfig, chunk_frames: int | None = DECODE_CHUNK_FRAMES,
            frames: tuple[int, int] | None = None) -> np.ndarray:
   """latents (B, latent_dim, T) -> audio (B, channels, (stop - start) * hop) float32 NumPy for the
   latent frames [start, stop) = `frames` (default: all), each decoded with its receptive field of
@@ -48,6 +59,8 @@ def decode(params, latents, config: OobleckConfig, chunk_frames: int | None = DE
   start, stop = (0, length) if frames is None else frames
   if not 0 <= start < stop <= length:
     raise ValueError(f"frames {frames} are not inside the {length} latent frames")
+  if isinstance(config, SAMEConfig):
+    return _decode_same(params, latents, config, chunk_frames, start, stop)
   hop, radius = config.hop_length, decoder_receptive_radius(config)
   if chunk_frames is None or stop - start <= chunk_frames:
     w0, w1 = (0, length) if chunk_frames is None else (max(0, start - radius), min(length, stop + radius))
@@ -60,12 +73,31 @@ def decode(params, latents, config: OobleckConfig, chunk_frames: int | None = DE
   return out
 
 
-def encode(params, audio, config: OobleckConfig, chunk_frames: int | None = ENCODE_CHUNK_FRAMES) -> LatentDistribution:
-  """audio (B, channels, samples), samples a multiple of the hop -> posterior over latents."""
+def _decode_same(params, latents, config: SAMEConfig, chunk_frames: int | None, start: int, stop: int) -> np.ndarray:
+  """SAME's decode of frames [start, stop): windows at their absolute positions (the decoder's
+  rotary positions count from the first frame), each with its receptive radius of context."""
+  hop, radius, length = config.hop_length, same.decoder_receptive_radius(config), latents.shape[-1]
+  if chunk_frames is None:
+    audio = np.asarray(same.decode(params, latents, jnp.int32(0), config=config))
+    return audio[..., start * hop:stop * hop]
+  out = np.empty((latents.shape[0], config.audio_channels, (stop - start) * hop), np.float32)
+  for a, b, w0, width in windows(length, chunk_frames, radius, start, stop):
+    audio = np.asarray(same.decode(params, latents[..., w0:w0 + width], jnp.int32(w0), config=config))
+    out[..., (a - start) * hop:(b - start) * hop] = audio[..., (a - w0) * hop:(b - w0) * hop]
+  return out
+
+
+def encode(params, audio, config: OobleckConfig | SAMEConfig,
+           chunk_frames: int | None = ENCODE_CHUNK_FRAMES) -> LatentDistribution:
+  """audio (B, channels, samples), samples a multiple of the hop -> posterior over latents (SAME's
+  encoding is deterministic: a posterior of zero spread)."""
   audio = jnp.asarray(audio, jnp.float32)
   hop = config.hop_length
   if audio.shape[-1] % hop:
     raise ValueError(f"audio length {audio.shape[-1]} is not a multiple of the VAE hop {hop}")
+  if isinstance(config, SAMEConfig):
+    latents = same.encode(params, audio, config=config)
+    return LatentDistribution(mean=latents, std=jnp.zeros_like(latents))
   frames = audio.shape[-1] // hop
   if chunk_frames is None or frames <= chunk_frames:
     mean, std = _encode(params, audio, config=config)

@@ -25,7 +25,10 @@ Listener = sampler.Listener
 
 def latent_frames(settings: GenerationSettings, config: ModelConfig) -> int:
   """full: the model's window (what the references do); fit: just enough for audio_end_in_s,
-  rounded up to a multiple of FIT_BUCKET_FRAMES."""
+  rounded up to a multiple of FIT_BUCKET_FRAMES. A model trained on variable lengths (Stable Audio
+  3) always gets just enough for audio_end_in_s, ceil(seconds x rate / hop), as its pipeline does."""
+  if config.variable_length:
+    return math.ceil(settings.resolved_end(config) * config.sample_rate / config.vae.hop_length)
   if settings.latent_length == "full":
     return config.dit.sample_size
   needed = math.ceil(settings.resolved_end(config) * config.sample_rate / config.vae.hop_length)
@@ -49,13 +52,15 @@ def shared_initial_latents(settings: GenerationSettings, config: ModelConfig, n:
 
 def check_init_latents(latents: np.ndarray, n: int, settings: GenerationSettings, config: ModelConfig, *,
                        require_coverage: bool = True) -> np.ndarray:
-  """Given initial latents x_T must be (n, C, T), finite, fit the window and (unless the output
-  length comes from elsewhere) cover audio_end_in_s. Returns them as float32."""
+  """Given initial latents x_T must be (n, C, T) (or (1, C, T): shared by every prompt), finite, fit
+  the window and (unless the output length comes from elsewhere) cover audio_end_in_s; a model whose
+  latent follows the duration (Stable Audio 3) needs exactly its frames. Returns (n, C, T) float32."""
   latents = np.asarray(latents)
   channels = config.dit.io_channels
-  if latents.ndim != 3 or latents.shape[0] != n or latents.shape[1] != channels:
-    raise SettingsError(f"{{field}} has shape {latents.shape}; expected ({n}, {channels}, T) for {n} prompt(s)",
-                        field="init_latents")
+  if latents.ndim != 3 or latents.shape[0] not in (1, n) or latents.shape[1] != channels:
+    raise SettingsError(f"{{field}} has shape {latents.shape}; expected ({n}, {channels}, T) for {n} prompt(s), or "
+                        f"(1, {channels}, T) shared by every prompt", field="init_latents")
+  latents = np.repeat(latents, n, axis=0) if latents.shape[0] == 1 else latents
   frames = latents.shape[2]
   if not 0 < frames <= config.dit.sample_size:
     raise SettingsError(f"{{field}} has {frames} frames; the model takes 1 to {config.dit.sample_size}",
@@ -63,6 +68,10 @@ def check_init_latents(latents: np.ndarray, n: int, settings: GenerationSettings
   if not np.issubdtype(latents.dtype, np.floating):
     raise SettingsError(f"{{field}} has dtype {latents.dtype}; expected floating point", field="init_latents")
   covered = frames * config.vae.hop_length / config.sample_rate
+  if require_coverage and config.variable_length and frames != latent_frames(settings, config):
+    raise SettingsError(f"{{field}} has {frames} frames, but {{audio_end_in_s}} {settings.resolved_end(config):g} s "
+                        f"is {latent_frames(settings, config)} latent frames (this model's latent follows the "
+                        "requested duration)", field="init_latents", mentions=("audio_end_in_s",))
   if require_coverage and settings.resolved_end(config) > covered + 1e-6:
     raise SettingsError(f"{{field}} covers {covered:.2f} s but {{audio_end_in_s}} is "
                         f"{settings.resolved_end(config):g} s", field="init_latents", mentions=("audio_end_in_s",))
@@ -75,16 +84,43 @@ def step_plan(settings: GenerationSettings, config: ModelConfig | None = None, f
               ) -> sampler.StepPlan:
   """The per-step arrays of a run: the v objective's sigma schedule (the default config), or
   rectified flow's times for a latent of `frames` frames (its shift may depend on the length)."""
+  if settings.init_noise_level == 0:  # starts at the reference itself: every level 0, nothing to sample
+    config = ModelConfig() if config is None else config
+    settings = settings.for_model(config)
+    objective = config.diffusion.objective if config.diffusion.is_rectified_flow else "v"
+    return sampler.make_plan(np.zeros((settings.num_inference_steps + 1,)), settings.sampler, objective)
   if config is not None and config.diffusion.is_rectified_flow:
     settings = settings.for_model(config)
     times = rf_schedules.rf_times(settings.num_inference_steps, config.diffusion.shift,
-                                  config.dit.sample_size if frames is None else frames)
+                                  config.dit.sample_size if frames is None else frames, start=settings.init_noise_level)
     return sampler.make_plan(times, settings.sampler, config.diffusion.objective)
   # without a config: the v objective's own defaults (Stable Audio Open 1.0, the default ModelConfig)
   settings = settings.for_model(ModelConfig() if config is None else config)
   sigmas = schedules.sigma_schedule(settings.sigma_schedule, settings.num_inference_steps, settings.sigma_min,
-                                    settings.sigma_max)
+                                    start_sigma(settings))
   return sampler.make_plan(sigmas, settings.sampler)
+
+
+def samples_nothing(steps: sampler.StepPlan) -> bool:
+  """Whether a step plan starts at level 0 (init_noise_level 0): its result is its start."""
+  return float(steps.sigma[0]) == 0.0
+
+
+def start_sigma(settings: GenerationSettings) -> float:
+  """The v objective's first noise level: sigma_max, or for a run started part-way the level whose
+  time (atan(sigma) 2 / pi, what the DiT sees) is init_noise_level of sigma_max's."""
+  if settings.init_noise_level >= 1.0:
+    return float(settings.sigma_max)
+  return float(np.tan(settings.init_noise_level * np.arctan(settings.sigma_max)))
+
+
+def recording_seconds(config: ModelConfig, n_samples: int, asked: float | None = None) -> float:
+  """The seconds conditioning of a recording edited in one window: as asked, else Stable Audio
+  Open's window (the reference conditions a recording on the model's maximum) or Stable Audio 3's
+  duration, the recording's own length (its latent is exactly that long)."""
+  if asked is not None:
+    return float(asked)
+  return n_samples / config.sample_rate if config.variable_length else config.max_audio_seconds
 
 
 def step_noise(seed: int, steps: int, shape: tuple[int, ...]) -> jax.Array:
@@ -137,7 +173,9 @@ def decode(model: LoadedModel, latents: np.ndarray, begin: int, end: int | None,
   end = frames * hop if end is None else min(end, frames * hop)
   first, last = begin // hop, -(-end // hop)
   audio = vae_ops.decode(model.params.vae, latents, model.config.vae, chunk_frames, frames=(first, last))
-  return audio[..., begin - first * hop:end - first * hop]
+  audio = audio[..., begin - first * hop:end - first * hop]
+  # Stable Audio 3's pipelines clamp what they decode to [-1, 1] (its decoder is not bounded)
+  return np.clip(audio, -1.0, 1.0) if model.config.is_sa3 else audio
 
 
 def output_span(settings: GenerationSettings, config: ModelConfig) -> tuple[int, int]:

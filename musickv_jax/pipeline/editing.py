@@ -35,6 +35,8 @@ def edit(model: LoadedModel, settings: EditSettings, *, init_latents: np.ndarray
 def sample_edit(model: LoadedModel, plan: EditPlan, mode: str, *, on_step: common.Listener | None = None) -> np.ndarray:
   """The sampling part of an edit: the plan's final latents (n, C, T), in the joint or cached mode."""
   steps = plan.steps.steps
+  if common.samples_nothing(plan.steps):  # SDEdit at level 0: the start is the result
+    return np.asarray(plan.x_init)
   if mode == "joint":
     return run_plan(model, plan, on_step=on_step)[0]
   # the cached mode's progress runs over both passes

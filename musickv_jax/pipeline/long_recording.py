@@ -20,6 +20,7 @@ parameters replicated), each device running its groups one after another.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -29,7 +30,9 @@ from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig
 from musickv_jax.errors import SettingsError
 from musickv_jax.pipeline import common, memory
-from musickv_jax.pipeline.plan import EditPlan, block_of, build_plan
+from musickv_jax.pipeline import regions as regions_lib
+from musickv_jax.pipeline.flowedit import flowedit_data
+from musickv_jax.pipeline.plan import EditPlan, block_of, build_plan, edit_rows
 from musickv_jax.pipeline.settings import EditSettings, GenerationSettings, InversionSettings, WindowSettings
 from musickv_jax.sampling import guided, placement
 from musickv_jax.sampling import inversion as inversion_lib
@@ -79,8 +82,12 @@ def _check_generation(settings: EditSettings) -> None:
                         "on its own start); leave it out", field="audio_start_in_s")
 
 
-def seconds_total(config: ModelConfig, n_samples: int) -> float:
-  """The seconds_total conditioning of every window: the recording's length."""
+def seconds_total(config: ModelConfig, n_samples: int, layout: windows_lib.WindowLayout | None = None) -> float:
+  """The seconds conditioning of every window of a recording longer than one window: Stable Audio
+  Open's seconds_total, the recording's length (each window a crop of it, conditioned on its start
+  too); Stable Audio 3's duration, the window's own length (it has no start to condition on)."""
+  if config.variable_length and layout is not None:
+    return config.seconds_of_frames(layout.width)
   return n_samples / config.sample_rate
 
 
@@ -89,14 +96,21 @@ def seconds_total(config: ModelConfig, n_samples: int) -> float:
 
 def window_plans(model: LoadedModel, settings: EditSettings | GenerationSettings, x_init,
                  layout: windows_lib.WindowLayout, total: float, *,
-                 source_guidance: float | None = None) -> list[EditPlan]:
+                 source_guidance: float | None = None, local_cond=None) -> list[EditPlan]:
   """One plan per window: the same prompts and rows, each window conditioned on its own start
-  (and x_init's frames of that window)."""
+  (and x_init's and local_cond's frames of that window). Regions are the whole latent's (the
+  caller's), not a window's."""
   cfg = model.config
   starts = layout.seconds_start(cfg.vae.hop_length, cfg.sample_rate)
   x_init = np.asarray(x_init)
-  return [build_plan(model, settings, x_init[..., first:first + layout.width], source_guidance=source_guidance,
-                     seconds=(start, total), check_coverage=False)
+  if isinstance(settings, EditSettings):
+    settings = dataclasses.replace(settings, regions=())
+
+  def window(array, first):
+    return None if array is None else np.asarray(array)[..., first:first + layout.width]
+
+  return [build_plan(model, settings, window(x_init, first), source_guidance=source_guidance,
+                     seconds=(start, total), check_coverage=False, local_cond=window(local_cond, first))
           for first, start in zip(layout.starts, starts)]
 
 
@@ -106,8 +120,7 @@ def grouped(plans: Sequence[EditPlan], windows: windows_lib.Windows) -> tuple[gu
   groups, per_group = windows.groups, windows.per_group
   blocks = [block_of([plans[i] if i < len(plans) else plans[0] for i in range(g * per_group, (g + 1) * per_group)])
             for g in range(groups)]
-  cond = guided.GuidedConditioning(jnp.stack([b.cond.cross_tokens for b in blocks]),
-                                   jnp.stack([b.cond.global_cond for b in blocks]), blocks[0].cond.guidance)
+  cond = guided.join_rows([b.cond for b in blocks], jnp.stack, blocks[0].cond.guidance)
   return cond, blocks[0].kv
 
 
@@ -126,7 +139,8 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, win
   mesh = placement.default_mesh(mesh)
   windows = layout.arrays(memory.windows_per_batch(model, window_settings, layout, 1, n_samples, 1,
                                                    placement.devices_of(mesh)), placement.devices_of(mesh))
-  total = settings.resolved_total(cfg) if layout.n_windows == 1 else seconds_total(cfg, n_samples)
+  total = (common.recording_seconds(cfg, n_samples, settings.seconds_total) if layout.n_windows == 1
+           else seconds_total(cfg, n_samples, layout))
   # the inversion's rows: the description alone, conditional only (guidance 1)
   rows = GenerationSettings(prompts=(settings.prompt,), num_inference_steps=settings.num_inference_steps,
                             guidance_scale=1.0)
@@ -141,11 +155,12 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, win
 def edit_latents(model: LoadedModel, settings: EditSettings, x_init, window_settings: WindowSettings, n_samples: int,
                  *, source_guidance: float | None = None, on_step: common.Listener | None = None,
                  layout: windows_lib.WindowLayout | None = None, mesh: placement.Mesh | None = None,
-                 dit_params=None) -> tuple[np.ndarray, EditPlan]:
+                 dit_params=None, reference=None) -> tuple[np.ndarray, EditPlan]:
   """The sampling part of a long edit (joint mode, windows as rows, spread over the devices of
   `mesh`, default every local device): x_init (n, C, L) -> final latents (n, C, L) and the plan of
   the first window (its rows, roles and schedule are every window's). dit_params: the DiT
-  parameters already placed on the mesh (default: placed here)."""
+  parameters already placed on the mesh (default: placed here). reference (1, C, L): the
+  recording's latent (FlowEdit's start; pasted back outside the settings' regions)."""
   cfg = model.config
   settings = settings.for_recording(cfg)
   gen = settings.generation
@@ -153,9 +168,14 @@ def edit_latents(model: LoadedModel, settings: EditSettings, x_init, window_sett
   if layout is None:
     _check_generation(settings)
   layout = layout or window_settings.layout(cfg, int(np.shape(x_init)[-1]))
-  total = gen.resolved_end(cfg) if layout.n_windows == 1 else seconds_total(cfg, n_samples)
-  plans = window_plans(model, settings, x_init, layout, total, source_guidance=source_guidance)
+  total = (common.recording_seconds(cfg, n_samples, gen.audio_end_in_s) if layout.n_windows == 1
+           else seconds_total(cfg, n_samples, layout))
+  roles = [row.role for row in edit_rows(n, settings.edit_all, gen.guidance_scale)]
+  local = None if reference is None else regions_lib.inpainting_conditioning(cfg, settings, roles, reference)
+  plans = window_plans(model, settings, x_init, layout, total, source_guidance=source_guidance, local_cond=local)
   first = plans[0]
+  if common.samples_nothing(first.steps):  # SDEdit at level 0: the start is the result
+    return np.asarray(x_init), first
   mesh = placement.default_mesh(mesh)
   devices = placement.devices_of(mesh)
   rows_per_window = rows_lib.branches(first.use_cfg) * n
@@ -166,9 +186,14 @@ def edit_latents(model: LoadedModel, settings: EditSettings, x_init, window_sett
   if first.step_noise is not None:  # the whole latent's noise (the windows' plans drew theirs for their frames)
     noise = jnp.repeat(common.step_noise(first.seed, first.steps.steps, (1, cfg.dit.io_channels, layout.frames)), n,
                        axis=1)
+  flowedit = settings.method == "flowedit"
+  # the whole latent's regions and FlowEdit data (the windows' plans have none)
+  paste = regions_lib.region_paste(cfg, settings, roles, first.source_index(), first.steps, layout.frames,
+                                   clean=None if flowedit else reference, seed=first.seed, step_noise=noise)
+  data = flowedit_data(cfg, settings, roles, reference, first.steps) if flowedit else None
   block = guided.RowBlock(cond=cond, x_init=jnp.asarray(x_init), kv=kv, keys=jnp.asarray(first.keys()),
                           sample_ids=jnp.asarray([row.noise_stream for row in first.rows], jnp.int32),
-                          step_noise=noise)
+                          step_noise=noise, paste=paste, flowedit=data)
   params = dit_params if dit_params is not None else placement.replicate(model.params.dit, mesh)
   block, steps, windows = placement.replicate((block, first.steps, windows), mesh)
   latents, _ = guided.sample_block_in_chunks(params, block, steps, windows, dit_config=cfg.dit, solver=first.solver,

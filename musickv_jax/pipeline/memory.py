@@ -49,9 +49,13 @@ def dit_row_bytes(config: ModelConfig, frames: int) -> int:
   twice what XLA reports for the compiled CPU program. The one estimate behind the memory budget of
   long recordings, batch jobs and the accelerator table (musickv-benchmark --memory_plan)."""
   dit = config.dit
-  tokens = frames + 1  # the global token in front
   width = 4 if dit.dtype in ("float32", "float64") else 2
-  logits = 0 if dit.attention in FLASH_ATTENTION else 4 * 3 * dit.num_heads * tokens
+  if config.is_sa3:  # memory tokens in front; differential attention holds two sets of logits
+    tokens = frames // dit.patch_size + dit.num_memory_tokens
+    logit_sets = 2 if dit.differential else 1
+  else:
+    tokens, logit_sets = frames + 1, 1  # the global token in front
+  logits = 0 if dit.attention in FLASH_ATTENTION else 4 * 3 * logit_sets * dit.num_heads * tokens
   return tokens * (width * 24 * dit.embed_dim + logits)
 
 
@@ -59,7 +63,12 @@ def dit_fixed_bytes(config: ModelConfig) -> int:
   """Working memory of a DiT call besides its rows: the scanned layer's parameters sliced out of the
   stacked tree (twice: the slice and its copy in the matmul layout). Measured: the compiled CPU edit
   step of SAO Small at 2 rows holds 85 MiB of temporaries, 60 MiB of which the rows explain."""
-  per_layer = 12 * config.dit.embed_dim ** 2 + 2 * config.dit.embed_dim * config.dit.cond_token_dim
+  width = config.dit.embed_dim
+  if config.is_sa3:  # (differential) qkv, out, cross q / kv / out, SwiGLU in and out, local conditioning
+    per_layer = (5 if config.dit.differential else 3) * width ** 2 + width ** 2 + 4 * width ** 2 + 12 * width ** 2 \
+        + 2 * width ** 2 + config.dit.local_add_cond_dim * width
+  else:
+    per_layer = 12 * width ** 2 + 2 * width * config.dit.cond_token_dim
   return 2 * per_layer * (4 if config.dit.dtype in ("float32", "float64") else 2)
 
 

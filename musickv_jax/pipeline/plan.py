@@ -30,9 +30,12 @@ from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.errors import SettingsError
 from musickv_jax.models.dit import KVCache
 from musickv_jax.pipeline import common
+from musickv_jax.pipeline import regions as regions_lib
 from musickv_jax.pipeline.conditioning import guided_conditioning
+from musickv_jax.pipeline.flowedit import flowedit_data
 from musickv_jax.pipeline.settings import EditSettings, GenerationSettings
-from musickv_jax.sampling import guided, solvers
+from musickv_jax.sampling import flowedit as flowedit_lib
+from musickv_jax.sampling import guided, regions, solvers
 from musickv_jax.sampling import kv as kv_lib
 from musickv_jax.sampling import rows as rows_lib
 from musickv_jax.sampling.guided import RowBlock
@@ -63,7 +66,9 @@ class EditPlan:
   x_init (n, C, T) at the first step's noise level. schedule: (steps, n_vital, n_edits) or None.
   step_noise (steps, n, C, T): the noise a stochastic sampler adds at each step (ping-pong: drawn
   once from the seed and shared by every prompt, so sources and edits see the same noise), or
-  None (the SDE sampler then draws it from the key, a stream per row)."""
+  None (the SDE sampler then draws it from the key, a stream per row). paste: region edits
+  (sampling.regions) or None; flowedit: FlowEdit's data (sampling.flowedit: the rows are edited
+  by FlowEdit from their references instead of sampled) or None."""
 
   rows: tuple[PlanRow, ...]
   use_cfg: bool
@@ -77,6 +82,8 @@ class EditPlan:
   vital_layers: tuple[int, ...] = ()
   schedule: Array | None = None
   step_noise: Array | None = None
+  paste: regions.Paste | None = None
+  flowedit: flowedit_lib.FlowEditData | None = None
 
   @property
   def n(self) -> int:
@@ -121,12 +128,14 @@ class EditPlan:
     dit_rows = np.concatenate([b * self.n + np.asarray(indices, np.int32)
                                for b in range(rows_lib.branches(self.use_cfg))])
     cond = self.conditioning
-    conditioning = guided.GuidedConditioning(jnp.take(cond.cross_tokens, dit_rows, axis=0),
-                                             jnp.take(cond.global_cond, dit_rows, axis=0),
-                                             jnp.take(cond.guidance, jnp.asarray(indices, jnp.int32), axis=0))
+    conditioning = cond.map_rows(lambda rows: jnp.take(rows, dit_rows, axis=0),
+                                 guidance=jnp.take(cond.guidance, jnp.asarray(indices, jnp.int32), axis=0))
     noise = None if self.step_noise is None else jnp.take(self.step_noise, jnp.asarray(indices, jnp.int32), axis=1)
+    if self.flowedit is not None:
+      raise ValueError("FlowEdit's rows run together (each edit's direction is compared with its source row's)")
     return dataclasses.replace(self, rows=rows, conditioning=conditioning, step_noise=noise,
-                               x_init=jnp.take(jnp.asarray(self.x_init), jnp.asarray(indices, jnp.int32), axis=0))
+                               x_init=jnp.take(jnp.asarray(self.x_init), jnp.asarray(indices, jnp.int32), axis=0),
+                               paste=None if self.paste is None else regions.select(self.paste, indices))
 
 
 # ----------------------------------------------------------------------------- building a plan
@@ -150,19 +159,24 @@ def edit_rows(n_prompts: int, edit_all: bool, guidance: float, source_guidance: 
 
 def build_plan(model: LoadedModel, settings: EditSettings | GenerationSettings, x_init=None, *,
                source_guidance: float | None = None, seconds: tuple[float, float] | None = None,
-               check_coverage: bool = True, step_noise=None) -> EditPlan:
+               check_coverage: bool = True, step_noise=None, local_cond=None, reference=None) -> EditPlan:
   """The plan of a generation (GenerationSettings: every prompt plain) or an edit (EditSettings).
 
-  x_init (n, C, T): the exact initial latents, used as given (an inverted recording, --init_latents);
-  None: drawn from the seed (one draw shared by every prompt of an edit, as the reference; one
-  per prompt of a generation). source_guidance: the source row's own guidance (a recording's
-  reconstruction runs at 1). seconds: (seconds_start, seconds_total) conditioning instead of the
-  settings' (a window of a long recording). step_noise (steps, 1, C, T): a stochastic sampler's
-  noise, shared by every prompt (default for ping-pong: drawn from the seed). Settings left open
-  take the model's defaults; they are validated first."""
+  x_init (n, C, T): the exact initial latents, used as given (an inverted recording, a noised one,
+  --init_latents); None: drawn from the seed (one draw shared by every prompt of an edit, as the
+  reference; one per prompt of a generation). source_guidance: the source row's own guidance (a
+  recording's reconstruction runs at 1). seconds: (seconds_start, seconds_total) conditioning
+  instead of the settings' (a window of a long recording). local_cond (n, C + 1, T): the inpainting
+  conditioning of each prompt row (Stable Audio 3: [mask, kept latents * mask]). step_noise
+  (steps, 1, C, T): a stochastic sampler's noise, shared by every prompt (default for ping-pong:
+  drawn from the seed). reference (1, C, T): the clean latent of the recording an edit changes:
+  FlowEdit's starting point (its x_init), and outside the settings' regions what is pasted back
+  (without it, a region is pasted from the source row). Settings left open take the model's
+  defaults; they are validated first."""
   cfg = model.config
   settings = settings.for_model(cfg)
-  if isinstance(settings, EditSettings):
+  editing = isinstance(settings, EditSettings)
+  if editing:
     gen = settings.generation
     schedule = jnp.asarray(settings.validate(cfg))
     rows = edit_rows(len(gen.prompts), settings.edit_all, gen.guidance_scale, source_guidance,
@@ -174,6 +188,13 @@ def build_plan(model: LoadedModel, settings: EditSettings | GenerationSettings, 
     rows = tuple(PlanRow(Role.PLAIN, "", gen.guidance_scale, noise_stream=p) for p in range(len(gen.prompts)))
   rows = tuple(dataclasses.replace(row, prompt=prompt) for row, prompt in zip(rows, gen.prompts))
   n = len(rows)
+  flowedit = editing and settings.method == "flowedit"
+  if flowedit and reference is None and x_init is None:
+    raise SettingsError("{field} flowedit edits a recording's latent; give the recording", field="method")
+  if flowedit:
+    gen = dataclasses.replace(gen, init_noise_level=settings.flowedit_start)  # its schedule starts there
+    if reference is not None:
+      x_init = np.repeat(np.asarray(reference, np.float32), n, axis=0)
   if x_init is not None:
     x_init = jnp.asarray(common.check_init_latents(x_init, n, gen, cfg, require_coverage=check_coverage))
   elif schedule is not None:
@@ -186,11 +207,23 @@ def build_plan(model: LoadedModel, settings: EditSettings | GenerationSettings, 
   conditioning = guided_conditioning(model, gen.prompts, negative_prompt=gen.negative_prompt, seconds_start=start,
                                      seconds_total=total, guidance=guidance, use_cfg=use_cfg)
   frames = int(x_init.shape[-1])
-  noise = _step_noise(gen, cfg, n, frames, step_noise)
-  return EditPlan(rows=rows, use_cfg=use_cfg, conditioning=conditioning, x_init=x_init,
-                  steps=common.step_plan(gen, cfg, frames), solver=gen.sampler, seed=gen.seed, depth=cfg.dit.depth,
+  roles = [row.role for row in rows]
+  if local_cond is None and editing and reference is not None:
+    local_cond = regions_lib.inpainting_conditioning(cfg, settings, roles, reference)
+  if local_cond is not None:
+    conditioning = conditioning.replace(local_cond=rows_lib.to_dit_rows(jnp.asarray(local_cond, jnp.float32), use_cfg))
+  noise = None if flowedit else _step_noise(gen, cfg, n, frames, step_noise)
+  steps = common.step_plan(gen, cfg, frames)
+  source_index = np.asarray([i if row.source is None else row.source for i, row in enumerate(rows)], np.int32)
+  paste = data = None
+  if editing:
+    data = flowedit_data(cfg, settings, roles, reference, steps) if flowedit and reference is not None else None
+    paste = regions_lib.region_paste(cfg, settings, roles, source_index, steps, frames,
+                                     clean=None if flowedit else reference, seed=gen.seed, step_noise=noise)
+  return EditPlan(rows=rows, use_cfg=use_cfg, conditioning=conditioning, x_init=x_init, steps=steps,
+                  solver=gen.sampler, seed=gen.seed, depth=cfg.dit.depth,
                   key_data=np.asarray(jax.random.key_data(common.sde_key(gen.seed))), vital_layers=vital,
-                  schedule=schedule, step_noise=noise)
+                  schedule=schedule, step_noise=noise, paste=paste, flowedit=data)
 
 
 def _step_noise(gen: GenerationSettings, config, n: int, frames: int, given) -> Array | None:
@@ -243,6 +276,9 @@ def block_of(plans: Sequence[EditPlan], rows: int | None = None, weights: Sequen
       parts += pad(branch_rows(getattr(first.conditioning, name), first, branch))
     return jnp.concatenate(parts)
 
+  if any(plan.conditioning.per_row().keys() != first.conditioning.per_row().keys() for plan in plans):
+    raise ValueError("the plans of one batch must have the same conditioning fields (one model family)")
+
   offsets = np.cumsum([0] + [plan.n for plan in plans])
   source = np.concatenate([plan.source_index() + offset for plan, offset in zip(plans, offsets)]
                           + [np.arange(total, total + padding, dtype=np.int32)])
@@ -266,8 +302,14 @@ def block_of(plans: Sequence[EditPlan], rows: int | None = None, weights: Sequen
       raise ValueError("the plans of one batch must agree on whether their sampler's step noise is given")
     noise = jnp.concatenate([plan.step_noise for plan in plans] + [jnp.zeros_like(first.step_noise[:, :1])] * padding,
                             axis=1)
-  return RowBlock(cond=guided.GuidedConditioning(dit_rows("cross_tokens"), dit_rows("global_cond"), guidance),
-                  x_init=x_init, kv=kv, keys=jnp.asarray(keys), sample_ids=jnp.asarray(sample_ids), step_noise=noise)
+  cond = first.conditioning.replace(**{name: dit_rows(name) for name in first.conditioning.per_row()},
+                                    guidance=guidance)
+  if len({regions.kind(plan.paste) for plan in plans}) > 1 or len({plan.flowedit is None for plan in plans}) > 1:
+    raise ValueError("the plans of one batch must agree on region edits and on FlowEdit (their program's shape)")
+  paste = None if first.paste is None else regions.join([plan.paste for plan in plans], padding)
+  data = None if first.flowedit is None else flowedit_lib.join([plan.flowedit for plan in plans], padding)
+  return RowBlock(cond=cond, x_init=x_init, kv=kv, keys=jnp.asarray(keys), sample_ids=jnp.asarray(sample_ids),
+                  step_noise=noise, paste=paste, flowedit=data)
 
 
 def stack_blocks(blocks: Sequence[RowBlock]) -> RowBlock:
@@ -280,11 +322,13 @@ def stack_blocks(blocks: Sequence[RowBlock]) -> RowBlock:
                       source_index=cat(*[b.kv.source_index for b in blocks]),
                       bypass=cat(*[b.kv.bypass for b in blocks], axis=1),
                       blend_layers=jnp.any(jnp.stack([b.kv.blend_layers for b in blocks]), axis=0))
-  cond = guided.GuidedConditioning(cat(*[b.cond.cross_tokens for b in blocks]), cat(*[b.cond.global_cond for b in blocks]),
-                                   cat(*[b.cond.guidance for b in blocks]))
+  cond = guided.join_rows([b.cond for b in blocks], lambda arrays: cat(*arrays),
+                          cat(*[b.cond.guidance for b in blocks]))
   noise = None if blocks[0].step_noise is None else cat(*[b.step_noise for b in blocks], axis=1)
+  paste = None if blocks[0].paste is None else regions.side_by_side([b.paste for b in blocks])
+  data = None if blocks[0].flowedit is None else flowedit_lib.side_by_side([b.flowedit for b in blocks])
   return RowBlock(cond=cond, x_init=cat(*[b.x_init for b in blocks]), kv=kv, keys=cat(*[b.keys for b in blocks]),
-                  sample_ids=cat(*[b.sample_ids for b in blocks]), step_noise=noise)
+                  sample_ids=cat(*[b.sample_ids for b in blocks]), step_noise=noise, paste=paste, flowedit=data)
 
 
 # ----------------------------------------------------------------------------- running a plan
@@ -295,6 +339,8 @@ def run_block(model: LoadedModel, block: RowBlock, plan: EditPlan, *, record_lay
   """Samples a block (the step plan, solver and CFG setting of `plan`, a plan of the block), a chunk
   of steps at a time, on_step called between chunks; returns (latents (n, C, T) on the device,
   recorded K/V or None)."""
+  if common.samples_nothing(plan.steps):  # started at level 0 (SDEdit, audio-to-audio): the start is the result
+    return block.x_init, None
   return guided.sample_block_in_chunks(model.params.dit if dit_params is None else dit_params, block, plan.steps,
                                        dit_config=model.config.dit, solver=plan.solver, use_cfg=plan.use_cfg,
                                        record_layers=record_layers, on_step=on_step)

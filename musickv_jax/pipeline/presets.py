@@ -3,13 +3,14 @@ injection varies over time. `configs/presets/<name>.json` holds the shipped ones
 of the same form (e.g. the `preset.json` a layer probe writes) works too.
 
   {"description": "...", "vital_layers": [20, 3, 4], "skip_layers": [], "guidance_scale": 7.0,
-   "time_varying": true, "audio_end_in_s": 15.0, "depth": 24}
+   "time_varying": true, "audio_end_in_s": 15.0, "depth": 24, "family": "sao"}
 
 audio_end_in_s is the length of a generated edit when none is asked for (at most the model's
-window; absent: the window). guidance_scale absent: the model's own default. depth: the DiT depth
-the preset was made for; the default preset of a model is the shipped one made for its depth
-(`musickv` for Stable Audio Open 1.0, `musickv-small` for Stable Audio Open Small), else a
-proportional guess from the authors' layers.
+window; absent: the window). guidance_scale absent: the model's own default. depth and family
+(sao, the default, or sa3): the DiT the preset was made for; the default preset of a model is the
+shipped one made for its family and depth (`musickv` for Stable Audio Open 1.0, `musickv-small`
+for Stable Audio Open Small, `musickv-sa3-small` and `musickv-sa3-medium` for Stable Audio 3),
+else a proportional guess from the authors' layers.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class EditPreset:
   description: str = ""
   audio_end_in_s: float | None = None  # None: the model's window
   depth: int | None = None  # the DiT depth it was made for
+  family: str = "sao"  # the model family it was made for (config.FAMILIES)
 
   def to_json_dict(self) -> dict:
     record = {"description": self.description, "vital_layers": list(self.vital_layers),
@@ -45,6 +47,8 @@ class EditPreset:
     for key in ("guidance_scale", "audio_end_in_s", "depth"):
       if getattr(self, key) is not None:
         record[key] = getattr(self, key)
+    if self.family != "sao":
+      record["family"] = self.family
     return record
 
 
@@ -63,13 +67,13 @@ def default_for(config) -> EditPreset:
   the authors' layers moved proportionally (a guess until musickv-probe-layers finds them)."""
   for name in available():
     preset = load(name)
-    if preset.depth == config.dit.depth:
+    if preset.depth == config.dit.depth and preset.family == config.family:
       return preset
   depth = config.dit.depth
   return EditPreset(name=f"proportional-{depth}", vital_layers=proportional_layers(depth),
                     description=f"the authors' vital layers [20, 3, 4] of 24 moved to the same places of this "
                                 f"{depth}-layer DiT: a guess; find this model's own with musickv-probe-layers",
-                    depth=depth)
+                    depth=depth, family=config.family)
 
 
 def available() -> list[str]:
@@ -100,7 +104,7 @@ def load(name_or_path: str | Path) -> EditPreset:
   if not isinstance(data, dict):
     raise SettingsError(f"{{field}} {path}: expected a JSON object", field="preset")
   known = {"description", "vital_layers", "skip_layers", "guidance_scale", "time_varying", "name", "audio_end_in_s",
-           "depth"}
+           "depth", "family"}
   unknown = sorted(set(data) - known)
   if unknown:
     raise SettingsError(f"{{field}} {path}: unknown key(s) {unknown}; a preset has {sorted(known)}", field="preset")
@@ -121,7 +125,10 @@ def load(name_or_path: str | Path) -> EditPreset:
                              or not math.isfinite(length) or length <= 0):
     raise SettingsError(f"{{field}} {path}: 'audio_end_in_s' must be a positive number of seconds, found {length!r}",
                         field="preset")
-  return EditPreset(name=path.stem if not looks_like_path else str(path),
+  family = data.get("family", "sao")
+  if family not in ("sao", "sa3"):
+    raise SettingsError(f"{{field}} {path}: 'family' must be sao or sa3, found {family!r}", field="preset")
+  return EditPreset(name=path.stem if not looks_like_path else str(path), family=family,
                     vital_layers=_int_tuple(data, "vital_layers", str(path)),
                     skip_layers=_int_tuple(data, "skip_layers", str(path)),
                     guidance_scale=None if guidance is None else float(guidance), time_varying=time_varying,

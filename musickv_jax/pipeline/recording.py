@@ -1,6 +1,12 @@
-"""Editing a recording: encode it with the VAE, invert it to the model's initial-noise space, and
-edit from there. Prompt 0 describes the recording (the source); the source is regenerated with
-guidance 1 (its reconstruction) and the edits with the settings' guidance and KV injection.
+"""Editing a recording: encode it with the VAE, then by the settings' method
+  inversion  invert it to the model's initial-noise space and regenerate from there;
+  sdedit     noise its latent to init_noise_level and sample from there (no inversion);
+  flowedit   move its latent by the differences of the model's directions under the edit and the
+             source prompts (sampling.flowedit; no inversion).
+Prompt 0 describes the recording (the source); it is regenerated with guidance 1 (its
+reconstruction; FlowEdit's source branch has the edit's guidance unless asked), the edits with the
+settings' guidance and KV injection. Region edits paste the recording's latent back outside their
+regions at every step (pipeline.regions).
 
 An inversion can be saved (`inverted_latent.npy` with `inverted_latent.json` beside it) and
 edited many times later: `load_inversion` reads and checks such a file.
@@ -25,11 +31,18 @@ from musickv_jax.errors import SettingsError
 from musickv_jax.files import not_a_file
 from musickv_jax.models import vae_ops
 from musickv_jax.models.dit import KVCache
-from musickv_jax.pipeline import common, long_recording
+from musickv_jax.pipeline import common, long_recording, variation
 from musickv_jax.pipeline.conditioning import text_conditioning
 from musickv_jax.pipeline.editing import sample_edit
 from musickv_jax.pipeline.plan import build_plan, run_from_cache
-from musickv_jax.pipeline.results import SOURCE_GUIDANCE, EditResult, Inversion, edit_result
+from musickv_jax.pipeline.results import (
+  EditResult,
+  EncodedRecording,
+  Inversion,
+  Recording,
+  edit_result,
+  source_guidance,
+)
 from musickv_jax.pipeline.settings import EditSettings, InversionSettings, WindowSettings
 from musickv_jax.sampling import guided
 from musickv_jax.sampling import inversion as inversion_lib
@@ -55,7 +68,8 @@ def invert_latents(model: LoadedModel, latents, settings: InversionSettings, *, 
   frames = int(np.shape(latents)[-1])
   settings.validate(cfg, frames)
   cond = text_conditioning(model, [settings.prompt], 0.0, settings.resolved_total(cfg))
-  guided_cond = guided.GuidedConditioning(cond.cross_tokens, cond.global_cond, jnp.ones((1,), jnp.float32))
+  guided_cond = guided.GuidedConditioning(cond.cross_tokens, cond.global_cond, jnp.ones((1,), jnp.float32),
+                                          cross_mask=cond.cross_mask)
   inverted, kv = inversion_lib.invert_in_chunks(model.params.dit, guided_cond, jnp.asarray(latents, jnp.float32),
                                                 settings.plan(cfg, frames), dit_config=cfg.dit,
                                                 record_layers=tuple(record_layers), on_step=on_step)
@@ -98,6 +112,9 @@ def invert_audio(model: LoadedModel, audio: np.ndarray, settings: InversionSetti
   n_samples = int(np.shape(audio)[-1])
   settings = settings.for_model(model.config)
   geometry = check_inversion(model, n_samples, settings, windows, tuple(record_layers))
+  if geometry is None and model.config.variable_length:  # conditioned on the recording's own duration
+    settings = dataclasses.replace(settings, seconds_total=common.recording_seconds(model.config, n_samples,
+                                                                                     settings.seconds_total))
   encoded = encode_audio(model, audio, sample=settings.sample_latent, seed=settings.seed)
   if geometry is not None:
     inverted = long_recording.invert_latents(model, encoded, settings, geometry, n_samples, on_step=on_step)
@@ -113,6 +130,9 @@ def check_edit(model: LoadedModel, settings: EditSettings, n_samples: int, windo
   a recording of n_samples over `windows` (its inversion's geometry, None: one window) that
   cannot run."""
   settings.validate(model.config)
+  if kv_from_inversion and settings.method != "inversion":
+    raise SettingsError(f"{{field}} reads the K/V an inversion recorded; the {settings.method} method inverts "
+                        "nothing: leave it out", field="kv_from_inversion")
   if windows is None:
     return
   if kv_from_inversion:
@@ -121,33 +141,69 @@ def check_edit(model: LoadedModel, settings: EditSettings, n_samples: int, windo
   long_recording.check_edit(model, settings, windows, n_samples)
 
 
-def edit_recording(model: LoadedModel, inversion: Inversion, settings: EditSettings, *,
+def encode_recording(model: LoadedModel, audio: np.ndarray, settings: EditSettings,
+                     windows: WindowSettings | None = None) -> EncodedRecording:
+  """A recording (channels, samples) at the model's rate made ready for an edit that inverts
+  nothing (settings.method flowedit or sdedit): its latent, and SDEdit's start, the latent noised
+  to init_noise_level with noise from the seed (pipeline.variation). A recording longer than one
+  window is covered by `windows` (default: the model's window)."""
+  cfg = model.config
+  settings = settings.for_recording(cfg)
+  n_samples = int(np.shape(audio)[-1])
+  geometry = window_geometry(model, n_samples, windows)
+  encoded = np.asarray(encode_audio(model, audio))
+  start = encoded
+  if settings.method == "sdedit":
+    gen = settings.generation
+    start = variation.noised(cfg, encoded, variation.unit_noise(gen, cfg, 1, int(encoded.shape[-1])), gen)
+  return EncodedRecording(encoded=encoded, start=start, n_samples=n_samples, method=settings.method,
+                          windows=geometry)
+
+
+def region_reference(recording: Recording, settings: EditSettings) -> np.ndarray | None:
+  """The recording's clean latent where the edit needs it (FlowEdit starts there; outside its
+  regions a region edit is pasted back to it), else None."""
+  if settings.method != "flowedit" and not settings.regions:
+    return None
+  if recording.encoded is None:
+    raise SettingsError("{field} of a saved inversion need the recording itself: give it too ({input_audio})",
+                        field="regions", mentions=("input_audio",))
+  return recording.encoded
+
+
+def edit_recording(model: LoadedModel, recording: Recording, settings: EditSettings, *,
                    kv_from_inversion: bool = False, decode_chunk_frames: int | None = vae_ops.DECODE_CHUNK_FRAMES,
                    windows: WindowSettings | None = None, on_step: common.Listener | None = None) -> EditResult:
-  """Edits an inverted recording: every prompt starts from the inverted latent; the output has
-  the recording's own length. A recording longer than one window is edited over the windows it
-  was inverted with (Inversion.windows), batched as `windows` says (windows_per_batch,
-  memory_budget_gib; default: the inversion's).
+  """Edits a recording made ready by its method (an Inversion, or encode_recording's): every
+  prompt starts from its start latent; the output has the recording's own length. A recording
+  longer than one window is edited over the windows it was made ready with (its `windows`),
+  batched as `windows` says (windows_per_batch, memory_budget_gib; default: the recording's).
 
   kv_from_inversion: take the source K/V recorded during inversion (Inversion.kv, same steps and
   vital layers) instead of re-running the source branch: the source is not regenerated, so the
   result covers the prompts after the first only."""
   settings = settings.for_recording(model.config)
   n = len(settings.generation.prompts)
-  geometry = inversion.windows.running_as(windows) if inversion.windows is not None else None
-  check_edit(model, settings, inversion.n_samples, geometry, kv_from_inversion=kv_from_inversion)
-  x_init = np.repeat(inversion.inverted, n, axis=0)
+  geometry = recording.windows.running_as(windows) if recording.windows is not None else None
+  check_edit(model, settings, recording.n_samples, geometry, kv_from_inversion=kv_from_inversion)
+  x_init = np.repeat(recording.start, n, axis=0)
+  reference = region_reference(recording, settings)
   if geometry is not None:
-    latents, plan = long_recording.edit_latents(model, settings, x_init, geometry, inversion.n_samples,
-                                                source_guidance=SOURCE_GUIDANCE, on_step=on_step)
+    latents, plan = long_recording.edit_latents(model, settings, x_init, geometry, recording.n_samples,
+                                                source_guidance=source_guidance(settings), reference=reference,
+                                                on_step=on_step)
   else:
-    plan = build_plan(model, settings, x_init, source_guidance=SOURCE_GUIDANCE, check_coverage=False)
+    plan = build_plan(model, settings, x_init, source_guidance=source_guidance(settings), check_coverage=False,
+                      seconds=(settings.generation.audio_start_in_s,
+                               common.recording_seconds(model.config, recording.n_samples,
+                                                        settings.generation.audio_end_in_s)),
+                      reference=reference)
     if kv_from_inversion:
       plan = plan.select(range(1, n))  # the source is not regenerated: the edits read the inversion's K/V
-      latents = run_from_cache(model, plan, inversion_kv_cache(inversion, settings), on_step=on_step)
+      latents = run_from_cache(model, plan, inversion_kv_cache(recording, settings), on_step=on_step)
     else:
       latents = sample_edit(model, plan, settings.injection_mode, on_step=on_step)
-  return edit_result(model, plan, settings, latents, recording=inversion, kv_from_inversion=kv_from_inversion,
+  return edit_result(model, plan, settings, latents, recording=recording, kv_from_inversion=kv_from_inversion,
                      decode_chunk_frames=decode_chunk_frames)
 
 
@@ -185,27 +241,30 @@ def check_recording_edit(model: LoadedModel, n_samples: int, settings: EditSetti
   settings = settings.for_recording(cfg)
   inversion_settings = inversion_settings.for_model(cfg)
   record_layers = tuple(settings.vital_layers) if kv_from_inversion else ()
-  check_edit(model, settings, n_samples, window_geometry(model, n_samples, windows),
-             kv_from_inversion=kv_from_inversion)
-  geometry = check_inversion(model, n_samples, inversion_settings, windows, record_layers)
+  geometry = window_geometry(model, n_samples, windows)
+  check_edit(model, settings, n_samples, geometry, kv_from_inversion=kv_from_inversion)
+  if settings.method == "inversion":
+    geometry = check_inversion(model, n_samples, inversion_settings, windows, record_layers)
   seconds = n_samples / cfg.sample_rate
   messages = []
   if geometry is not None:
     layout = geometry.layout(cfg, cfg.frames_for_samples(n_samples))
     messages.append(f"{seconds:.2f} s is longer than one window: {layout.n_windows} windows of "
                     f"{cfg.seconds_of_frames(layout.width):.2f} s, one diffusion process over the whole latent")
-  messages.append(f"inverting {seconds:.2f} s ({inversion_settings.variant} inversion, "
-                  f"{inversion_settings.num_inference_steps} steps)")
+  if settings.method == "inversion":
+    messages.append(f"inverting {seconds:.2f} s ({inversion_settings.variant} inversion, "
+                    f"{inversion_settings.num_inference_steps} steps)")
   return InversionChecks(geometry, record_layers, tuple(messages))
 
 
 def edit_audio(model: LoadedModel, audio: np.ndarray, settings: EditSettings, inversion_settings: InversionSettings, *,
                windows: WindowSettings | None = None, kv_from_inversion: bool = False,
                progress: PhaseProgress | None = None,
-               log: Callable[[str], None] = lambda message: None) -> tuple[EditResult, Inversion]:
-  """A recording (channels, samples) at the model's rate, inverted and edited: every check first
-  (windows or not, the edit, the memory), then the inversion, then the edit. progress(phase,
-  steps) gives the listener of each phase; log tells what is about to happen."""
+               log: Callable[[str], None] = lambda message: None) -> tuple[EditResult, Recording]:
+  """A recording (channels, samples) at the model's rate, made ready by the settings' method
+  (inverted, or encoded) and edited: every check first (windows or not, the edit, the memory),
+  then the inversion, then the edit. progress(phase, steps) gives the listener of each phase; log
+  tells what is about to happen."""
   cfg = model.config
   settings = settings.for_recording(cfg)
   inversion_settings = inversion_settings.for_model(cfg)
@@ -213,9 +272,12 @@ def edit_audio(model: LoadedModel, audio: np.ndarray, settings: EditSettings, in
                                 kv_from_inversion=kv_from_inversion)
   for message in checks.messages:
     log(message)
-  with _phase(progress, "inverting", inversion_settings.num_inference_steps) as listener:
-    inversion = invert_audio(model, audio, inversion_settings, record_layers=checks.record_layers, windows=windows,
-                             on_step=listener)
+  if settings.method != "inversion":
+    inversion = encode_recording(model, audio, settings, windows)
+  else:
+    with _phase(progress, "inverting", inversion_settings.num_inference_steps) as listener:
+      inversion = invert_audio(model, audio, inversion_settings, record_layers=checks.record_layers,
+                               windows=windows, on_step=listener)
   with _phase(progress, "editing", settings.generation.num_inference_steps) as listener:
     result = edit_recording(model, inversion, settings, kv_from_inversion=kv_from_inversion, windows=windows,
                             on_step=listener)

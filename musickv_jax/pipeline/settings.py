@@ -18,6 +18,10 @@ from musickv_jax.sampling import windows as windows_lib
 
 LATENT_LENGTHS = ("full", "fit")
 NOISE_CONVENTIONS = ("diffusers", "stable-audio-tools")
+METHODS = ("inversion", "flowedit", "sdedit")  # how a recording is edited (pipeline.methods)
+MAX_FLOWEDIT_SAMPLES = 16  # FlowEdit's noise draws a step: each is a DiT call of every row
+DEFAULT_FLOWEDIT_START = 0.8
+DEFAULT_CROSSFADE_S = 0.25  # a region's edges: short enough to stay local, long enough to hide the seam
 REFERENCE_VITAL_LAYERS = presets.REFERENCE_LAYERS  # the authors' layers of SAO 1.0 (presets: what other depths get)
 MAX_SEED = 2**32 - 1  # JAX keys take 32-bit seeds: larger ones would silently alias smaller ones
 
@@ -84,6 +88,10 @@ class GenerationSettings:
   seed: int = 0
   latent_length: str = "full"
   noise_convention: str = "diffusers"  # x_T = noise * sqrt(sigma_max^2 + 1)
+  # where sampling starts on the model's time axis, [0, 1]: 1 from pure noise; less from a
+  # reference latent noised to that level (audio-to-audio / SDEdit, pipeline.variation); 0 samples
+  # nothing (the result is the reference latent itself)
+  init_noise_level: float = 1.0
 
   def resolved_end(self, config: ModelConfig) -> float:
     return config.max_audio_seconds if self.audio_end_in_s is None else float(self.audio_end_in_s)
@@ -123,6 +131,11 @@ class GenerationSettings:
                           field="noise_convention")
     if not math.isfinite(self.guidance_scale):
       raise SettingsError(f"{{field}} must be a finite number, got {self.guidance_scale}", field="guidance_scale")
+    level = self.init_noise_level
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not (
+        math.isfinite(level) and 0.0 <= level <= 1.0):
+      raise SettingsError(f"{{field}} must be from 0 to 1 (1: from pure noise; 0: the recording itself), got "
+                          f"{level!r}", field="init_noise_level")
     _check_seed(self.seed)
     start, end, maximum = self.audio_start_in_s, self.resolved_end(config), config.max_audio_seconds
     if not math.isfinite(start) or start < 0:
@@ -168,6 +181,16 @@ class EditSettings:
   injection_mode: str = "joint"
   edit_all: bool = False
   allow_unbounded_schedule: bool = False
+  # only these spans (seconds) follow the edit; elsewhere the result is the source (pipeline.regions)
+  regions: tuple[tuple[float, float], ...] = ()
+  region_crossfade_s: float = DEFAULT_CROSSFADE_S
+  # how a recording is edited (pipeline.methods): inversion (invert, then regenerate), flowedit (no
+  # inversion: velocity differences from the recording's latent), sdedit (from the recording's latent
+  # noised to generation.init_noise_level)
+  method: str = "inversion"
+  flowedit_samples: int = 1  # noise draws the velocity difference is averaged over, at every step
+  flowedit_start: float = DEFAULT_FLOWEDIT_START  # the model time FlowEdit starts at, (0, 1]
+  flowedit_source_guidance: float | None = None  # the source branch's guidance (None: the edit's)
 
   @property
   def n_edits(self) -> int:
@@ -180,11 +203,11 @@ class EditSettings:
     return dataclasses.replace(self, generation=self.generation.for_model(config), vital_layers=layers)
 
   def for_recording(self, config: ModelConfig) -> "EditSettings":
-    """for_model for the edit of a recording: a sampler left open is the deterministic one that
-    the inversion ran backwards (rectified flow's Euler, not the ping-pong sampler, whose fresh
-    noise at every step would undo the reconstruction)."""
+    """for_model for the edit of a recording: a sampler left open is, for the inversion method, the
+    deterministic one that the inversion ran backwards (rectified flow's Euler, not the ping-pong
+    sampler, whose fresh noise at every step would undo the reconstruction)."""
     gen = self.generation
-    if gen.sampler is None:
+    if gen.sampler is None and self.method == "inversion":  # FlowEdit and SDEdit run no inversion backwards
       gen = dataclasses.replace(gen, sampler=config.diffusion.deterministic_sampler)
     return dataclasses.replace(self, generation=gen).for_model(config)
 
@@ -215,14 +238,45 @@ class EditSettings:
     if self.injection_mode not in kv.MODES:
       raise SettingsError(f"{{field}} must be one of {kv.MODES}, got {self.injection_mode!r}",
                           field="injection_mode")
+    self._validate_method_and_regions()
     return kv_schedules.validate(self.resolved_schedule(), gen.num_inference_steps, len(self.vital_layers),
                                  self.n_edits, allow_unbounded=self.allow_unbounded_schedule)
+
+  def _validate_method_and_regions(self) -> None:
+    if self.method not in METHODS:
+      raise SettingsError(f"{{field}} must be one of {', '.join(METHODS)}, got {self.method!r}", field="method")
+    samples = self.flowedit_samples
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= MAX_FLOWEDIT_SAMPLES:
+      raise SettingsError(f"{{field}} must be a whole number from 1 to {MAX_FLOWEDIT_SAMPLES}, got {samples!r}",
+                          field="flowedit_samples")
+    if not _is_real(self.flowedit_start) or not 0.0 < self.flowedit_start <= 1.0:
+      raise SettingsError(f"{{field}} must be more than 0 and at most 1 (a time of the model's schedule), got "
+                          f"{_seconds(self.flowedit_start)}", field="flowedit_start")
+    guidance = self.flowedit_source_guidance
+    if guidance is not None and not _is_real(guidance):
+      raise SettingsError(f"{{field}} must be a finite number, got {guidance!r}", field="flowedit_source_guidance")
+    if not _is_real(self.region_crossfade_s) or self.region_crossfade_s < 0:
+      raise SettingsError(f"{{field}} must be 0 or more seconds, got {_seconds(self.region_crossfade_s)}",
+                          field="region_crossfade_s")
+    for region in self.regions:
+      if (len(region) != 2 or not all(_is_real(v) for v in region) or not 0 <= region[0] < region[1]):
+        raise SettingsError(f"{{field}} {region!r}: a region is START,END seconds with 0 <= START < END",
+                            field="regions")
+    if self.method == "flowedit" and self.injection_mode != "joint":
+      raise SettingsError("FlowEdit compares every edit row with its source row at every step: it needs the joint "
+                          "{field}", field="injection_mode")
+    if self.regions and self.injection_mode != "joint":
+      raise SettingsError("region edits paste the source back at every step, which the source's own row does: they "
+                          "need the joint {field}", field="injection_mode")
 
   def to_json_dict(self) -> dict:
     return {"vital_layers": None if self.vital_layers is None else list(self.vital_layers),
             "skip_layers": list(self.skip_layers),
             "injection_mode": self.injection_mode, "edit_all": self.edit_all,
-            "allow_unbounded_schedule": self.allow_unbounded_schedule}
+            "allow_unbounded_schedule": self.allow_unbounded_schedule,
+            "regions": [list(region) for region in self.regions], "region_crossfade_s": self.region_crossfade_s,
+            "method": self.method, "flowedit_samples": self.flowedit_samples, "flowedit_start": self.flowedit_start,
+            "flowedit_source_guidance": self.flowedit_source_guidance}
 
 
 # ----------------------------------------------------------------------------- inversion

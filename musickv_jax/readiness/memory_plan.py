@@ -50,7 +50,11 @@ class Window:
 
 
 WINDOWS = (Window("SAO 1.0, 47.6 s (1024 frames)", "sao-1.0", 1024),
-           Window("SAO Small, 11.9 s (256 frames)", "sao-small", 256))
+           Window("SAO Small, 11.9 s (256 frames)", "sao-small", 256),
+           Window("SA3 Small, 30 s (323 frames)", "sa3-small", 323),
+           Window("SA3 Small, 120 s (1292 frames)", "sa3-small", 1292),
+           Window("SA3 Medium, 30 s (323 frames)", "sa3-medium", 323),
+           Window("SA3 Medium, 380 s (4096 frames)", "sa3-medium", 4096))
 
 
 @dataclasses.dataclass(frozen=True)

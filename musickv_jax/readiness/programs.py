@@ -22,7 +22,7 @@ from musickv_jax.config import ModelConfig, named_config, to_jnp_dtype
 from musickv_jax.jobs import batching
 from musickv_jax.metrics import Analysis
 from musickv_jax.models import vae_ops
-from musickv_jax.models.dit import StableAudioDiT
+from musickv_jax.models import family, same
 from musickv_jax.models.oobleck import (
   decoder_receptive_radius,
   encoder_receptive_radius,
@@ -48,7 +48,7 @@ from musickv_jax.sampling import windows as windows_lib
 from musickv_jax.sampling.rows import Role
 
 # the models whose programs are checked: the key in program names and the named config
-MODELS = {"sao1.0": "sao-1.0", "sao-small": "sao-small"}
+MODELS = {"sao1.0": "sao-1.0", "sao-small": "sao-small", "sa3-small": "sa3-small"}
 DTYPES = {"f32": "float32", "bf16": "bfloat16"}
 PLATFORMS = ("tpu", "cuda")
 # the attention implementations that apply to a platform, and the dtypes each runs in
@@ -137,9 +137,10 @@ def edit_plan(config: ModelConfig, frames: int, steps: int, *, edit: bool = True
   use_cfg = rows_lib.uses_cfg([guidance] * prompts, None)
   dit_rows = rows_lib.branches(use_cfg) * prompts
   d = config.dit
+  mask = jnp.ones((dit_rows, config.cross_tokens), bool) if config.is_sa3 else None  # SA3: the text's padding
   cond = guided.GuidedConditioning(jnp.zeros((dit_rows, config.cross_tokens, d.cond_input_dim), jnp.float32),
                                    jnp.zeros((dit_rows, d.global_cond_dim), jnp.float32),
-                                   jnp.full((prompts,), guidance, jnp.float32))
+                                   jnp.full((prompts,), guidance, jnp.float32), cross_mask=mask)
   plan, solver = step_plan(config, steps)
   vital = presets.default_for(config).vital_layers if edit else ()
   noise = jnp.zeros((steps, prompts, d.io_channels, frames), jnp.float32) if solver in solvers.STOCHASTIC else None
@@ -168,12 +169,12 @@ def build(name: ProgramName) -> Program:
   d = config.dit
   static = {"dit_config": d}
   if name.program == "dit_call":
-    dit = StableAudioDiT(d)
-    forward = jax.jit(lambda p, x, t, c, g: dit.apply({"params": p}, x, t, c, g)[0])
+    forward = jax.jit(lambda p, x, t, c: family.apply_dit(p, d, x, t, c.cross_tokens, c.global_cond,
+                                                          cross_mask=c.cross_mask)[0])
     plan = edit_plan(config, frames, 1)
     rows = plan.conditioning.cross_tokens.shape[0]
     return Program(name, forward, shapes_of((params, jnp.zeros((rows, d.io_channels, frames)), jnp.zeros((rows,)),
-                                             plan.conditioning.cross_tokens, plan.conditioning.global_cond)), {})
+                                             plan.conditioning)), {})
   if name.program == "edit_step":  # one step of musickv-edit: guided.sample over a one-step plan
     plan = edit_plan(config, frames, 1)
     block = block_of([plan])
@@ -190,8 +191,7 @@ def build(name: ProgramName) -> Program:
     else:
       inv = inversion.make_inversion_plan(CHUNK_STEPS)
     plan = edit_plan(config, frames, 1, edit=False, prompts=1)
-    cond = guided.GuidedConditioning(plan.conditioning.cross_tokens[-1:], plan.conditioning.global_cond[-1:],
-                                     jnp.ones((1,)))
+    cond = plan.conditioning.map_rows(lambda rows: rows[-1:], guidance=jnp.ones((1,)))
     return Program(name, inversion.invert_chunk, (params, *shapes_of((cond, solvers.init_state(plan.x_init), inv))),
                    static)
   if name.program == "window_group":
@@ -212,8 +212,7 @@ def _window_group(name: ProgramName, config: ModelConfig, params) -> Program:
   windows = layout.arrays(WINDOWS_PER_GROUP)
   plan = edit_plan(config, width, CHUNK_STEPS)
   blocks = [block_of([plan] * WINDOWS_PER_GROUP) for _ in range(windows.groups)]
-  cond = guided.GuidedConditioning(jnp.stack([b.cond.cross_tokens for b in blocks]),
-                                   jnp.stack([b.cond.global_cond for b in blocks]), blocks[0].cond.guidance)
+  cond = guided.join_rows([b.cond for b in blocks], jnp.stack, blocks[0].cond.guidance)
   kv = dataclasses.replace(blocks[0].kv, inject_weight=None, injected=None)
   per_step = {"inject_weight": blocks[0].kv.inject_weight}
   x = jnp.zeros((plan.n, config.dit.io_channels, frames))
@@ -254,6 +253,13 @@ def _vae(name: ProgramName, config: ModelConfig) -> Program:
   sides, encode a chunk of audio with its context."""
   v = config.vae
   params = abstract_params(config, to_jnp_dtype(v.dtype))["vae"]
+  if config.is_sa3:  # SAME: windows decoded at their absolute positions; encoded whole
+    if name.program == "vae_decode":
+      width = min(config.dit.sample_size, vae_ops.DECODE_CHUNK_FRAMES + 2 * same.decoder_receptive_radius(v))
+      latents = jax.ShapeDtypeStruct((2, v.latent_dim, width), jnp.float32)
+      return Program(name, same.decode, (params, latents, jax.ShapeDtypeStruct((), jnp.int32)), {"config": v})
+    audio = jax.ShapeDtypeStruct((1, v.audio_channels, config.dit.sample_size * v.hop_length), jnp.float32)
+    return Program(name, same.encode, (params, audio), {"config": v})
   if name.program == "vae_decode":
     width = min(config.dit.sample_size, vae_ops.DECODE_CHUNK_FRAMES + 2 * decoder_receptive_radius(v))
     latents = jax.ShapeDtypeStruct((2, v.latent_dim, width), jnp.float32)

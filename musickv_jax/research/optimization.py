@@ -37,7 +37,7 @@ from musickv_jax.config import DiTConfig, OobleckConfig, to_jnp_dtype
 from musickv_jax.errors import CheckpointError, OptimizationError, SettingsError
 from musickv_jax.metrics import Analysis, compare, structure_similarity
 from musickv_jax.models.layers import wide
-from musickv_jax.models.oobleck import OobleckVAE
+from musickv_jax.models import vae_ops
 from musickv_jax.models.sao import ModelParams
 from musickv_jax.pipeline.plan import EditPlan, block_of
 from musickv_jax.sampling import guided
@@ -122,8 +122,7 @@ class Problem:
 
   def audio(self, model_params: ModelParams, latents: Array) -> Array:
     """Latents (n, C, T) -> mono audio (n, samples) over the span: a one-pass, differentiable decode."""
-    vae = OobleckVAE(self.vae_config)
-    audio = vae.apply({"params": model_params.vae}, latents, method=vae.decode)
+    audio = vae_ops.decode_traced(model_params.vae, latents, self.vae_config)
     return jnp.mean(audio[..., self.span[0]:self.span[1]], axis=1)
 
 

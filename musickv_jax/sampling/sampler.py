@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musickv_jax.sampling import solvers
+from musickv_jax.sampling import regions, solvers
 
 Array = jax.Array
 Denoiser = Callable[[Array, Any, Any], tuple[Array, Any]]
@@ -89,7 +89,8 @@ def sde_noise(key: Array, step: Array, sample_ids: Array, shape: tuple[int, ...]
 
 def run_steps(denoise: Denoiser, state: solvers.SolverState, plan: StepPlan, step_inputs: Any, step_index: Array,
               *, solver: str = "dpmpp-2m", key: Array | None = None, sample_ids: Array | None = None,
-              step_noise: Array | None = None, remat: bool = False) -> tuple[solvers.SolverState, Any]:
+              step_noise: Array | None = None, remat: bool = False,
+              paste: regions.Paste | None = None) -> tuple[solvers.SolverState, Any]:
   """Runs the steps of `plan` (a whole plan or a chunk of one) from `state`.
 
   step_inputs: pytree of arrays with a leading axis of the plan's steps, handed to `denoise`.
@@ -99,6 +100,8 @@ def run_steps(denoise: Denoiser, state: solvers.SolverState, plan: StepPlan, ste
   step_noise (steps, B, ...): the noise each step of a stochastic sampler adds, given instead of
     drawn from the key (to reproduce another implementation's noise path; gradients still flow).
   remat: recompute each step in the backward pass (memory for gradients w.r.t. schedules).
+  paste: region edits (sampling.regions): after every step, rows are pasted back toward their
+    reference where their mask is below 1 (its per-step arrays have the plan's steps).
   Returns (state after the steps, aux stacked over steps).
   """
   solvers.check_solver(solver)
@@ -108,28 +111,34 @@ def run_steps(denoise: Denoiser, state: solvers.SolverState, plan: StepPlan, ste
   if sample_ids is None:
     sample_ids = jnp.arange(state.x.shape[0])
 
+  fixed_paste = None if paste is None else paste.fixed()
+
   def step(state: solvers.SolverState, xs):
-    p, extra, index, given_noise = xs
+    p, extra, index, given_noise, paste_step = xs
     denoised, aux = denoise(state.x, p, extra)
     noise = None
     if stochastic:
       noise = given_noise if given_noise is not None else sde_noise(key, index, sample_ids, state.x.shape[1:],
                                                                      state.x.dtype)
     state = solvers.step(solver, state, denoised, p.sigma, p.sigma_next, p.second_order, noise)
+    if fixed_paste is not None:
+      state = state.replace(x=regions.apply(fixed_paste, state.x, paste_step))
     return state, aux
 
   if remat:
     step = jax.checkpoint(step)
-  return jax.lax.scan(step, state, (plan, step_inputs, step_index, step_noise))
+  paste_steps = None if paste is None else paste.per_step()
+  return jax.lax.scan(step, state, (plan, step_inputs, step_index, step_noise, paste_steps))
 
 
 def run(denoise: Denoiser, x_init: Array, plan: StepPlan, step_inputs: Any = None, *, solver: str = "dpmpp-2m",
         key: Array | None = None, sample_ids: Array | None = None, step_noise: Array | None = None,
-        remat: bool = False) -> tuple[Array, Any]:
+        remat: bool = False, paste: regions.Paste | None = None) -> tuple[Array, Any]:
   """Runs the sampler from x_init (already at noise level plan.sigma[0]) to the end of the plan, as
   one scan (see run_steps for the arguments). Returns (x_0, aux stacked over steps)."""
   final, aux = run_steps(denoise, solvers.init_state(x_init), plan, step_inputs, jnp.arange(plan.steps),
-                         solver=solver, key=key, sample_ids=sample_ids, step_noise=step_noise, remat=remat)
+                         solver=solver, key=key, sample_ids=sample_ids, step_noise=step_noise, remat=remat,
+                         paste=paste)
   return final.x, aux
 
 

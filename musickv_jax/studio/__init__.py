@@ -6,5 +6,6 @@
                 them with jobs (concurrent edits of one shape as rows of one sampler call), progress
                 per request, cancel
   service.py    Studio: models, worker, inversion cache, outputs (musickv-edit's files and edit.json),
-                metrics (musickv-evaluate's)
+                metrics (musickv-evaluate's); compare(): several methods on one recording, musickv-compare's
+                folder (run by the worker alone)
 The page and the command line are in musickv_jax/cli/studio (the only place that imports gradio)."""

@@ -1,7 +1,9 @@
 """Studio: the models (loaded once), the worker that runs them, and what an edit leaves behind --
 the files and the edit.json record musickv-edit writes (jobs.results), in a folder of its own
 under the output folder, and the music metrics of musickv-evaluate (research.evaluation) of each
-edit against its source. No gradio here: the page and the API (cli/studio/app.py) call Studio.edit."""
+edit against its source. Studio.compare runs several methods on one recording (jobs.compare, as
+musickv-compare does) and writes musickv-compare's folder (writers.compare). No gradio here: the
+page and the API (cli/studio/app.py) call Studio.edit and Studio.compare."""
 
 from __future__ import annotations
 
@@ -14,17 +16,25 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from musickv_jax import files, jobs
-from musickv_jax.audio import load_audio
+from musickv_jax.audio import LoadedAudio, load_audio
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.errors import MusicKVError
 from musickv_jax.jobs import Cancelled
+from musickv_jax.jobs import compare as compare_lib
 from musickv_jax.research.evaluation import evaluate
 from musickv_jax.studio.request import RequestError, StudioRequest, name_of, one_line
-from musickv_jax.studio.worker import Progress, Task, TaskResult, Worker
+from musickv_jax.studio.worker import Progress, Solo, Task, TaskResult, Worker
+from musickv_jax.writers import compare as compare_writer
+from musickv_jax.writers.record import provenance
 from musickv_jax.writers.sets import OutputSet
 
 # the command that makes the same edit (the command-line layer knows its flags): (model source, request) -> text
 CommandOf = Callable[[str, jobs.EditRequest], str]
+# the same for a comparison: (model source, request, methods text, also without injection) -> text
+CompareCommandOf = Callable[[str, jobs.EditRequest, str, bool], str]
+# the comparison table's metrics (compare.json's names), after the variant; then its DiT rows and error
+COMPARE_METRICS = ("f0_chroma_accuracy", "timbre_distance", "cqt1_pcc", "chroma_cosine", "form_ssm_correlation",
+                   "onset_correlation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +85,51 @@ class EditOutcome:
     return f"done in {self.seconds:.1f} s{inversion}{batched}: {self.folder.name}"
 
 
+@dataclasses.dataclass(frozen=True)
+class CompareOutcome:
+  """A comparison's folder (musickv-compare's files) and what the page shows of it."""
+
+  folder: Path
+  input_wav: Path  # the recording as the model heard it
+  variants: tuple[tuple[str, Path | None], ...]  # (label, its WAV; None: it failed) in the order asked
+  plot: Path  # fidelity_editability.png
+  record: Path  # compare.json
+  page: Path  # index.html
+  rows: tuple[dict, ...]  # compare.json's rows
+  higher_is_better: Mapping[str, bool]  # per metric (compare.json's)
+  seconds: float
+  command: str  # the musickv-compare command of the same comparison
+
+  @property
+  def files(self) -> list[Path]:
+    return [self.record, self.page, self.plot, self.input_wav, *(wav for _, wav in self.variants if wav)]
+
+  def table(self) -> list[list]:
+    """One line per variant: its label, COMPARE_METRICS (None: it failed), its DiT rows, its error."""
+    lines = []
+    for row in self.rows:
+      metrics = row["metrics"] or {}
+      values = [None if metrics.get(name) is None else round(metrics[name], 4) for name in COMPARE_METRICS]
+      lines.append([row["label"], *values, row["dit_calls"], row["error"] or ""])
+    return lines
+
+  def headers(self) -> list[str]:
+    arrows = [{True: " ↑", False: " ↓"}.get(self.higher_is_better.get(name), "") for name in COMPARE_METRICS]
+    return ["variant", *(name + arrow for name, arrow in zip(COMPARE_METRICS, arrows)), "DiT rows", "error"]
+
+  def summary(self) -> str:
+    failed = sum(1 for row in self.rows if row["error"])
+    failures = f"; {failed} failed (see the table)" if failed else ""
+    return f"compared {len(self.rows) - failed} edit(s) in {self.seconds:.1f} s{failures}: {self.folder.name}"
+
+
 class Studio:
   def __init__(self, models: Mapping[str, tuple[str, LoadedModel]], output_dir: Path, *, gather_s: float = 0.2,
-               rows_per_batch: int = 8, cache_size: int = 16, command_of: CommandOf = lambda source, request: ""):
+               rows_per_batch: int = 8, cache_size: int = 16, command_of: CommandOf = lambda source, request: "",
+               compare_command_of: CompareCommandOf = lambda source, request, methods, without: ""):
     """models: name shown -> (where it was loaded from, the loaded model). command_of: the command
-    line of the same edit, recorded in its edit.json."""
+    line of the same edit, recorded in its edit.json; compare_command_of: of the same comparison, in
+    its compare.json."""
     if not models:
       raise ValueError("the studio needs at least one model")
     self.sources = {name: source for name, (source, _) in models.items()}
@@ -88,6 +138,7 @@ class Studio:
     self.cache = jobs.InversionCache(cache_size)
     self.worker = Worker(self.models, self.cache, gather_s=gather_s, rows_per_batch=rows_per_batch)
     self.command_of = command_of
+    self.compare_command_of = compare_command_of
     self._count = itertools.count(1)
     self._lock = threading.Lock()  # matplotlib (the spectrogram) draws one figure at a time
     self._cancels: dict[str, set[threading.Event]] = {}
@@ -127,22 +178,17 @@ class Studio:
       event.set()
     return len(events)
 
-  def edit(self, request: StudioRequest, model_name: str | None = None, *, progress: Progress | None = None,
-           session: str = "") -> EditOutcome:
-    """Runs one edit (waiting for its turn and batch) and writes its outputs. Raises RequestError
-    (one line) for a request the studio refuses, Cancelled when cancelled."""
+  def _model_name(self, model_name: str | None) -> str:
     name = model_name or self.model_names[0]
     if name not in self.models:
       raise RequestError(f"model {name!r} is not loaded here; choose one of {', '.join(self.models)}")
-    start = time.perf_counter()
-    edit_request = request.edit_request()
-    try:  # refused at once, before the queue: a bad request never waits for a batch
-      jobs.check_combinations(edit_request)
-      jobs.resolve(edit_request, self.models[name])
-    except MusicKVError as e:
-      raise RequestError(one_line(e, request.audio)) from None
-    task = Task(id=f"{time.strftime('%Y%m%d-%H%M%S')}-{next(self._count):04d}", model=name, request=edit_request,
-                upload=request.audio, progress=progress)
+    return name
+
+  def _task_id(self) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{next(self._count):04d}"
+
+  def _wait(self, task: Task | Solo, session: str):
+    """The worker's result of the task; Cancelled when the session cancelled it."""
     self._cancels.setdefault(session, set()).add(task.cancel)
     try:
       done = self.worker.submit(task).result()
@@ -150,7 +196,94 @@ class Studio:
       self._cancels[session].discard(task.cancel)
     if task.cancel.is_set():
       raise Cancelled("cancelled")
+    return done
+
+  def edit(self, request: StudioRequest, model_name: str | None = None, *, progress: Progress | None = None,
+           session: str = "") -> EditOutcome:
+    """Runs one edit (waiting for its turn and batch) and writes its outputs. Raises RequestError
+    (one line) for a request the studio refuses, Cancelled when cancelled."""
+    name = self._model_name(model_name)
+    start = time.perf_counter()
+    edit_request = request.edit_request()
+    try:  # refused at once, before the queue: a bad request never waits for a batch
+      jobs.check_combinations(edit_request)
+      jobs.resolve(edit_request, self.models[name])
+    except MusicKVError as e:
+      raise RequestError(one_line(e, request.audio)) from None
+    task = Task(id=self._task_id(), model=name, request=edit_request, upload=request.audio, progress=progress)
+    done = self._wait(task, session)
     return self._write(name, request, task.id, done, time.perf_counter() - start)
+
+  def compare(self, request: StudioRequest, methods: str = compare_lib.DEFAULT_METHODS, *,
+              without_injection: bool = True, model_name: str | None = None, progress: Progress | None = None,
+              session: str = "") -> CompareOutcome:
+    """Several ways to edit the request's recording with its one edit prompt (musickv-compare):
+    methods as compare's text ("inversion,flowedit,sdedit:0.5"), each also without KV injection if
+    asked; everything else (steps, guidance, seed, vital layers, regions ...) as the request says,
+    with an edit's defaults. Runs on the worker alone (the models are never run by two threads),
+    then writes musickv-compare's folder under the output folder. Raises RequestError (one line)
+    for a request the studio refuses, Cancelled when cancelled."""
+    name = self._model_name(model_name)
+    start = time.perf_counter()
+    edit_request, variants = self._comparison(request, methods, without_injection, name)
+    task = Solo(id=f"{self._task_id()}-compare", model=name, upload=request.audio, progress=progress,
+                work=lambda model, task: self._run_comparison(model, name, edit_request, variants, task))
+    recording, comparison = self._wait(task, session)
+    return self._write_comparison(name, request, edit_request, methods, without_injection, task.id, recording,
+                                  comparison, time.perf_counter() - start)
+
+  def _comparison(self, request: StudioRequest, methods: str, without_injection: bool,
+                  name: str) -> tuple[jobs.EditRequest, tuple[compare_lib.Variant, ...]]:
+    """The comparison's request and variants, refused at once (before the queue) where they cannot run."""
+    if not request.audio:
+      raise RequestError("audio is empty: a comparison edits a recording; upload one")
+    if request.method != jobs.DEFAULTS.method or request.init_noise_level is not None:
+      raise RequestError("a comparison sets each variant's method from methods (e.g. inversion,flowedit,sdedit:0.5): "
+                         "leave method and SDEdit level unset")
+    if len([p for p in request.edit_prompts if p.strip()]) > 1:
+      raise RequestError("a comparison takes one edit prompt; give the others their own comparison")
+    edit_request = request.edit_request()
+    try:
+      variants = compare_lib.methods_from_text(methods or "", without_injection=without_injection)
+      first = compare_lib.variant_request(edit_request, variants[0])
+      jobs.check_combinations(first)
+      jobs.resolve(first, self.models[name])
+    except MusicKVError as e:
+      raise RequestError(one_line(e, request.audio)) from None
+    return edit_request, variants
+
+  def _run_comparison(self, model: LoadedModel, name: str, request: jobs.EditRequest,
+                      variants: tuple[compare_lib.Variant, ...], task: Solo
+                      ) -> tuple[LoadedAudio, compare_lib.Comparison]:
+    """On the worker's thread: the recording read once, every variant run and scored."""
+    recording = jobs.read_recording(model, request)
+    listener = task.listener("comparing")
+
+    def on_progress(progress: jobs.Progress) -> None:
+      listener(progress.done, progress.total)
+    comparison = compare_lib.compare(model, request, variants, inversions=self.cache, model_key=name,
+                                     recording=recording, on_progress=on_progress,
+                                     on_step=task.listener("inverting"))
+    task.report(1.0, "scoring")
+    return recording, comparison
+
+  def _write_comparison(self, name: str, request: StudioRequest, edit_request: jobs.EditRequest, methods: str,
+                        without_injection: bool, task_id: str, recording: LoadedAudio, comparison: compare_lib.Comparison,
+                        seconds: float) -> CompareOutcome:
+    model = self.models[name]
+    command = self.compare_command_of(self.sources[name], edit_request, methods, without_injection)
+    record = compare_lib.compare_record(comparison, edit_request.prompts, provenance(model, seconds, command) | {
+        "studio": {"model": name, "input_audio": Path(request.audio).name, "methods": methods,
+                   "without_injection": without_injection, "notes": list(recording.warnings)}})
+    folder = self.output_dir / task_id
+    with self._lock, OutputSet(folder, announce=False) as outputs:  # the plot: one figure at a time
+      compare_writer.stage_comparison(outputs, record, recording.audio, recording.sample_rate,
+                                      compare_lib.clips(comparison))
+      outputs.commit()
+    variants = tuple((row["label"], folder / row["file"] if row["file"] else None) for row in record["rows"])
+    return CompareOutcome(folder, folder / record["recording"]["file"], variants, folder / record["plot"]["file"],
+                          folder / "compare.json", folder / "index.html", tuple(record["rows"]),
+                          dict(record["higher_is_better"]), seconds, command)
 
   def _write(self, name: str, request: StudioRequest, task_id: str, done: TaskResult, seconds: float) -> EditOutcome:
     model, prepared, result = self.models[name], done.prepared, done.result

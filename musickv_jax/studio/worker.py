@@ -6,7 +6,11 @@ the same edit run alone up to float32 reassociation between batch sizes (alone: 
 
 Progress goes to each request's own callback (jobs.run reports which jobs a chunk of steps
 belongs to), so requests never hear each other's steps; a group whose requests were all
-cancelled stops at its next chunk of steps."""
+cancelled stops at its next chunk of steps.
+
+Work that makes its own calls of a model (a comparison: several methods, jobs.compare) is a `Solo`
+task: the worker runs it alone, after the edits gathered with it, so the models are only ever run
+by this thread."""
 
 from __future__ import annotations
 
@@ -45,6 +49,28 @@ class Task:
       self.progress(fraction, what)
 
 
+@dataclasses.dataclass
+class Solo:
+  """Work the worker runs alone on its thread: work(model, this task) -> the future's result. It
+  reports with `report` and stops (jobs.Cancelled) when `listener`'s steps find it cancelled."""
+
+  id: str
+  model: str  # a key of the worker's models
+  work: Callable[[LoadedModel, "Solo"], object]
+  upload: str | None = None  # the uploaded file's temporary path (shortened in messages)
+  progress: Progress | None = None
+  cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+  future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
+
+  def report(self, fraction: float, what: str) -> None:
+    if self.progress is not None and not self.cancel.is_set():
+      self.progress(fraction, what)
+
+  def listener(self, phase: str) -> Callable[[int, int], None]:
+    """A step listener: progress as `phase: step N of M`; Cancelled once this task is cancelled."""
+    return _fan_out({self.id: self}, phase)
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskResult:
   prepared: jobs.PreparedJob
@@ -61,11 +87,11 @@ class Worker:
     self.gather_s = gather_s
     self.rows_per_batch = rows_per_batch
     self.batches: list[int] = []  # requests per sampler call, in order (the batching, observable)
-    self._queue: queue.Queue[Task | None] = queue.Queue()
+    self._queue: queue.Queue[Task | Solo | None] = queue.Queue()
     self._thread = threading.Thread(target=self._loop, name="musickv-studio-worker", daemon=True)
     self._thread.start()
 
-  def submit(self, task: Task) -> concurrent.futures.Future:
+  def submit(self, task: Task | Solo) -> concurrent.futures.Future:
     self._queue.put(task)
     return task.future
 
@@ -73,7 +99,7 @@ class Worker:
     self._queue.put(None)
     self._thread.join(timeout=5)
 
-  def _gather(self) -> list[Task] | None:
+  def _gather(self) -> list[Task | Solo] | None:
     first = self._queue.get()
     if first is None:
       return None
@@ -91,7 +117,8 @@ class Worker:
     return tasks
 
   def _loop(self) -> None:
-    while (tasks := self._gather()) is not None:
+    while (gathered := self._gather()) is not None:
+      tasks = [task for task in gathered if isinstance(task, Task)]
       for name in dict.fromkeys(task.model for task in tasks):
         mine = [task for task in tasks if task.model == name]
         try:
@@ -100,6 +127,21 @@ class Worker:
           traceback.print_exc(file=sys.stderr)
           for task in mine:
             _fail(task, RequestError(f"internal error: {one_line(e)}"))
+      for solo in (task for task in gathered if isinstance(task, Solo)):
+        self._run_solo(solo)
+
+  def _run_solo(self, task: Solo) -> None:
+    if _cancelled(task):
+      return
+    try:
+      task.future.set_result(task.work(self.models[task.model], task))
+    except Cancelled:
+      _fail(task, Cancelled("cancelled"))
+    except (MusicKVError, RequestError) as e:
+      _fail(task, RequestError(one_line(e, task.upload)))
+    except Exception as e:  # noqa: BLE001 -- a bug must not leave a request waiting or stop the server
+      traceback.print_exc(file=sys.stderr)
+      _fail(task, RequestError(f"internal error: {one_line(e)}"))
 
   def _run(self, name: str, tasks: list[Task]) -> None:
     model = self.models[name]
@@ -144,18 +186,18 @@ class Worker:
         task.future.set_result(TaskResult(job, result, len(members), outcome.seconds))
 
 
-def _cancelled(task: Task) -> bool:
+def _cancelled(task: Task | Solo) -> bool:
   if task.cancel.is_set() and not task.future.done():
     task.future.set_exception(Cancelled("cancelled"))
   return task.cancel.is_set()
 
 
-def _fail(task: Task, error: Exception) -> None:
+def _fail(task: Task | Solo, error: Exception) -> None:
   if not task.future.done():
     task.future.set_exception(error)
 
 
-def _fan_out(tasks: Mapping[str, Task], phase: str, ids: tuple[str, ...] | None = None) -> Callable[[int, int], None]:
+def _fan_out(tasks: Mapping[str, Task | Solo], phase: str, ids: tuple[str, ...] | None = None) -> Callable[[int, int], None]:
   """A step listener telling the tasks of a run their progress; it stops the run (Cancelled) once
   every one of them was cancelled."""
   members = [tasks[i] for i in (ids or tuple(tasks))]

@@ -40,3 +40,30 @@ def probe_chart(path: Path, summary, model_name: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100, format="png")
   plt.close(fig)
+
+
+def fidelity_editability_chart(path: Path, points, *, x_label: str, y_label: str, title: str) -> None:
+  """One point per (label, x, y): the trade-off between what an edit keeps (y) and how far it
+  moves (x). A method's variant without injection (label ending -no-kv) is a hollow square joined
+  to its filled circle with injection; each method is named once."""
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  by_method: dict[str, list] = {}
+  for label, x, y in points:
+    by_method.setdefault(label.removesuffix("-no-kv"), []).append((label, x, y))
+  for method, members in by_method.items():
+    line = ax.plot([m[1] for m in members], [m[2] for m in members], "-", alpha=0.4)[0]
+    for label, x, y in members:
+      plain = label != method
+      ax.plot([x], [y], "s" if plain else "o", color=line.get_color(), markerfacecolor="none" if plain else None)
+    x, y = members[0][1], members[0][2]
+    ax.annotate(method, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+  ax.plot([], [], "o", color="#555", label="with KV injection")
+  ax.plot([], [], "s", color="#555", markerfacecolor="none", label="without")
+  ax.legend(fontsize=7, loc="best")
+  ax.set_xlabel(x_label)
+  ax.set_ylabel(y_label)
+  ax.set_title(title, fontsize=9, loc="left")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100, format="png")
+  plt.close(fig)

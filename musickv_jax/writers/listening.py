@@ -22,7 +22,7 @@ PAGE_METRICS = (("f0_chroma_accuracy", "melody (pitch)"), ("cqt1_pcc", "melody (
 ANALYSIS_SEGMENT_S = 60.0  # longer clips are compared a minute at a time (see structure_kept)
 MIN_ANALYSIS_RATE = MIN_SAMPLE_RATE  # below this the page shows no metrics
 
-_STYLE = """
+STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 2em; border-top: 1px solid #ccc; padding-top: 1em; }
 table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 0.25em 0.75em; text-align: left; }
@@ -94,7 +94,7 @@ def render(title: str, jobs: Sequence[JobSection], summary: str = "") -> str:
             "constant-Q bin contours, form of the chroma self-similarity, rhythm of the onset envelopes.")
   body = "\n".join(_section(job) for job in jobs)
   return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-          f"<style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
+          f"<style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
           f'<p class="note">{html.escape(summary)}</p><p class="note">{html.escape(legend)}</p>\n{body}\n</body></html>\n')
 
 

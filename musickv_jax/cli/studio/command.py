@@ -4,9 +4,11 @@
 
 Opens a page (http://127.0.0.1:7860) to edit an uploaded recording or a generated source: prompts,
 preset, vital layers, injection schedule, steps, guidance, seed and duration (defaults: the
-model's own), players for the input, the source and each edit, the spectrograms, musickv-evaluate's
-metrics, the files (WAVs, edit.json) and a history of the session's edits. The edit is also the API
-endpoint /edit (gradio_client). Concurrent edits of one shape run as rows of one sampler call; the
+model's own), how a recording is edited (inversion, flowedit, sdedit at a level) and which of its
+spans (regions), players for the input, the source and each edit, the spectrograms,
+musickv-evaluate's metrics, the files (WAVs, edit.json) and a history of the session's edits. A
+compare tab runs several methods on one recording side by side (musickv-compare). The edit and the
+comparison are also the API endpoints /edit and /compare (gradio_client). Concurrent edits of one shape run as rows of one sampler call; the
 inversion of a recording is kept for its next edit. --model can be repeated (a choice in the page).
 Each edit's files go to a folder of their own under --output_path, which is also the only folder the
 server serves files from (its uploads and temporaries in --output_path/.gradio, removed when it
@@ -85,7 +87,7 @@ def body(fv: Flags) -> int:
     models[name] = (source, model)
   out_dir.mkdir(parents=True, exist_ok=True)
   studio = Studio(models, out_dir, gather_s=fv.gather_s, rows_per_batch=fv.rows_per_batch,
-                  command_of=options.edit_command_line)
+                  command_of=options.edit_command_line, compare_command_of=options.compare_command_line)
   page = app.build(studio)
   page.queue(default_concurrency_limit=8)
   try:
