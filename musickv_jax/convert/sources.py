@@ -3,7 +3,8 @@
   diffusers:          a StableAudioPipeline folder (model_index.json, transformer/, vae/,
                       text_encoder/, projection_model/, tokenizer/, scheduler/)
   stable-audio-tools: model.safetensors (or model.ckpt) + model_config.json, with T5 from a
-                      separate Hugging Face folder (--t5)
+                      separate Hugging Face folder (--t5); Stability's single-file Stable Audio 3
+                      (its T5Gemma in t5gemma-b-b-ul2/ beside it) goes to convert/sa3_single_file.py
   hub:                a repo id, downloaded with huggingface_hub, then read as diffusers
 
 Each reader returns a `SourceCheckpoint`: our ModelConfig, one state dict per component,
@@ -33,6 +34,7 @@ from musickv_jax.config import (
   T5Config,
 )
 from musickv_jax.convert.layout import SourceCheckpoint
+from musickv_jax.convert.sa3_single_file import is_sa3_single_file, read_sa3_single_file
 from musickv_jax.convert.sa3_sources import is_sa3_index, read_sa3_diffusers
 from musickv_jax.convert.tables import DIFFUSERS, SAT, t5_ignored
 from musickv_jax.convert.tensors import ConversionError, read_sharded, read_weights
@@ -378,6 +380,8 @@ def read_sat(weights_file: Path, model_config: Path | None, t5_dir: Path | None)
   if not config_path.is_file():
     raise ConversionError(f"{weights_file}: no model_config.json beside it; pass {{field}}", field="model_config")
   mc = _read_json(config_path)
+  if is_sa3_single_file(mc):  # Stable Audio 3 (a T5Gemma prompt, a SAME autoencoder), not Stable Audio Open
+    return read_sa3_single_file(weights_file, config_path, t5_dir)
   t5_root, tokenizer_dir = _find_t5(t5_dir)
   t5_hf = _read_json(t5_root / "config.json")
   t5 = t5_config_from_hf(t5_hf, str(t5_root / "config.json"), _sat_max_length(mc, str(config_path)))
