@@ -23,6 +23,7 @@ from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig
 from musickv_jax.errors import SettingsError
 from musickv_jax.files import not_a_file
+from musickv_jax.finite import require_finite
 from musickv_jax.models import vae_ops
 from musickv_jax.models.dit import KVCache
 from musickv_jax.pipeline import common, long_recording
@@ -102,13 +103,16 @@ def invert_audio(model: LoadedModel, audio: np.ndarray, settings: InversionSetti
   if geometry is None and model.config.variable_length:  # conditioned on the recording's own duration
     settings = dataclasses.replace(settings, seconds_total=common.recording_seconds(model.config, n_samples,
                                                                                      settings.seconds_total))
-  encoded = encode_audio(model, audio, sample=settings.sample_latent, seed=settings.seed)
+  encoded = np.asarray(encode_audio(model, audio, sample=settings.sample_latent, seed=settings.seed))
+  require_finite(encoded, stage="encoding", what="latents of the recording")
   if geometry is not None:
     inverted = long_recording.invert_latents(model, encoded, settings, geometry, n_samples, on_step=on_step)
-    return Inversion(inverted=inverted, encoded=np.asarray(encoded), n_samples=n_samples, settings=settings,
-                     windows=geometry)
-  inverted, kv = invert_latents(model, encoded, settings, record_layers=record_layers, on_step=on_step)
-  return Inversion(inverted=inverted, encoded=np.asarray(encoded), n_samples=n_samples, settings=settings, kv=kv)
+    kv = None
+  else:
+    inverted, kv = invert_latents(model, encoded, settings, record_layers=record_layers, on_step=on_step)
+  require_finite(inverted, stage="inversion", what="inverted latents")
+  return Inversion(inverted=inverted, encoded=encoded, n_samples=n_samples, settings=settings, kv=kv,
+                   windows=geometry)
 
 
 def check_edit(model: LoadedModel, settings: EditSettings, n_samples: int, windows: WindowSettings | None, *,

@@ -20,6 +20,7 @@ import numpy as np
 
 from musickv_jax.audio import load_audio
 from musickv_jax.errors import SettingsError
+from musickv_jax.finite import require_finite
 from musickv_jax.metrics import METRICS, Analysis, compare_jit
 from musickv_jax.metrics.scorers import TextAudioScorer
 
@@ -100,6 +101,7 @@ def evaluate(source: str | Path, edits: Sequence[str | Path], *, plain: str | Pa
     for scorer in scorers:
       score = scorer.score(audio[None, None], rate, [prompts[i]])
       values[scorer.name] = float(np.asarray(score).reshape(-1)[0])
+    require_finite(values, stage="metrics", what=f"scores of {path}")
     results.append(EditScores(file=str(path), metrics=values, compared_s=compared_s))
   if plain_audio is not None:
     higher |= {PLAIN_DISTANCE: False, EDITABILITY: True}

@@ -35,6 +35,7 @@ from musickv_jax import files
 from musickv_jax.checkpoint import LoadedModel, orbax_checkpointer
 from musickv_jax.config import DiTConfig, OobleckConfig, to_jnp_dtype
 from musickv_jax.errors import CheckpointError, OptimizationError, SettingsError
+from musickv_jax.finite import require_finite
 from musickv_jax.metrics import Analysis, compare, structure_similarity
 from musickv_jax.models.layers import wide
 from musickv_jax.models import vae_ops
@@ -243,5 +244,9 @@ def restore_state(directory: Path, template: TrainState) -> tuple[TrainState, di
 
 
 def schedule_array(params: ScheduleParameters, state: TrainState) -> np.ndarray:
-  return np.asarray(params.schedule(state.logits), np.float32)
+  """The learned schedule (steps, n_layers), checked finite before anyone writes it."""
+  schedule = np.asarray(params.schedule(state.logits), np.float32)
+  require_finite(schedule, stage="schedule optimisation", what="schedule weights",
+                 advice="a lower {learning_rate} or other weights may help", mentions=("learning_rate",))
+  return schedule
 

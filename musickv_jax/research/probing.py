@@ -24,6 +24,7 @@ import numpy as np
 from musickv_jax import files, resources
 from musickv_jax.checkpoint import PROBE_PRESET_FILE, LoadedModel
 from musickv_jax.errors import SettingsError
+from musickv_jax.finite import require_finite
 from musickv_jax.metrics import Analysis, compare_jit, structure_similarity
 from musickv_jax.metrics.music import STRUCTURE_METRICS
 from musickv_jax.pipeline import common, presets
@@ -132,6 +133,8 @@ def probe_layers_once(model: LoadedModel, settings: ProbeSettings, prompt_index:
   values = compare_jit(jnp.broadcast_to(full, variants.shape), variants, analysis)
   values = {name: np.asarray(values[name]) for name in STRUCTURE_METRICS}
   scores = np.asarray(structure_similarity({k: jnp.asarray(v) for k, v in values.items()}))
+  require_finite([values, scores], stage="layer probing", what="scores",
+                 advice="a lower {guidance_scale} keeps the generations in range", mentions=("guidance_scale",))
   return [LayerResult(prompt_index, seed, layer,
                       {**{name: float(values[name][i]) for name in STRUCTURE_METRICS}, SCORE: float(1.0 - scores[i])})
           for i, layer in enumerate(layers)]
