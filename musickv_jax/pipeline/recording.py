@@ -26,7 +26,7 @@ from musickv_jax.files import not_a_file
 from musickv_jax.finite import require_finite
 from musickv_jax.models import vae_ops
 from musickv_jax.models.dit import KVCache
-from musickv_jax.pipeline import common, long_recording
+from musickv_jax.pipeline import common, long_recording, memory
 from musickv_jax.pipeline.conditioning import text_conditioning
 from musickv_jax.pipeline.editing import sample_edit
 from musickv_jax.pipeline.plan import build_plan, run_from_cache
@@ -35,6 +35,7 @@ from musickv_jax.pipeline.settings import EditSettings, InversionSettings, Windo
 from musickv_jax.sampling import guided
 from musickv_jax.sampling import inversion as inversion_lib
 from musickv_jax.sampling import kv as kv_lib
+from musickv_jax.sampling import rows as rows_lib
 
 # Progress of a phase ("inverting", "editing") over its steps: a context manager giving a listener.
 PhaseProgress = Callable[[str, int], AbstractContextManager]
@@ -122,6 +123,9 @@ def check_edit(model: LoadedModel, settings: EditSettings, n_samples: int, windo
   cannot run."""
   settings.validate(model.config)
   if windows is None:
+    gen = settings.generation
+    memory.check_run(model, settings, model.config.frames_for_samples(n_samples),
+                     rows_lib.uses_cfg([gen.guidance_scale], gen.negative_prompt), kv_from_inversion=kv_from_inversion)
     return
   if kv_from_inversion:
     raise SettingsError("a recording longer than one window is edited by regenerating its source: leave out {field} "

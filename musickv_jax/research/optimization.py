@@ -40,6 +40,7 @@ from musickv_jax.metrics import Analysis, compare, structure_similarity
 from musickv_jax.models.layers import wide
 from musickv_jax.models import vae_ops
 from musickv_jax.models.sao import ModelParams
+from musickv_jax.pipeline import limits
 from musickv_jax.pipeline.plan import EditPlan, block_of
 from musickv_jax.sampling import guided
 
@@ -63,6 +64,7 @@ class ScheduleParameters:
     return cls(steps, n_layers, min(DEFAULT_TIME_BINS, steps) if time_bins is None else time_bins)
 
   def validate(self) -> None:
+    limits.check_steps(self.steps)  # the interpolation is (steps, time_bins)
     if self.steps < 2:
       raise SettingsError("a learned schedule needs at least 2 steps (a start and an end); raise {field}",
                           field="num_inference_steps")

@@ -27,7 +27,7 @@ from musickv_jax.errors import SettingsError
 from musickv_jax.finite import require_finite
 from musickv_jax.metrics import Analysis, compare_jit, structure_similarity
 from musickv_jax.metrics.music import STRUCTURE_METRICS
-from musickv_jax.pipeline import common, presets
+from musickv_jax.pipeline import common, limits, presets
 from musickv_jax.pipeline.plan import EditPlan, build_plan, run_plan
 from musickv_jax.pipeline.presets import EditPreset
 from musickv_jax.pipeline.settings import GenerationSettings
@@ -68,12 +68,20 @@ class ProbeSettings:
   def resolved_layers(self, depth: int) -> tuple[int, ...]:
     return tuple(range(depth)) if self.layers is None else tuple(self.layers)
 
+  def check_sizes(self) -> None:
+    """Sizes over their caps (pipeline.limits: prompts, seeds, rows of a run, steps); needs no model."""
+    limits.check_prompts(self.prompts)
+    limits.check_at_most(len(self.seeds), limits.MAX_SEEDS, "seeds", "seeds")
+    limits.check_at_most(self.variants_per_call, limits.MAX_ROWS, "variants_per_call", "variants")
+    limits.check_steps(self.num_inference_steps)
+
   def validate(self, depth: int, config) -> None:
     Analysis(sample_rate=config.sample_rate).check_rate()
     if not self.prompts:
       raise SettingsError("{field}: no prompts to probe with", field="prompts")
     if not self.seeds:
       raise SettingsError("{field}: give at least one seed", field="seeds")
+    self.check_sizes()
     for layer in self.resolved_layers(depth):
       if not 0 <= layer < depth:
         raise SettingsError(f"{{field}}: layer {layer} is out of range; this model's layers are 0..{depth - 1}",

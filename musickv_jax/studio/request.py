@@ -11,6 +11,7 @@ from pathlib import Path
 
 from musickv_jax.errors import MusicKVError
 from musickv_jax.jobs import EditRequest, RecordingRequest, ScheduleRequest
+from musickv_jax.jobs.request import check_sizes
 
 SCHEDULES = ("linear_ramp", "constant", "window")
 
@@ -89,8 +90,13 @@ class StudioRequest:
                                    end_s=start + float(self.duration_s) if self.duration_s else None)
     elif self.duration_s is not None:
       end = float(self.duration_s)
-    return EditRequest(prompts=(self.source_prompt.strip(), *edits), edit_all=len(edits) > 1, seed=int(self.seed),
-                       num_inference_steps=None if self.num_inference_steps is None else int(self.num_inference_steps),
-                       guidance_scale=None if self.guidance_scale is None else float(self.guidance_scale),
-                       vital_layers=_layers(self.vital_layers) if self.vital_layers.strip() else None,
-                       preset=self.preset or None, schedule=schedule, recording=recording, audio_end_in_s=end)
+    request = EditRequest(prompts=(self.source_prompt.strip(), *edits), edit_all=len(edits) > 1, seed=int(self.seed),
+                          num_inference_steps=None if self.num_inference_steps is None else int(self.num_inference_steps),
+                          guidance_scale=None if self.guidance_scale is None else float(self.guidance_scale),
+                          vital_layers=_layers(self.vital_layers) if self.vital_layers.strip() else None,
+                          preset=self.preset or None, schedule=schedule, recording=recording, audio_end_in_s=end)
+    try:  # the caps of every request (pipeline.limits), before anything waits in the queue or is allocated
+      check_sizes(request)
+    except MusicKVError as e:
+      raise RequestError(one_line(e)) from None
+    return request
