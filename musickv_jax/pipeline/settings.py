@@ -134,6 +134,10 @@ class GenerationSettings:
                           field="noise_convention")
     if not math.isfinite(self.guidance_scale):
       raise SettingsError(f"{{field}} must be a finite number, got {self.guidance_scale}", field="guidance_scale")
+    if self.guidance_scale < 0:
+      raise SettingsError(f"{{field}} must be 0 or more, got {self.guidance_scale:g}: below 0 guidance pushes the "
+                          "audio away from its prompt; 1 is no guidance, 0 to 1 weaker than none (0: the "
+                          "unconditional model), more than 1 stronger", field="guidance_scale")
     level = self.init_noise_level
     if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not (
         math.isfinite(level) and 0.0 < level <= 1.0):
