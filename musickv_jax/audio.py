@@ -14,14 +14,17 @@ import soundfile as sf
 from scipy.signal import firwin, resample_poly
 
 from musickv_jax.errors import AudioError
-from musickv_jax.files import not_a_file, write_atomic
+from musickv_jax.files import final_name, not_a_file, write_atomic
+from musickv_jax.finite import require_finite
 
 WAV_SUBTYPES = ("FLOAT", "PCM_16", "PCM_24")
 
 
 def save_wav(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str = "FLOAT") -> Path:
-  """Writes (channels, samples) audio as a WAV file, atomically."""
+  """Writes (channels, samples) audio as a WAV file, atomically. Refuses NaN or infinite samples
+  (NonFiniteError): the stages that made them say which they are (musickv_jax.finite)."""
   audio = np.asarray(audio, np.float32)
+  require_finite(audio, stage="the run", what=f"samples in {final_name(path)}")
   if audio.ndim != 2:
     raise AudioError(f"expected (channels, samples) audio, got shape {audio.shape}")
   if subtype not in WAV_SUBTYPES:

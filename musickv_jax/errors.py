@@ -73,3 +73,8 @@ class OptimizationError(MusicKVError):
 
 class TokenizerError(MusicKVError, ValueError):
   """A tokenizer folder that cannot be loaded."""
+
+
+class NonFiniteError(MusicKVError):
+  """A result (samples, latents, a schedule, metrics) that is NaN or infinite: refused where the
+  stage that made it ends, so that nothing non-finite is ever written (musickv_jax.finite)."""

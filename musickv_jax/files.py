@@ -27,6 +27,12 @@ def temporary_path(final: Path) -> Path:
   return final.parent / f".{final.name}.partial-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def final_name(path: Path) -> str:
+  """The name of the file a temporary becomes (any other path: its own name)."""
+  match = _TEMPORARY.match(Path(path).name)
+  return match["name"] if match else Path(path).name
+
+
 def pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)

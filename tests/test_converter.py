@@ -240,8 +240,10 @@ def test_ckpt_without_torch_says_use_safetensors(sat_files, tmp_path, monkeypatc
     convert(ckpt, tmp_path / "out", t5_dir=t5_dir)
 
 
-def test_ckpt_is_loaded_weights_only(sat_files, tmp_path):
-  """A pickle that would run code on load is refused, not executed."""
+def test_ckpt_is_loaded_weights_only(sat_files, tmp_path, capfd):
+  """A pickle that would run code on load is refused, not executed, in one line that names what it
+  would have imported and does not repeat torch's advice to load it with weights_only=False or to
+  allow-list its globals (issue 29, item 5: both would run it)."""
   _, _, t5_dir = sat_files
   evil = tmp_path / "evil" / "model.ckpt"
   evil.parent.mkdir()
@@ -252,8 +254,23 @@ def test_ckpt_is_loaded_weights_only(sat_files, tmp_path):
       return (print, ("pwned",))
 
   torch.save({"state_dict": {"x": Boom()}}, evil)
-  with pytest.raises(ConversionError, match="cannot be read as a weights-only PyTorch checkpoint"):
+  with pytest.raises(ConversionError, match="cannot be read as a weights-only PyTorch checkpoint") as info:
     convert(evil, tmp_path / "out", t5_dir=t5_dir)
+  message = str(info.value)
+  assert "(Unsupported global: GLOBAL builtins.print was not an allowed global by default); nothing in it was run" \
+      in message or "(Unsupported global: GLOBAL print was not an allowed global by default); nothing in it was run" \
+      in message, message
+  for advice in ("weights_only=False", "weights_only", "safe_globals", "trust", "can still be loaded", "\x1b", "\n"):
+    assert advice not in message, (advice, message)
+  assert "pwned" not in capfd.readouterr().out
+  garbage = tmp_path / "garbage" / "model.ckpt"
+  garbage.parent.mkdir()
+  shutil.copy(sat_files[1].parent / "model_config.json", garbage.parent)
+  garbage.write_bytes(b"not a pickle at all")
+  with pytest.raises(ConversionError) as info:
+    convert(garbage, tmp_path / "out2", t5_dir=t5_dir)
+  assert "cannot be read as a weights-only PyTorch checkpoint" in str(info.value)
+  assert "weights_only" not in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 
 def test_sat_without_t5_dir(sat_files, tmp_path):

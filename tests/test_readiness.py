@@ -6,9 +6,12 @@ implementation, every kind of program); `-m slow` lowers every program of the li
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from musickv_jax.cli import benchmark as benchmark_cli
@@ -80,6 +83,11 @@ def test_cli_writes_the_contract_and_exits_1_when_a_program_does_not_lower(tmp_p
   assert set(table) == {"programs"}
   assert table["programs"]["sao-small/vae_decode/f32"] == {"tpu": "ok", "cuda": "ok"}
   assert set(table["programs"]["sao-small/dit_call/bf16/cudnn"]) == {"cuda"}
+  cudnn = table["programs"]["sao-small/dit_call/bf16/cudnn"]["cuda"]
+  if lowering.cudnn_present():
+    assert cudnn == "ok"
+  else:  # JAX's own reason (before the note the table adds) is that cuDNN is missing, nothing else
+    assert "cudnn" in cudnn.split(" (cuDNN attention lowers only")[0].lower(), cudnn
 
   real_build = programs.build
   monkeypatch.setattr(programs, "build", lambda name: (_ for _ in ()).throw(ValueError("broken\nsecond line"))
@@ -88,6 +96,31 @@ def test_cli_writes_the_contract_and_exits_1_when_a_program_does_not_lower(tmp_p
   status = json.loads(out.read_text())["programs"]["sao-small/vae_decode/f32"]["tpu"]
   assert status == "building the program failed: ValueError: broken"
   assert "FAILED sao-small/vae_decode/f32 tpu" in capsys.readouterr().out
+
+
+def test_a_program_whose_lowering_fails_is_reported_failed_with_its_reason(tmp_path, monkeypatch, capsys):
+  """The program builds, and jax.export then refuses it for TPU: it holds a host callback, which
+  does not lower for TPU here (a real lowering error, not one the test raises before lowering)."""
+  name = ProgramName("sao-small", "vae_decode", "f32", None)
+  monkeypatch.setattr(programs, "all_names", lambda models: [name])
+  real_build = programs.build
+
+  def build(name):
+    program = real_build(name)
+
+    def with_a_callback(*args):
+      unlowerable = jax.pure_callback(lambda: np.zeros((), np.float32), jax.ShapeDtypeStruct((), np.float32))
+      return program.function(*args, **program.kwargs), unlowerable
+
+    return dataclasses.replace(program, function=jax.jit(with_a_callback), kwargs={})
+
+  monkeypatch.setattr(programs, "build", build)
+  out = tmp_path / "lowering.json"
+  assert run(benchmark_cli.COMMAND, ["--lower_for=tpu", "--lower_models=sao-small", f"--json_out={out}"]) == 1
+  status = json.loads(out.read_text())["programs"]["sao-small/vae_decode/f32"]["tpu"]
+  assert status != "ok" and not status.startswith("building"), status  # it failed in lowering, not building
+  assert status.split(": ")[0].endswith("Error") and len(status) > 20 and "\n" not in status  # jax's reason, one line
+  assert f"FAILED sao-small/vae_decode/f32 tpu: {status}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv", [["--lower_for=gpu"], ["--lower_for=tpu", "--lower_models=sao-2"]])

@@ -142,6 +142,37 @@ def test_generate_refuses_a_sampler_of_the_other_family(small, tmp_path, capsys)
       in err
 
 
+def test_a_batch_flag_no_job_can_run_with_is_refused_once_before_the_batch(small, tmp_path, capsys):
+  """musickv-edit-batch --sampler=dpmpp-2m on SAO Small (issue 29): one line, exit 1, before the
+  batch starts; no summary.json, no index.html, no output folder (it used to print the error per job
+  and leave an all-failed summary). A flag that a line overrides (--vital_layers) is not the
+  batch's: the batch runs and only the lines that inherit it fail, each in the summary."""
+  path, _ = small["rf_denoiser"]
+  manifest = tmp_path / "jobs.jsonl"
+  lines = [{"id": f"job-{i}", "prompts": ["piano solo", "acoustic guitar"], "seed": i} for i in range(3)]
+  manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+  out = tmp_path / "batch"
+  args = ["--model", path, "--manifest", manifest, "--num_inference_steps", "2", "--vital_layers=1",
+          "--sampler=dpmpp-2m"]
+  status, _, err = cli(capsys, edit_batch, *args, "--output_path", out)
+  assert status == 1, err
+  assert err.strip() == ("error: --sampler: 'dpmpp-2m' does not sample this model (rf_denoiser objective); use one "
+                         "of pingpong, euler (no job of the batch can run with it; nothing was run or written)"), err
+  assert not out.exists()
+
+  args = [*args[:-2], "--vital_layers=99"]  # every job inherits it: refused once too
+  status, _, err = cli(capsys, edit_batch, *args, "--output_path", out)
+  assert status == 1 and err.count("\n") == 1 and "--vital_layers: layer 99 is out of range" in err, err
+  assert not out.exists()
+  lines[1]["vital_layers"] = [1]  # one job can run: the batch runs, the others fail in its summary
+  manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+  status, _, err = cli(capsys, edit_batch, *args, "--output_path", out)
+  assert status == edit_batch.EXIT_SOME_FAILED, err
+  summary = {job["id"]: job["status"] for job in json.loads((out / "summary.json").read_text())["jobs"]}
+  assert summary == {"job-0": "failed", "job-1": "ok", "job-2": "failed"}
+  assert err.count("layer 99 is out of range") == 2
+
+
 # ----------------------------------------------------------------------------- the other commands on SAO Small
 # A tiny SAO-Small-shaped model with SAO's VAE strides (hop 2048) and a 1.49 s window: long enough for
 # the music metrics, so batch jobs, windowed recordings, the probe, evaluation and schedule

@@ -22,7 +22,7 @@ from musickv_jax.config import DistributionShift  # noqa: E402
 from musickv_jax.convert.pipeline import convert_checkpoint  # noqa: E402
 from musickv_jax.errors import ConversionError  # noqa: E402
 from musickv_jax.models import vae_ops  # noqa: E402
-from musickv_jax.models.dit import StableAudioDiT  # noqa: E402
+from musickv_jax.models.dit import KVControls, StableAudioDiT  # noqa: E402
 from musickv_jax.pipeline import GenerationSettings  # noqa: E402
 from musickv_jax.sampling import guided, rf_schedules  # noqa: E402
 from tests import sat_reference as S  # noqa: E402
@@ -131,6 +131,37 @@ def test_one_dit_call_matches(smalls, objective):
   ours, _ = dit.apply({"params": small.model.params.dit}, jnp.asarray(x), jnp.asarray(t),
                       jnp.asarray(cond["cross_attn_cond"]), jnp.asarray(cond["global_cond"]))
   assert_parity(np.asarray(ours), ref, what=f"{objective} DiT call")
+
+
+@pytest.mark.parametrize("w", [0.3, 0.5])
+def test_a_fractional_blend_mixes_the_normalised_rotated_keys(smalls, w):
+  """Row 1 blends row 0's K/V in layer 1 with a weight strictly between 0 and 1, against SAT's
+  attention with the blend at the last moment: on the keys attention sees (q/k LayerNorm and
+  rotary applied) and the values. At 0 and 1 a blend before the norm agrees; in between it does not."""
+  small = smalls["rf_denoiser"]
+  cond = S.conditioning(small.ref, PROMPTS, SECONDS, t5_dtype="float32")
+  x, t = _noise(2), np.asarray([0.6, 0.6], np.float32)
+  attn = small.ref.model.model.model.transformer.layers[1].self_attn
+  assert attn.qk_norm == "ln"  # the case where the order matters
+
+  def apply_attn(q, k, v, **kwargs):  # (B, H, N, D): row 1 <- w row 0 + (1 - w) row 1
+    k, v = k.clone(), v.clone()
+    k[1], v[1] = w * k[0] + (1 - w) * k[1], w * v[0] + (1 - w) * v[1]
+    return type(attn).apply_attn(attn, q, k, v, **kwargs)
+
+  attn.apply_attn = apply_attn
+  try:
+    ref = S.dit_forward(small.ref, x, t, cond)
+  finally:
+    del attn.apply_attn
+  cfg = small.model.config.dit
+  dit, args = StableAudioDiT(cfg), (jnp.asarray(x), jnp.asarray(t), jnp.asarray(cond["cross_attn_cond"]),
+                                    jnp.asarray(cond["global_cond"]))
+  controls = KVControls(inject_weight=jnp.zeros((cfg.depth, 2)).at[1, 1].set(w), source_index=jnp.array([0, 0]))
+  ours, _ = dit.apply({"params": small.model.params.dit}, *args, controls)
+  plain, _ = dit.apply({"params": small.model.params.dit}, *args)
+  assert_parity(np.asarray(ours), ref, what=f"layer 1 blended at w={w}")
+  assert np.max(np.abs(np.asarray(plain)[1] - ref[1])) > 1e-2 * np.max(np.abs(ref))  # the blend moved row 1
 
 
 @pytest.mark.parametrize("objective", ["rf_denoiser", "rectified_flow"])

@@ -9,10 +9,12 @@ The page in a real browser: tests/test_studio_browser.py (make test-browser)."""
 from __future__ import annotations
 
 import concurrent.futures
+import http.cookiejar
 import json
 import shlex
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -250,6 +252,81 @@ def test_login_and_no_file_outside_the_output_folder(studio, tiny44k):
     gradio_client.Client(studio.url, verbose=False)
   for path in ("/etc/passwd", str(Path(__file__).resolve()), str(tiny44k.path / "musickv_checkpoint.json")):
     assert _status(f"{studio.url}gradio_api/file={path}") in (401, 403, 404), path
+
+
+# ----------------------------------------------------------------------------- the file guard itself
+# The test above never reaches the guard: it sends no login to a server that asks for one, so every
+# path is 401. These reach it: a server without --auth, and a logged-in client of one with --auth.
+
+
+@pytest.fixture(scope="module")
+def open_studio(tiny44k, tmp_path_factory):
+  """A second server, without --auth."""
+  root = tmp_path_factory.mktemp("open-studio")
+  server = studio_server.start(tiny44k.path, root / "out")
+  yield server
+  server.stop()
+
+
+def browser(server, auth=None) -> urllib.request.OpenerDirector:
+  """An HTTP client of the server with its own cookies, logged in (gradio's /login form) if auth."""
+  opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+  if auth is not None:
+    form = urllib.parse.urlencode({"username": auth[0], "password": auth[1]}).encode()
+    with opener.open(urllib.request.Request(f"{server.url}login", data=form), timeout=30) as answer:
+      assert answer.status == 200 and json.loads(answer.read())["success"] is True
+  return opener
+
+
+def fetch_status(opener, url: str) -> int:
+  try:
+    with opener.open(url, timeout=30) as answer:
+      return answer.status
+  except urllib.error.HTTPError as e:
+    return e.code
+
+
+def outside_files(server, model: Path) -> list[str]:
+  """Files outside the server's --output_path, as a client would spell them: absolute, relative to
+  the server's working directory (the repository), through the output folder with `..`, and with
+  every '/' written %2F."""
+  repo_file = Path(__file__).resolve()
+  out = server.output.resolve()
+  up = "/".join([".."] * len(out.parts[1:]))  # from the output folder to /
+  spelled = [str(repo_file), str(model / "musickv_checkpoint.json"), "/etc/passwd",
+             str(repo_file.relative_to(studio_server.REPO)), "pyproject.toml",
+             f"{out}/{up}{repo_file}", f"{out}/{up}/etc/passwd", f"{out}/.gradio/{up}/etc/passwd",
+             f"{out}/../{out.name}/../../../../../../../../etc/passwd"]
+  return spelled + [urllib.parse.quote(path, safe="") for path in spelled]
+
+
+def _served_inside(server) -> str:
+  """A file the server itself serves (one it copied into its own folder for a client)."""
+  served = [p for p in (server.output / ".gradio").rglob("*") if p.is_file()]
+  assert served, "the server has served nothing yet"
+  return str(served[0])
+
+
+def test_no_file_outside_the_output_folder_without_auth(open_studio, tiny44k, tmp_path):
+  c = gradio_client.Client(open_studio.url, download_files=str(tmp_path / "downloads"), verbose=False)
+  edit(c, "piano", "guitar", seed=5)  # something of its own to serve: the guard is reached and lets it through
+  opener = browser(open_studio)
+  assert fetch_status(opener, f"{open_studio.url}gradio_api/file={_served_inside(open_studio)}") == 200
+  served = {path: fetch_status(opener, f"{open_studio.url}gradio_api/file={path}")
+            for path in outside_files(open_studio, tiny44k.path)}
+  leaks = {path: status for path, status in served.items() if status not in (403, 404)}
+  assert not leaks, f"{len(leaks)} of {len(served)} outside paths answered: {leaks}"
+
+
+def test_no_file_outside_the_output_folder_for_a_logged_in_client(studio, tiny44k, tmp_path):
+  edit(client(studio, tmp_path), "piano", "guitar", seed=6)
+  opener = browser(studio, AUTH)
+  assert fetch_status(opener, studio.url) == 200  # logged in: the page, not 401
+  assert fetch_status(opener, f"{studio.url}gradio_api/file={_served_inside(studio)}") == 200
+  served = {path: fetch_status(opener, f"{studio.url}gradio_api/file={path}")
+            for path in outside_files(studio, tiny44k.path)}
+  leaks = {path: status for path, status in served.items() if status not in (403, 404)}
+  assert not leaks, f"{len(leaks)} of {len(served)} outside paths answered: {leaks}"
 
 
 def test_ctrl_c_stops_in_one_line_and_leaves_no_temporary(studio):

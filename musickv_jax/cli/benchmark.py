@@ -24,6 +24,7 @@ from musickv_jax.bench import breakdown, dit_step, edit_methods, job, long_song,
 from musickv_jax.cli import options
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 from musickv_jax.config import named_config
+from musickv_jax.pipeline import limits
 from musickv_jax.writers.sets import write_json
 
 
@@ -111,6 +112,10 @@ def body(fv: Flags) -> int | None:
 
   if fv.repeats < 1 or fv.batch < 2 or fv.batch % 2:
     raise UsageError("--repeats must be positive and --batch an even number of at least 2 (CFG rows)")
+  for flag, cap, unit in (("batch", limits.MAX_ROWS, "rows"), ("repeats", limits.MAX_ITERATIONS, "repeats"),
+                          ("job_steps", limits.MAX_STEPS, "steps"), ("long_steps", limits.MAX_STEPS, "steps"),
+                          ("job_edits", limits.MAX_PROMPTS - 1, "edits")):
+    limits.check_at_most(fv[flag].value, cap, flag, unit)
   lengths = options.int_list(fv.lengths, "lengths")
   if any(n < 1 for n in lengths):
     raise UsageError("--lengths must be positive")
@@ -131,6 +136,13 @@ def body(fv: Flags) -> int | None:
     if not 1 <= fv.depth <= config.dit.depth:
       raise UsageError(f"--depth must be between 1 and {config.dit.depth}")
     config = config.replace(dit=dataclasses.replace(config.dit, depth=fv.depth))
+  window, reach = config.max_audio_seconds, config.conditioner.seconds_max
+  for flag, used, top, what in (("job_seconds", fv.job, window, "the model's window"),
+                                ("edit_seconds", fv.small_edit, window, "the model's window"),
+                                ("long_seconds", True, reach, "the reach of the model's seconds conditioning")):
+    value = fv[flag].value
+    if used and value is not None and not 0 < value <= top + 1e-6:
+      raise UsageError(f"--{flag} must be more than 0 and at most {top:.2f} s ({what}), got {value:g}")
   if fv.breakdown:
 
     report = {"layers": [breakdown.run(config.dit, frames, batch=batch, repeats=fv.repeats, compare_torch=fv.torch)

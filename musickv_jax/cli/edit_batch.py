@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -54,10 +55,12 @@ from musickv_jax.cli.runner import (
   flag_namer,
 )
 from musickv_jax.errors import MusicKVError
+from musickv_jax.jobs import batch as jobs_batch
 from musickv_jax.jobs import resume, summary
 from musickv_jax.jobs.batch import BatchRun, JobAsk
 from musickv_jax.jobs.manifest import JobSpec, read_manifest
 from musickv_jax.jobs.summary import JobStatus
+from musickv_jax.pipeline import limits
 
 EXIT_SOME_FAILED = 3
 
@@ -124,6 +127,7 @@ def check_flags(fv: Flags) -> None:
     raise UsageError(problem)
   if fv.rows_per_device < 1:
     raise UsageError(f"--rows_per_device must be at least 1, got {fv.rows_per_device}")
+  limits.check_at_most(fv.rows_per_device, limits.MAX_ROWS, "rows_per_device", "rows")
   if fv.wav_subtype not in options.WAV_SUBTYPES:
     raise UsageError(f"--wav_subtype must be one of {options.WAV_SUBTYPES}, got {fv.wav_subtype!r}")
   if fv.recompute_changed and not fv.resume:
@@ -181,13 +185,14 @@ def body(fv: Flags) -> int:
     batch.statuses += [JobStatus(p.id, p.line, "failed", str(p)) for p in problems]
   for done in (a for a in mine if a.id in finished.done):
     batch.done(done, finished.done[done.id])
-  out_dir.mkdir(parents=True, exist_ok=True)
-  for stale in files.remove_stale_temporaries(out_dir):
-    print(f"removed {stale}, left by an interrupted run", file=sys.stderr)
   print(f"{len(mine)} job(s) for this process ({len(mine) - len(todo)} already done), {batch.devices} device(s)"
         + (f", process {process} of {processes}" if processes > 1 else ""), flush=True)
   if todo:
-    run_jobs(fv, batch, todo, processes)
+    left = [a for a in asks if a.id not in finished.done]  # every process's: all decide alike
+    run_jobs(fv, batch, todo, processes, out_dir, lambda model, probed: refused_by_a_flag(
+        fv, model, [probed(a) for a in left], specs, name_of))
+  else:
+    open_output(out_dir)
   statuses = batch.finish()
   print_table(statuses)
   if processes > 1:
@@ -199,17 +204,53 @@ def body(fv: Flags) -> int:
   return EXIT_SOME_FAILED if failed else 0
 
 
-def run_jobs(fv: Flags, batch: BatchRun, todo: list[JobAsk], processes: int) -> None:
+def open_output(out_dir: Path) -> None:
+  """The output folder, made once the batch will run (a refused batch writes nothing), without what
+  a killed run left."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  for stale in files.remove_stale_temporaries(out_dir):
+    print(f"removed {stale}, left by an interrupted run", file=sys.stderr)
+
+
+def refused_by_a_flag(fv: Flags, model, asks: list[JobAsk], specs: list[JobSpec], name_of) -> Refused | None:
+  """A flag that no job of the batch can run with (issue 29): every job refused, before any work,
+  with the same error about a setting the command line gave and no manifest line overrides. Reported
+  once, before the batch starts, instead of once per job in an all-failed summary."""
+  requests = [a.request for a in asks if not isinstance(a.request, Exception)]
+  error = jobs_batch.shared_refusal(model, requests) if requests else None
+  if error is None or error.field is None:
+    return None
+  flag = COMMAND.flag_of_field.get(error.field, error.field)
+  overridden = {key for spec in specs for key in spec.overrides}
+  if flag not in fv or not fv[flag].present or flag in overridden or error.field in overridden:
+    return None
+  return Refused(f"{error.describe(name_of)} (no job of the batch can run with it; nothing was run or written)")
+
+
+def run_jobs(fv: Flags, batch: BatchRun, todo: list[JobAsk], processes: int, out_dir: Path,
+             refusal: Callable[[object, Callable[[JobAsk], JobAsk]], Refused | None]) -> None:
+  """Loads the model and runs this process's jobs; `refusal(model, probed)` is a flag no job can run
+  with (probed: a job with --preset=probe resolved to this checkpoint's preset), raised before the
+  output folder is touched."""
   try:
     model = options.load_model(fv)
   except MusicKVError as e:
     if processes == 1:
       raise
+    open_output(out_dir)
     for job in todo:  # one host cannot load the model: its jobs fail, and process 0 still gets their summary
       batch.failed(job.id, job.line, e)
     return
-  todo = [dataclasses.replace(a, request=options.with_probed_preset(a.request, model))
-          if not isinstance(a.request, Exception) else a for a in todo]
+  def probed(a: JobAsk) -> JobAsk:
+    if isinstance(a.request, Exception):
+      return a
+    return dataclasses.replace(a, request=options.with_probed_preset(a.request, model))
+
+  refused = refusal(model, probed)
+  if refused is not None:
+    raise refused
+  open_output(out_dir)
+  todo = [probed(a) for a in todo]
   steps = 0  # the bar's total comes with the first report
   with run_bar(steps, f"{len(todo)} job(s)") as on_progress:
     batch.run(model, todo, on_progress=on_progress)

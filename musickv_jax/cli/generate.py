@@ -81,6 +81,7 @@ def body(fv: Flags) -> None:
   _check_combinations(fv)
   regions = _regions(fv)
   settings = options.generation_settings(fv)
+  settings.check_sizes()  # before the model loads
   out_dir = options.check_output_flags(fv)
   init_latents = options.load_npy(fv.init_latents, "init_latents") if fv.init_latents else None
   step_noise = options.load_npy(fv.step_noise, "step_noise") if fv.step_noise else None

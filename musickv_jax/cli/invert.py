@@ -44,6 +44,7 @@ def body(fv: Flags) -> None:
     raise UsageError(f"give exactly one --prompts: the description of the recording (got {len(fv.prompts)})")
   out_dir = check_output_dir(fv.output_path)
   settings = options.inversion_settings(fv, fv.prompts[0], fv.num_inference_steps, fv.audio_end_in_s)
+  settings.check_sizes()  # before the model loads
   model = options.load_model(fv)
   settings = settings.for_model(model.config)
   settings.validate(model.config)

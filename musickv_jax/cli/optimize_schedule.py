@@ -31,6 +31,7 @@ from musickv_jax.cli.outputs import check_output_dir
 from musickv_jax.cli.progress import progress_bar
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 from musickv_jax.errors import OptimizationError
+from musickv_jax.pipeline import limits
 from musickv_jax.research import optimization
 from musickv_jax.writers import charts
 from musickv_jax.writers.sets import OutputSet, write_json, write_npy
@@ -112,6 +113,9 @@ def body(fv: Flags) -> None:
     raise UsageError("give --prompts SOURCE EDIT [MORE EDITS]: the source description first, then the edits")
   if fv.iterations < 1:
     raise UsageError(f"--iterations must be at least 1, got {fv.iterations}")
+  limits.check_at_most(fv.iterations, limits.MAX_ITERATIONS, "iterations", "iterations")
+  limits.check_prompts(fv.prompts)  # before the model loads
+  limits.check_steps(fv.num_inference_steps)
   out_dir = check_output_dir(fv.output_path)
   checkpoint, run_file = out_dir / CHECKPOINT, out_dir / RUN
   run_settings = _run_settings(fv)

@@ -90,6 +90,7 @@ def _append(path: Path, lines: list[str]) -> None:
 def body(fv: Flags) -> None:
 
   settings = probe_settings(fv)
+  settings.check_sizes()  # before the model loads
   out_dir = check_output_dir(fv.output_path)
   results_path, settings_path = out_dir / RESULTS, out_dir / SETTINGS
   done = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -81,6 +82,29 @@ def _torch_to_numpy(value) -> np.ndarray:
   return value.numpy()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_UNPICKLER = "WeightsUnpickler error:"
+_UNSAFE_ADVICE = ("weights_only", "can still be loaded", "add_safe_globals", "safe_globals", "trust")
+
+
+def pickle_problem(error: BaseException) -> str:
+  """What torch.load(weights_only=True) found wrong with a pickle, without torch's advice: it
+  suggests re-running with weights_only=False or allow-listing the pickle's globals, both of which
+  would run what the file asks, which the converter never does. Its weights-only unpickler's own
+  finding ("Unsupported global: GLOBAL builtins.print was not an allowed global by default") is
+  kept; any other first line that gives such advice is replaced by the error's type."""
+  text = _ANSI.sub("", str(error))
+  if _UNPICKLER in text:  # its finding is the first line after the marker, up to torch's "Please ..."
+    finding = text.split(_UNPICKLER, 1)[1].strip()
+    finding = finding.splitlines()[0].split(". Please", 1)[0].strip().rstrip(".") if finding else ""
+    if finding and not any(advice in finding for advice in _UNSAFE_ADVICE):
+      return finding
+  first = text.strip().splitlines()[0].strip() if text.strip() else ""
+  if not first or any(advice in first for advice in _UNSAFE_ADVICE):
+    return type(error).__name__
+  return first
+
+
 def read_torch_pickle(path: str | Path) -> dict[str, np.ndarray]:
   """A .ckpt / .bin / .pt file, loaded with torch.load(weights_only=True): never arbitrary code.
 
@@ -96,8 +120,9 @@ def read_torch_pickle(path: str | Path) -> dict[str, np.ndarray]:
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many types for bad pickles; all mean the same to the user
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ConversionError(f"{path}: cannot be read as a weights-only PyTorch checkpoint ({first_line})") from None
+    raise ConversionError(f"{path}: cannot be read as a weights-only PyTorch checkpoint ({pickle_problem(e)}); "
+                          "nothing in it was run. Use the checkpoint's .safetensors file, or one saved as a plain "
+                          "state dict of tensors") from None
   if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping):

@@ -20,7 +20,7 @@ from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.errors import MusicKVError
 from musickv_jax.jobs import batching, runner, summary
 from musickv_jax.jobs.prepare import PreparedJob, prepare
-from musickv_jax.jobs.request import EditRequest
+from musickv_jax.jobs.request import EditRequest, check_combinations, resolve
 from musickv_jax.jobs.results import edit_record, write_job_folder
 from musickv_jax.jobs.summary import JobStatus
 from musickv_jax.sampling import placement
@@ -35,6 +35,26 @@ class JobAsk:
   line: int
   request: EditRequest | Exception
   record: dict | None = None
+
+
+def shared_refusal(model: LoadedModel, requests: Sequence[EditRequest]) -> MusicKVError | None:
+  """The refusal of a batch in which no job can run: every request refused by the checks made before
+  any work (jobs.check_combinations, jobs.resolve: no recording read, nothing inverted) with one and
+  the same error, which is then the batch's to report once, not each job's. None when a request
+  passes them or the refusals differ."""
+  first = None
+  for request in requests:
+    try:
+      check_combinations(request)
+      resolve(request, model)
+    except MusicKVError as e:
+      if first is not None and (type(e), e.template, e.field, e.mentions) != (
+          type(first), first.template, first.field, first.mentions):
+        return None
+      first = first or e
+    else:
+      return None
+  return first
 
 
 def _stderr(message: str) -> None:

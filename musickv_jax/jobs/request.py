@@ -24,7 +24,7 @@ import numpy as np
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig
 from musickv_jax.errors import ScheduleError, SettingsError
-from musickv_jax.pipeline import kv_schedules, presets, variation
+from musickv_jax.pipeline import kv_schedules, limits, presets, variation
 from musickv_jax.pipeline import settings as settings_lib
 from musickv_jax.pipeline.settings import EditSettings, GenerationSettings, InversionSettings, WindowSettings
 
@@ -207,6 +207,7 @@ def resolve(request: EditRequest, model: LoadedModel | ModelConfig) -> ResolvedE
   a recording's edit has the recording's length; a length nobody asked for (the preset's) is cut to
   the model's window."""
   config = model.config if isinstance(model, LoadedModel) else model
+  check_sizes(request)
   asked = asked_settings(request, config)
   settings, notes = asked.settings, []
   real_audio = request.is_recording
@@ -228,8 +229,18 @@ def resolve(request: EditRequest, model: LoadedModel | ModelConfig) -> ResolvedE
   return dataclasses.replace(asked, settings=settings, notes=tuple(notes))
 
 
+def check_sizes(request: EditRequest) -> None:
+  """Sizes over their caps (pipeline.limits: prompts and their text, steps, windows per batch),
+  refused in one line before anything loads or is allocated."""
+  limits.check_prompts(request.prompts, request.negative_prompt)
+  limits.check_steps(request.num_inference_steps)
+  limits.check_at_most(request.windows.windows_per_batch, limits.MAX_ROWS, "windows_per_batch", "windows")
+
+
 def check_combinations(request: EditRequest) -> None:
-  """Settings that cannot go together, refused in one line before anything loads."""
+  """Sizes over their caps and settings that cannot go together, refused in one line before
+  anything loads."""
+  check_sizes(request)
   recording = request.recording
   _check_method(request)
   if recording is None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from musickv_jax.audio import resample
 from musickv_jax.errors import SettingsError
+from musickv_jax.finite import require_finite
 from musickv_jax.metrics.features import Analysis
 from musickv_jax.metrics.music import METRICS, compare_jit
 from musickv_jax.metrics.scorers import TextAudioScorer
@@ -105,6 +106,7 @@ def score(source_audio: np.ndarray, edits: Sequence[tuple[str, np.ndarray]], pla
     for scorer in scorers:
       score = scorer.score(audio[None, None], rate, [prompts[i]])
       values[scorer.name] = float(np.asarray(score).reshape(-1)[0])
+    require_finite(values, stage="metrics", what=f"scores of {label}")
     results.append(EditScores(file=label, metrics=values, compared_s=compared_s))
   if plain_audio is not None:
     higher |= {PLAIN_DISTANCE: False, EDITABILITY: True}

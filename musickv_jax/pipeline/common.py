@@ -13,6 +13,7 @@ import numpy as np
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig
 from musickv_jax.errors import SettingsError
+from musickv_jax.finite import require_finite
 from musickv_jax.models import vae_ops
 from musickv_jax.pipeline.settings import GenerationSettings
 from musickv_jax.sampling import rf_schedules, sampler, schedules
@@ -176,6 +177,23 @@ def decode(model: LoadedModel, latents: np.ndarray, begin: int, end: int | None,
   audio = audio[..., begin - first * hop:end - first * hop]
   # Stable Audio 3's pipelines clamp what they decode to [-1, 1] (its decoder is not bounded)
   return np.clip(audio, -1.0, 1.0) if model.config.is_sa3 else audio
+
+
+# what a person can change when sampling or decoding ran away (a huge guidance scale, extreme initial latents)
+RUNAWAY_ADVICE = "a lower {guidance_scale} keeps the latents in range"
+
+
+def decode_output(model: LoadedModel, latents: np.ndarray, begin: int, end: int | None,
+                  chunk_frames: int | None = vae_ops.DECODE_CHUNK_FRAMES) -> np.ndarray:
+  """`decode` of a run's final latents into the audio it returns: the latents must be finite
+  (else sampling ran away) and so must the audio (else decoding did), checked here, before anything
+  is written (NonFiniteError, naming the stage)."""
+  require_finite(latents, stage="sampling", what="latents", advice=RUNAWAY_ADVICE,
+                 mentions=("guidance_scale",))
+  audio = decode(model, latents, begin, end, chunk_frames)
+  require_finite(audio, stage="decoding", what="audio", advice="the latents are outside what the decoder can take; "
+                 + RUNAWAY_ADVICE, mentions=("guidance_scale",))
+  return audio
 
 
 def output_span(settings: GenerationSettings, config: ModelConfig) -> tuple[int, int]:

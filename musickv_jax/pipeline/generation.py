@@ -25,7 +25,7 @@ def generate(model: LoadedModel, settings: GenerationSettings, *, init_latents: 
   settings = settings.for_model(cfg)
   plan = build_plan(model, settings, init_latents, step_noise=step_noise)
   latents, _ = run_plan(model, plan, on_step=on_step)
-  audio = common.decode(model, latents, *common.output_span(settings, cfg), decode_chunk_frames)
+  audio = common.decode_output(model, latents, *common.output_span(settings, cfg), decode_chunk_frames)
   return Generation(audio=audio, latents=latents, sample_rate=cfg.sample_rate, settings=settings,
                     latent_frames=int(latents.shape[-1]), audio_end_in_s=settings.resolved_end(cfg),
                     use_cfg=plan.use_cfg)

@@ -15,7 +15,8 @@ import numpy as np
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig, to_jnp_dtype
 from musickv_jax.errors import SettingsError
-from musickv_jax.pipeline.settings import WindowSettings
+from musickv_jax.pipeline.settings import EditSettings, GenerationSettings, WindowSettings
+from musickv_jax.sampling import rows as rows_lib
 from musickv_jax.sampling import windows as windows_lib
 
 GIB = 2**30
@@ -49,14 +50,58 @@ def dit_row_bytes(config: ModelConfig, frames: int) -> int:
   twice what XLA reports for the compiled CPU program. The one estimate behind the memory budget of
   long recordings, batch jobs and the accelerator table (musickv-benchmark --memory_plan)."""
   dit = config.dit
-  width = 4 if dit.dtype in ("float32", "float64") else 2
-  if config.is_sa3:  # memory tokens in front; differential attention holds two sets of logits
-    tokens = frames // dit.patch_size + dit.num_memory_tokens
-    logit_sets = 2 if dit.differential else 1
-  else:
-    tokens, logit_sets = frames + 1, 1  # the global token in front
+  tokens = dit_tokens(config, frames)
+  logit_sets = 2 if config.is_sa3 and dit.differential else 1  # differential attention: two sets of logits
   logits = 0 if dit.attention in FLASH_ATTENTION else 4 * 3 * logit_sets * dit.num_heads * tokens
-  return tokens * (width * 24 * dit.embed_dim + logits)
+  return tokens * (_width(config) * 24 * dit.embed_dim + logits)
+
+
+def dit_tokens(config: ModelConfig, frames: int) -> int:
+  """The DiT's sequence for a latent of `frames` frames: Stable Audio 3's memory tokens in front of
+  its patches, Stable Audio Open's global token in front of its frames."""
+  if config.is_sa3:
+    return frames // config.dit.patch_size + config.dit.num_memory_tokens
+  return frames + 1
+
+
+def _width(config: ModelConfig) -> int:
+  """Bytes of one activation in the matmul dtype (float32: 4, bfloat16: 2)."""
+  return 4 if config.dit.dtype in ("float32", "float64") else 2
+
+
+def kv_store_bytes(config: ModelConfig, steps: int, n_layers: int, rows: int, frames: int) -> int:
+  """The self-attention K/V a run keeps over all its steps: the cached mode's recorded source (a
+  row per CFG branch) or the K/V an inversion records (its one conditional row): steps x vital
+  layers x rows x tokens x (k, v) x the attention's width (k1, k2 and v for differential
+  attention), in the matmul dtype."""
+  dit = config.dit
+  per_token = (3 if config.is_sa3 and dit.differential else 2) * dit.embed_dim
+  return steps * n_layers * rows * dit_tokens(config, frames) * per_token * _width(config)
+
+
+def check_run(model: LoadedModel, settings: EditSettings | GenerationSettings, frames: int, use_cfg: bool, *,
+              kv_from_inversion: bool = False) -> None:
+  """Refuses (SettingsError, one line) before anything is allocated a run of one job that cannot fit
+  this device's memory by the estimate: the model, every prompt's DiT rows of `frames` frames (two
+  with CFG) and the K/V it keeps over its steps (the cached mode, an edit from the inversion's K/V)."""
+  config = model.config
+  gen = settings.generation if isinstance(settings, EditSettings) else settings
+  branches = rows_lib.branches(use_cfg)
+  rows = branches * len(gen.prompts)
+  kv, field, advice = 0, "prompts", "ask for fewer {prompts}"
+  if isinstance(settings, EditSettings) and (kv_from_inversion or settings.injection_mode == "cached"):
+    layers, steps = len(settings.vital_layers or ()), gen.num_inference_steps
+    kv = kv_store_bytes(config, steps, layers, 1 if kv_from_inversion else branches, frames)
+    field = "kv_from_inversion" if kv_from_inversion else "injection_mode"
+    advice = ("edit without {field}" if kv_from_inversion else "use {field}=joint") + \
+        ", or fewer {num_inference_steps} or {vital_layers}"
+  model_bytes, per_row, budget = params_bytes(model), dit_row_bytes(config, frames), device_memory_bytes()
+  need = model_bytes + dit_fixed_bytes(config) + rows * per_row + kv
+  if need > budget:
+    kept = f", the K/V kept over the steps {gib(kv)}" if kv else ""
+    raise SettingsError(f"this run needs about {gib(need)} (model {gib(model_bytes)}, {rows} DiT rows of {frames} "
+                        f"frames {gib(rows * per_row)}{kept}) but this device has {gib(budget)}; {advice}",
+                        field=field, mentions=("prompts", "num_inference_steps", "vital_layers"))
 
 
 def dit_fixed_bytes(config: ModelConfig) -> int:

@@ -29,7 +29,7 @@ import numpy as np
 from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.errors import SettingsError
 from musickv_jax.models.dit import KVCache
-from musickv_jax.pipeline import common
+from musickv_jax.pipeline import common, memory
 from musickv_jax.pipeline import regions as regions_lib
 from musickv_jax.pipeline.conditioning import guided_conditioning
 from musickv_jax.pipeline.flowedit import flowedit_data
@@ -195,14 +195,17 @@ def build_plan(model: LoadedModel, settings: EditSettings | GenerationSettings, 
     gen = dataclasses.replace(gen, init_noise_level=settings.flowedit_start)  # its schedule starts there
     if reference is not None:
       x_init = np.repeat(np.asarray(reference, np.float32), n, axis=0)
+  guidance = np.asarray([row.guidance for row in rows], np.float32)
+  use_cfg = rows_lib.uses_cfg(guidance, gen.negative_prompt)
+  # before anything is allocated: the run must fit the device (its rows, a cached edit's K/V)
+  memory.check_run(model, settings, int(np.shape(x_init)[-1]) if x_init is not None else common.latent_frames(gen, cfg),
+                   use_cfg)
   if x_init is not None:
     x_init = jnp.asarray(common.check_init_latents(x_init, n, gen, cfg, require_coverage=check_coverage))
   elif schedule is not None:
     x_init = common.shared_initial_latents(gen, cfg, n, common.latent_frames(gen, cfg))
   else:
     x_init = common.initial_latents(gen, cfg, n, common.latent_frames(gen, cfg))
-  guidance = np.asarray([row.guidance for row in rows], np.float32)
-  use_cfg = rows_lib.uses_cfg(guidance, gen.negative_prompt)
   start, total = seconds if seconds is not None else (gen.audio_start_in_s, gen.resolved_end(cfg))
   conditioning = guided_conditioning(model, gen.prompts, negative_prompt=gen.negative_prompt, seconds_start=start,
                                      seconds_total=total, guidance=guidance, use_cfg=use_cfg)

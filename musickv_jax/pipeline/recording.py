@@ -29,9 +29,10 @@ from musickv_jax.checkpoint import LoadedModel
 from musickv_jax.config import ModelConfig
 from musickv_jax.errors import SettingsError
 from musickv_jax.files import not_a_file
+from musickv_jax.finite import require_finite
 from musickv_jax.models import vae_ops
 from musickv_jax.models.dit import KVCache
-from musickv_jax.pipeline import common, long_recording, variation
+from musickv_jax.pipeline import common, long_recording, memory, variation
 from musickv_jax.pipeline.conditioning import text_conditioning
 from musickv_jax.pipeline.editing import sample_edit
 from musickv_jax.pipeline.plan import build_plan, run_from_cache
@@ -47,6 +48,7 @@ from musickv_jax.pipeline.settings import EditSettings, InversionSettings, Windo
 from musickv_jax.sampling import guided
 from musickv_jax.sampling import inversion as inversion_lib
 from musickv_jax.sampling import kv as kv_lib
+from musickv_jax.sampling import rows as rows_lib
 
 # Progress of a phase ("inverting", "editing") over its steps: a context manager giving a listener.
 PhaseProgress = Callable[[str, int], AbstractContextManager]
@@ -115,13 +117,16 @@ def invert_audio(model: LoadedModel, audio: np.ndarray, settings: InversionSetti
   if geometry is None and model.config.variable_length:  # conditioned on the recording's own duration
     settings = dataclasses.replace(settings, seconds_total=common.recording_seconds(model.config, n_samples,
                                                                                      settings.seconds_total))
-  encoded = encode_audio(model, audio, sample=settings.sample_latent, seed=settings.seed)
+  encoded = np.asarray(encode_audio(model, audio, sample=settings.sample_latent, seed=settings.seed))
+  require_finite(encoded, stage="encoding", what="latents of the recording")
   if geometry is not None:
     inverted = long_recording.invert_latents(model, encoded, settings, geometry, n_samples, on_step=on_step)
-    return Inversion(inverted=inverted, encoded=np.asarray(encoded), n_samples=n_samples, settings=settings,
-                     windows=geometry)
-  inverted, kv = invert_latents(model, encoded, settings, record_layers=record_layers, on_step=on_step)
-  return Inversion(inverted=inverted, encoded=np.asarray(encoded), n_samples=n_samples, settings=settings, kv=kv)
+    kv = None
+  else:
+    inverted, kv = invert_latents(model, encoded, settings, record_layers=record_layers, on_step=on_step)
+  require_finite(inverted, stage="inversion", what="inverted latents")
+  return Inversion(inverted=inverted, encoded=encoded, n_samples=n_samples, settings=settings, kv=kv,
+                   windows=geometry)
 
 
 def check_edit(model: LoadedModel, settings: EditSettings, n_samples: int, windows: WindowSettings | None, *,
@@ -134,6 +139,9 @@ def check_edit(model: LoadedModel, settings: EditSettings, n_samples: int, windo
     raise SettingsError(f"{{field}} reads the K/V an inversion recorded; the {settings.method} method inverts "
                         "nothing: leave it out", field="kv_from_inversion")
   if windows is None:
+    gen = settings.generation
+    memory.check_run(model, settings, model.config.frames_for_samples(n_samples),
+                     rows_lib.uses_cfg([gen.guidance_scale], gen.negative_prompt), kv_from_inversion=kv_from_inversion)
     return
   if kv_from_inversion:
     raise SettingsError("a recording longer than one window is edited by regenerating its source: leave out {field} "
@@ -152,6 +160,7 @@ def encode_recording(model: LoadedModel, audio: np.ndarray, settings: EditSettin
   n_samples = int(np.shape(audio)[-1])
   geometry = window_geometry(model, n_samples, windows)
   encoded = np.asarray(encode_audio(model, audio))
+  require_finite(encoded, stage="encoding", what="latents of the recording")
   start = encoded
   if settings.method == "sdedit":
     gen = settings.generation

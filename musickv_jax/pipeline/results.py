@@ -172,7 +172,7 @@ def edit_result(model: LoadedModel, plan: EditPlan, settings: EditSettings, late
                      if recording.windows is None else recording.n_samples / cfg.sample_rate)
     record = recording.describe() | {"kv_from_inversion": kv_from_inversion,
                                      "source_guidance": source_guidance(settings)}
-  audio = common.decode(model, latents, *span, decode_chunk_frames)
+  audio = common.decode_output(model, latents, *span, decode_chunk_frames)
   return EditResult(audio=audio, latents=latents, prompts=plan.prompts, roles=plan.roles,
                     sample_rate=cfg.sample_rate, settings=settings, schedule=np.asarray(plan.schedule),
                     latent_frames=int(latents.shape[-1]), audio_end_in_s=seconds_total, recording=record)

@@ -12,7 +12,7 @@ import numpy as np
 
 from musickv_jax.config import ModelConfig
 from musickv_jax.errors import SettingsError
-from musickv_jax.pipeline import kv_schedules, presets
+from musickv_jax.pipeline import kv_schedules, limits, presets
 from musickv_jax.sampling import inversion, kv, rf_schedules, schedules, solvers
 from musickv_jax.sampling import windows as windows_lib
 
@@ -34,6 +34,7 @@ def _check_seed(seed: int) -> None:
 def _check_steps(steps: int, field: str = "num_inference_steps") -> None:
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
     raise SettingsError(f"{{field}} must be an integer of at least 1, got {steps!r}", field=field)
+  limits.check_steps(steps, field)
 
 
 def _check_sigmas(sigma_schedule: str, sigma_min: float, sigma_max: float) -> None:
@@ -104,6 +105,12 @@ class GenerationSettings:
         guidance_scale=defaults.guidance_scale if self.guidance_scale is None else self.guidance_scale,
         sampler=defaults.sampler if self.sampler is None else self.sampler)
 
+  def check_sizes(self) -> None:
+    """Raises SettingsError for sizes over their caps (pipeline.limits): the prompts, their text and
+    the steps asked for. Needs no model: a command checks them before it loads one."""
+    limits.check_prompts(self.prompts, self.negative_prompt)
+    limits.check_steps(self.num_inference_steps)
+
   def validate(self, config: ModelConfig) -> None:
     """Raises SettingsError for a request the model cannot serve, before any work is done."""
     self.for_model(config)._validate(config)
@@ -111,6 +118,7 @@ class GenerationSettings:
   def _validate(self, config: ModelConfig) -> None:
     if isinstance(self.prompts, str) or not self.prompts:
       raise SettingsError("no prompts given in {field}; give at least one", field="prompts")
+    self.check_sizes()
     for i, prompt in enumerate(self.prompts):
       if not isinstance(prompt, str) or not prompt.strip():
         raise SettingsError(f"{{field}}: prompt {i + 1} is empty; every prompt needs text", field="prompts")
@@ -131,6 +139,10 @@ class GenerationSettings:
                           field="noise_convention")
     if not math.isfinite(self.guidance_scale):
       raise SettingsError(f"{{field}} must be a finite number, got {self.guidance_scale}", field="guidance_scale")
+    if self.guidance_scale < 0:
+      raise SettingsError(f"{{field}} must be 0 or more, got {self.guidance_scale:g}: below 0 guidance pushes the "
+                          "audio away from its prompt; 1 is no guidance, 0 to 1 weaker than none (0: the "
+                          "unconditional model), more than 1 stronger", field="guidance_scale")
     level = self.init_noise_level
     if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not (
         math.isfinite(level) and 0.0 <= level <= 1.0):
@@ -258,6 +270,7 @@ class EditSettings:
     if not _is_real(self.region_crossfade_s) or self.region_crossfade_s < 0:
       raise SettingsError(f"{{field}} must be 0 or more seconds, got {_seconds(self.region_crossfade_s)}",
                           field="region_crossfade_s")
+    limits.check_at_most(len(self.regions), limits.MAX_REGIONS, "regions", "regions")
     for region in self.regions:
       if (len(region) != 2 or not all(_is_real(v) for v in region) or not 0 <= region[0] < region[1]):
         raise SettingsError(f"{{field}} {region!r}: a region is START,END seconds with 0 <= START < END",
@@ -308,6 +321,12 @@ class InversionSettings:
       return self
     return dataclasses.replace(self, num_inference_steps=config.diffusion.defaults.steps)
 
+  def check_sizes(self) -> None:
+    """Raises SettingsError for the description's text or the steps over their caps
+    (pipeline.limits); needs no model."""
+    limits.check_prompts(self.prompt, field="prompt")
+    limits.check_steps(self.num_inference_steps)
+
   def validate(self, config: ModelConfig, frames: int | None = None) -> None:
     """frames: the clean latent's length, when known (it must fit the model's window)."""
     self.for_model(config)._validate(config, frames)
@@ -315,6 +334,7 @@ class InversionSettings:
   def _validate(self, config: ModelConfig, frames: int | None) -> None:
     if not isinstance(self.prompt, str) or not self.prompt.strip():
       raise SettingsError("{field}: the source description is empty; describe the recording", field="prompt")
+    self.check_sizes()
     _check_steps(self.num_inference_steps)
     if self.variant not in inversion.VARIANTS:
       raise SettingsError(f"{{field}} must be one of {inversion.VARIANTS}, got {self.variant!r}", field="variant")
@@ -392,13 +412,22 @@ class WindowSettings:
                                                or self.windows_per_batch < 1):
       raise SettingsError(f"{{field}} must be a whole number of at least 1, got {self.windows_per_batch!r}",
                           field="windows_per_batch")
+    limits.check_at_most(self.windows_per_batch, limits.MAX_ROWS, "windows_per_batch", "windows")
     if self.memory_budget_gib is not None and (not _is_real(self.memory_budget_gib) or self.memory_budget_gib <= 0):
       raise SettingsError(f"{{field}} must be a positive number of GiB, got {_seconds(self.memory_budget_gib)}",
                           field="memory_budget_gib")
 
   def layout(self, config: ModelConfig, frames: int) -> windows_lib.WindowLayout:
+    """Where the windows of a latent of `frames` frames fall; SettingsError for more than
+    limits.MAX_WINDOWS of them (windows far shorter than the model's)."""
     window, overlap = self.frames(config)
-    return windows_lib.layout(frames, window, overlap)
+    layout = windows_lib.layout(frames, window, overlap)
+    if layout.n_windows > limits.MAX_WINDOWS:
+      seconds = config.seconds_of_frames(window)
+      raise SettingsError(f"{{field}} {seconds:.2f} s covers the recording with {layout.n_windows} windows, more than "
+                          f"{limits.MAX_WINDOWS}, the most one request may use; give a longer window",
+                          field="window_s")
+    return layout
 
   def needs_windows(self, config: ModelConfig, frames: int) -> bool:
     """Whether a latent of `frames` frames is longer than one window."""

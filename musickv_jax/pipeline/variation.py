@@ -131,7 +131,7 @@ def _generate(model: LoadedModel, settings: GenerationSettings, x_init: np.ndarr
   cfg = model.config
   plan = build_plan(model, settings, x_init, step_noise=step_noise, local_cond=local_cond)
   latents, _ = run_plan(model, plan, on_step=on_step)
-  audio = common.decode(model, latents, *common.output_span(settings, cfg))
+  audio = common.decode_output(model, latents, *common.output_span(settings, cfg))
   return Generation(audio=audio, latents=latents, sample_rate=cfg.sample_rate, settings=settings,
                     latent_frames=int(latents.shape[-1]), audio_end_in_s=settings.resolved_end(cfg),
                     use_cfg=plan.use_cfg)

@@ -35,10 +35,12 @@ from musickv_jax import files
 from musickv_jax.checkpoint import LoadedModel, orbax_checkpointer
 from musickv_jax.config import DiTConfig, OobleckConfig, to_jnp_dtype
 from musickv_jax.errors import CheckpointError, OptimizationError, SettingsError
+from musickv_jax.finite import require_finite
 from musickv_jax.metrics import Analysis, compare, structure_similarity
 from musickv_jax.models.layers import wide
 from musickv_jax.models import vae_ops
 from musickv_jax.models.sao import ModelParams
+from musickv_jax.pipeline import limits
 from musickv_jax.pipeline.plan import EditPlan, block_of
 from musickv_jax.sampling import guided
 
@@ -62,6 +64,7 @@ class ScheduleParameters:
     return cls(steps, n_layers, min(DEFAULT_TIME_BINS, steps) if time_bins is None else time_bins)
 
   def validate(self) -> None:
+    limits.check_steps(self.steps)  # the interpolation is (steps, time_bins)
     if self.steps < 2:
       raise SettingsError("a learned schedule needs at least 2 steps (a start and an end); raise {field}",
                           field="num_inference_steps")
@@ -243,5 +246,9 @@ def restore_state(directory: Path, template: TrainState) -> tuple[TrainState, di
 
 
 def schedule_array(params: ScheduleParameters, state: TrainState) -> np.ndarray:
-  return np.asarray(params.schedule(state.logits), np.float32)
+  """The learned schedule (steps, n_layers), checked finite before anyone writes it."""
+  schedule = np.asarray(params.schedule(state.logits), np.float32)
+  require_finite(schedule, stage="schedule optimisation", what="schedule weights",
+                 advice="a lower {learning_rate} or other weights may help", mentions=("learning_rate",))
+  return schedule
 

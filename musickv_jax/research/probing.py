@@ -24,9 +24,10 @@ import numpy as np
 from musickv_jax import files, resources
 from musickv_jax.checkpoint import PROBE_PRESET_FILE, LoadedModel
 from musickv_jax.errors import SettingsError
+from musickv_jax.finite import require_finite
 from musickv_jax.metrics import Analysis, compare_jit, structure_similarity
 from musickv_jax.metrics.music import STRUCTURE_METRICS
-from musickv_jax.pipeline import common, presets
+from musickv_jax.pipeline import common, limits, presets
 from musickv_jax.pipeline.plan import EditPlan, build_plan, run_plan
 from musickv_jax.pipeline.presets import EditPreset
 from musickv_jax.pipeline.settings import GenerationSettings
@@ -67,12 +68,20 @@ class ProbeSettings:
   def resolved_layers(self, depth: int) -> tuple[int, ...]:
     return tuple(range(depth)) if self.layers is None else tuple(self.layers)
 
+  def check_sizes(self) -> None:
+    """Sizes over their caps (pipeline.limits: prompts, seeds, rows of a run, steps); needs no model."""
+    limits.check_prompts(self.prompts)
+    limits.check_at_most(len(self.seeds), limits.MAX_SEEDS, "seeds", "seeds")
+    limits.check_at_most(self.variants_per_call, limits.MAX_ROWS, "variants_per_call", "variants")
+    limits.check_steps(self.num_inference_steps)
+
   def validate(self, depth: int, config) -> None:
     Analysis(sample_rate=config.sample_rate).check_rate()
     if not self.prompts:
       raise SettingsError("{field}: no prompts to probe with", field="prompts")
     if not self.seeds:
       raise SettingsError("{field}: give at least one seed", field="seeds")
+    self.check_sizes()
     for layer in self.resolved_layers(depth):
       if not 0 <= layer < depth:
         raise SettingsError(f"{{field}}: layer {layer} is out of range; this model's layers are 0..{depth - 1}",
@@ -132,6 +141,8 @@ def probe_layers_once(model: LoadedModel, settings: ProbeSettings, prompt_index:
   values = compare_jit(jnp.broadcast_to(full, variants.shape), variants, analysis)
   values = {name: np.asarray(values[name]) for name in STRUCTURE_METRICS}
   scores = np.asarray(structure_similarity({k: jnp.asarray(v) for k, v in values.items()}))
+  require_finite([values, scores], stage="layer probing", what="scores",
+                 advice="a lower {guidance_scale} keeps the generations in range", mentions=("guidance_scale",))
   return [LayerResult(prompt_index, seed, layer,
                       {**{name: float(values[name][i]) for name in STRUCTURE_METRICS}, SCORE: float(1.0 - scores[i])})
           for i, layer in enumerate(layers)]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from musickv_jax.errors import MusicKVError
 from musickv_jax.jobs import DEFAULTS, EditRequest, RecordingRequest, ScheduleRequest
+from musickv_jax.jobs.request import check_sizes
 from musickv_jax.pipeline.settings import METHODS
 
 SCHEDULES = ("linear_ramp", "constant", "window")
@@ -119,10 +120,15 @@ class StudioRequest:
                                    end_s=start + float(self.duration_s) if self.duration_s else None)
     elif self.duration_s is not None:
       end = float(self.duration_s)
-    return EditRequest(prompts=(self.source_prompt.strip(), *edits), edit_all=len(edits) > 1, seed=int(self.seed),
-                       num_inference_steps=None if self.num_inference_steps is None else int(self.num_inference_steps),
-                       guidance_scale=None if self.guidance_scale is None else float(self.guidance_scale),
-                       vital_layers=_layers(self.vital_layers) if self.vital_layers.strip() else None,
-                       preset=self.preset or None, schedule=schedule, recording=recording, audio_end_in_s=end,
-                       method=self.method, regions=regions_from_text(self.regions or ""),
-                       init_noise_level=None if self.init_noise_level is None else float(self.init_noise_level))
+    request = EditRequest(prompts=(self.source_prompt.strip(), *edits), edit_all=len(edits) > 1, seed=int(self.seed),
+                          num_inference_steps=None if self.num_inference_steps is None else int(self.num_inference_steps),
+                          guidance_scale=None if self.guidance_scale is None else float(self.guidance_scale),
+                          vital_layers=_layers(self.vital_layers) if self.vital_layers.strip() else None,
+                          preset=self.preset or None, schedule=schedule, recording=recording, audio_end_in_s=end,
+                          method=self.method, regions=regions_from_text(self.regions or ""),
+                          init_noise_level=None if self.init_noise_level is None else float(self.init_noise_level))
+    try:  # the caps of every request (pipeline.limits), before anything waits in the queue or is allocated
+      check_sizes(request)
+    except MusicKVError as e:
+      raise RequestError(one_line(e)) from None
+    return request

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from musickv_jax.finite import require_finite
 from musickv_jax.metrics import Analysis, compare_jit
 from musickv_jax.metrics.features import MIN_SAMPLE_RATE
 
@@ -67,6 +68,7 @@ def structure_kept(source: np.ndarray, edits: Sequence[np.ndarray], sample_rate:
     values = [compare_jit(jnp.asarray(mono[i * length:(i + 1) * length]),
                           jnp.asarray(edit_mono[i * length:(i + 1) * length]), analysis) for i in range(segments)]
     out.append({name: float(np.mean([float(v[name]) for v in values])) for name, _ in PAGE_METRICS})
+  require_finite(out, stage="metrics", what="scores of the edits against their source")
   return out
 
 

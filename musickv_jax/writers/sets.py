@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from musickv_jax import files
+from musickv_jax.finite import require_finite
 from musickv_jax.interrupts import raise_if_interrupted
 
 
@@ -57,10 +58,18 @@ class OutputSet:
     return False
 
 
+# The last line of defence: each stage checks its own results (musickv_jax.finite); what reaches a
+# writer non-finite came from a stage that did not, and is refused all the same.
+UNCHECKED_STAGE = "the run"
+
+
 def write_json(path: Path, data: dict) -> None:
-  path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+  require_finite(data, stage=UNCHECKED_STAGE, what=f"values in {files.final_name(path)}")
+  path.write_text(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
 
 
 def write_npy(path: Path, array) -> None:
+  require_finite(array, stage=UNCHECKED_STAGE, what=f"values in {files.final_name(path)}")
   with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temporary's name
     np.save(f, np.asarray(array), allow_pickle=False)
+

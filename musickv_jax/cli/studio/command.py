@@ -28,6 +28,7 @@ from musickv_jax.cli import options
 from musickv_jax.cli.outputs import check_output_dir
 from musickv_jax.cli.runner import Command, Flags, UsageError, entry_point
 from musickv_jax.loading import load_model
+from musickv_jax.pipeline import limits
 
 TEMP_FOLDER = ".gradio"  # under the output folder: uploads and the files gradio serves
 
@@ -68,6 +69,7 @@ def body(fv: Flags) -> int:
     raise UsageError(f"--port must be between 1 and 65535, got {fv.port}")
   if fv.gather_s < 0 or fv.rows_per_batch < 1:
     raise UsageError("--gather_s must be >= 0 and --rows_per_batch >= 1")
+  limits.check_at_most(fv.rows_per_batch, limits.MAX_ROWS, "rows_per_batch", "rows")
   out_dir = check_output_dir(fv.output_path)
   temp = out_dir / TEMP_FOLDER
   os.environ["GRADIO_TEMP_DIR"] = str(temp)  # before gradio is imported: uploads and served files stay inside
