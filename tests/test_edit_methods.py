@@ -372,3 +372,19 @@ def test_a_batch_of_flowedit_and_region_jobs_equals_each_job_alone(tiny, tmp_pat
     bound = 4 * tolerances.run_to_run(cfg.dit, frames, cfg.t5.max_length + 2, 3.0)
     assert error <= bound, f"{job['id']}: batch vs alone {error:.2e} > {bound:.2e}"
     np.testing.assert_array_equal(batched[1][:, outside], heard[:, outside])
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    (dict(method="flowedit", flowedit_source_guidance=-2.0), "flowedit_source_guidance must be a finite number, 0 or"),
+    (dict(method="flowedit", flowedit_samples=17), "flowedit_samples must be a whole number from 1 to 16"),
+    (dict(regions=tuple((i, i + 0.5) for i in range(257))), "regions 257 is more than 256 regions"),
+])
+def test_method_settings_over_their_bounds_are_refused_in_one_line(tiny, kwargs, named):
+  """Negative source guidance is refused as the guidance scale is (issue 29, item 4); the noise
+  draws and the number of regions have caps (item 2)."""
+  from musickv_jax.errors import SettingsError
+
+  with pytest.raises(SettingsError) as caught:
+    _settings(**kwargs).validate(tiny.model.config)
+  message = str(caught.value)
+  assert message.startswith(named) and "\n" not in message, message

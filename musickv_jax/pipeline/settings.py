@@ -265,8 +265,9 @@ class EditSettings:
       raise SettingsError(f"{{field}} must be more than 0 and at most 1 (a time of the model's schedule), got "
                           f"{_seconds(self.flowedit_start)}", field="flowedit_start")
     guidance = self.flowedit_source_guidance
-    if guidance is not None and not _is_real(guidance):
-      raise SettingsError(f"{{field}} must be a finite number, got {guidance!r}", field="flowedit_source_guidance")
+    if guidance is not None and (not _is_real(guidance) or guidance < 0):
+      raise SettingsError(f"{{field}} must be a finite number, 0 or more (as the guidance scale), got {guidance!r}",
+                          field="flowedit_source_guidance")
     if not _is_real(self.region_crossfade_s) or self.region_crossfade_s < 0:
       raise SettingsError(f"{{field}} must be 0 or more seconds, got {_seconds(self.region_crossfade_s)}",
                           field="region_crossfade_s")
