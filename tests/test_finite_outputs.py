@@ -99,10 +99,10 @@ def test_an_inversion_that_ran_away_is_refused_naming_inversion(tiny, tmp_path, 
 
 
 def test_metrics_that_are_not_finite_are_refused_naming_metrics(tmp_path, capsys, monkeypatch):
-  from musickv_jax.research import evaluation
+  from musickv_jax.metrics import scoring  # where musickv-evaluate and musickv-compare score
 
-  real = evaluation.compare_jit
-  monkeypatch.setattr(evaluation, "compare_jit", lambda *a: {**real(*a), "chroma_cosine": np.float32(np.nan)})
+  real = scoring.compare_jit
+  monkeypatch.setattr(scoring, "compare_jit", lambda *a: {**real(*a), "chroma_cosine": np.float32(np.nan)})
   t = np.arange(44100) / 44100
   for name, f in (("source.wav", 220), ("edit.wav", 330)):
     sf.write(tmp_path / name, 0.3 * np.sin(2 * np.pi * f * t), 44100)
