@@ -63,7 +63,7 @@ def ours(config: ModelConfig, dit_params, inputs: Inputs, repeats: int, peak: fl
   """Our DiT call and edit step."""
   cfg = config.dit
   rows, _, frames = inputs.x.shape
-  flops = dit_flops(cfg, rows, frames)
+  flops = dit_flops(cfg, rows, frames, inputs.cross.shape[1])
   dit = StableAudioDiT(cfg)
   forward = jax.jit(lambda p, x, t, c, g: dit.apply({"params": p}, x, t, c, g)[0])
   args = (dit_params, *map(jnp.asarray, (inputs.x, inputs.t, inputs.cross, inputs.glob)))
@@ -100,12 +100,12 @@ def stable_audio_tools(config: ModelConfig, params, inputs: Inputs, repeats: int
   from musickv_jax.bench.torch_reference import sat_dit
 
   rows, _, frames = inputs.x.shape
+  flops = dit_flops(config.dit, rows, frames, inputs.cross.shape[1])
   model = sat_dit(config, params)
   args = (torch.from_numpy(inputs.x), torch.from_numpy(inputs.t))
   kwargs = dict(cross_attn_cond=torch.from_numpy(inputs.cross), global_embed=torch.from_numpy(inputs.glob))
   with torch.no_grad():
-    result = {"dit": call_figures(time_calls(lambda: model(*args, **kwargs), repeats), dit_flops(config.dit, rows, frames),
-                             peak)}
+    result = {"dit": call_figures(time_calls(lambda: model(*args, **kwargs), repeats), flops, peak)}
     if ours is not None:
       theirs = model(*args, **kwargs).numpy()
       result["dit"]["max_error_ratio"] = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
@@ -121,7 +121,7 @@ def diffusers(config: ModelConfig, params: dict, inputs: Inputs, repeats: int, p
 
   cfg = config.dit
   rows, _, frames = inputs.x.shape
-  flops = dit_flops(cfg, rows, frames)
+  flops = dit_flops(cfg, rows, frames, inputs.cross.shape[1])
   model = diffusers_dit(config, params)
   args = (torch.from_numpy(inputs.x), torch.from_numpy(inputs.t))
   kwargs = dict(encoder_hidden_states=torch.from_numpy(inputs.cross),
