@@ -24,9 +24,8 @@ import numpy as np
 from musickv_jax.bench.measure import (
   call_figures,
   dit_flops,
-  jax_matmul_peak,
+  matmul_peaks,
   time_calls,
-  torch_matmul_peak,
   xla_memory,
 )
 from musickv_jax.config import ModelConfig
@@ -151,12 +150,7 @@ diffusers class) is timed by bench/sa3.py: its DiT call on `batch` rows against 
 
   report = {"device": str(jax.devices()[0]), "cpu": cpu_name(), "config": config.name, "depth": config.dit.depth,
             "dtype": config.dit.dtype, "attention": config.dit.attention, "batch": batch, "lengths": {}}
-  report["matmul_peak_gflop_per_s"] = {"jax": round(jax_matmul_peak() / 1e9, 1)}
-  if compare_torch:
-    import torch
-    report["torch_threads"] = torch.get_num_threads()
-    report["matmul_peak_gflop_per_s"]["torch"] = round(torch_matmul_peak() / 1e9, 1)
-  log(f"matmul peak (GFLOP/s): {report['matmul_peak_gflop_per_s']}")
+  matmul_peaks(report, compare_torch, log)
   params = random_params(config, 0)
   dit_params = jax.tree.map(lambda a: a.astype(config.dit.dtype), params.dit)
   for frames in lengths:

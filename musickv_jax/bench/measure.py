@@ -119,3 +119,17 @@ def xla_memory(compiled) -> dict:
   stats = compiled.memory_analysis()
   return {"temp": round(stats.temp_size_in_bytes / 2**20, 1), "arguments": round(stats.argument_size_in_bytes / 2**20, 1),
           "outputs": round(stats.output_size_in_bytes / 2**20, 1)}
+
+
+def matmul_peaks(report: dict, compare_torch: bool, log) -> dict:
+  """Each framework's float32 matmul peak in GFLOP/s, measured now (and torch's thread count),
+  recorded in `report` and logged; returns the peaks."""
+  peaks = {"jax": round(jax_matmul_peak() / 1e9, 1)}
+  if compare_torch:
+    import torch
+
+    report["torch_threads"] = torch.get_num_threads()
+    peaks["torch"] = round(torch_matmul_peak() / 1e9, 1)
+  report["matmul_peak_gflop_per_s"] = peaks
+  log(f"matmul peak (GFLOP/s): {peaks}")
+  return peaks

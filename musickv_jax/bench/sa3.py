@@ -30,8 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musickv_jax.bench.measure import (call_figures, cpu_name, jax_matmul_peak, time_calls, torch_matmul_peak,
-                                      xla_memory)
+from musickv_jax.bench.measure import call_figures, cpu_name, matmul_peaks, time_calls, xla_memory
 from musickv_jax.config import ModelConfig, SA3DiTConfig
 from musickv_jax.models import family
 
@@ -168,12 +167,7 @@ def run(config: ModelConfig, lengths, *, rows: int = 2, repeats: int = 3, compar
             "depth": config.dit.depth, "dtype": config.dit.dtype, "attention": config.dit.attention, "batch": rows,
             "cond_tokens": config.cross_tokens, "text_tokens": min(TEXT_TOKENS, config.cross_tokens - 1),
             "lengths": {}}
-  report["matmul_peak_gflop_per_s"] = {"jax": round(jax_matmul_peak() / 1e9, 1)}
-  if compare_torch:
-    import torch
-    report["torch_threads"] = torch.get_num_threads()
-    report["matmul_peak_gflop_per_s"]["torch"] = round(torch_matmul_peak() / 1e9, 1)
-  log(f"matmul peak (GFLOP/s): {report['matmul_peak_gflop_per_s']}")
+  matmul_peaks(report, compare_torch, log)
   params = random_params(config, 0)
   dit_params = jax.tree.map(lambda a: a.astype(config.dit.dtype), params.dit)
   for frames in lengths:

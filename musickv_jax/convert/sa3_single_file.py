@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 
 from musickv_jax.config import DiffusionConfig, DistributionShift, ModelConfig, SAMEConfig
-from musickv_jax.convert.layout import SourceCheckpoint
+from musickv_jax.convert.layout import SourceCheckpoint, text_encoder_folders
 from musickv_jax.convert.sa3_dit_tables import duration_config, duration_rules, sa3_dit_config, sa3_dit_rules
 from musickv_jax.convert.same_tables import same_rules
 from musickv_jax.convert.t5gemma_tables import t5gemma_config_from_hf, t5gemma_ignored, t5gemma_prefix, t5gemma_rules
@@ -585,14 +585,7 @@ def _find_t5(weights_file: Path, t5_dir: Path | None, subfolder: Any) -> tuple[P
     if not (t5_dir / "config.json").is_file():
       raise ConversionError(f"{weights_file}: no T5Gemma text encoder beside it (looked for {t5_dir}/config.json); "
                             "pass {field} with the repository's t5gemma-b-b-ul2 folder", field="t5_dir")
-  if not t5_dir.is_dir():
-    raise ConversionError(f"{{field}} {t5_dir}: no such directory", field="t5_dir")
-  if (t5_dir / "text_encoder" / "config.json").is_file() and (t5_dir / "tokenizer").is_dir():
-    return t5_dir / "text_encoder", t5_dir / "tokenizer"
-  if (t5_dir / "config.json").is_file():
-    return t5_dir, t5_dir
-  raise ConversionError(f"{{field}} {t5_dir}: looked for config.json (a T5Gemma folder) and text_encoder/config.json "
-                        "with tokenizer/ (a diffusers Stable Audio 3 folder); found neither", field="t5_dir")
+  return text_encoder_folders(t5_dir, "a T5Gemma folder", "a diffusers Stable Audio 3 folder")
 
 
 def _tokenizer_limit(tokenizer_dir: Path) -> int | None:

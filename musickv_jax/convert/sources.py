@@ -33,7 +33,7 @@ from musickv_jax.config import (
   OobleckConfig,
   T5Config,
 )
-from musickv_jax.convert.layout import SourceCheckpoint
+from musickv_jax.convert.layout import SourceCheckpoint, text_encoder_folders
 from musickv_jax.convert.sa3_single_file import is_sa3_single_file, read_sa3_single_file
 from musickv_jax.convert.sa3_sources import is_sa3_index, read_sa3_diffusers
 from musickv_jax.convert.tables import DIFFUSERS, SAT, t5_ignored
@@ -194,14 +194,7 @@ def _find_t5(t5_dir: Path | None) -> tuple[Path, Path]:
     raise ConversionError("a stable-audio-tools checkpoint does not contain T5; pass {field} with a t5-base folder "
                           "in Hugging Face layout (config.json, model.safetensors, tokenizer files) or a diffusers "
                           "Stable Audio checkpoint (its text_encoder/ and tokenizer/ are used)", field="t5_dir")
-  if not t5_dir.is_dir():
-    raise ConversionError(f"{{field}} {t5_dir}: no such directory", field="t5_dir")
-  if (t5_dir / "text_encoder" / "config.json").is_file() and (t5_dir / "tokenizer").is_dir():
-    return t5_dir / "text_encoder", t5_dir / "tokenizer"
-  if (t5_dir / "config.json").is_file():
-    return t5_dir, t5_dir
-  raise ConversionError(f"{{field}} {t5_dir}: looked for config.json (a T5 model folder) and text_encoder/config.json "
-                        "with tokenizer/ (a diffusers checkpoint); found neither", field="t5_dir")
+  return text_encoder_folders(t5_dir, "a T5 model folder", "a diffusers checkpoint")
 
 
 def _conditioning_by_id(mc: dict, where: str) -> dict[str, dict]:

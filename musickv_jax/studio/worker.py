@@ -34,8 +34,19 @@ from musickv_jax.studio.request import RequestError, name_of, one_line
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
 
 
+class _Reports:
+  """What a queued task and a solo task share: progress reported until the task is cancelled."""
+
+  progress: Progress | None
+  cancel: threading.Event
+
+  def report(self, fraction: float, what: str) -> None:
+    if self.progress is not None and not self.cancel.is_set():
+      self.progress(fraction, what)
+
+
 @dataclasses.dataclass
-class Task:
+class Task(_Reports):
   id: str
   model: str  # a key of the worker's models
   request: jobs.EditRequest
@@ -44,13 +55,9 @@ class Task:
   cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
   future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
 
-  def report(self, fraction: float, what: str) -> None:
-    if self.progress is not None and not self.cancel.is_set():
-      self.progress(fraction, what)
-
 
 @dataclasses.dataclass
-class Solo:
+class Solo(_Reports):
   """Work the worker runs alone on its thread: work(model, this task) -> the future's result. It
   reports with `report` and stops (jobs.Cancelled) when `listener`'s steps find it cancelled."""
 
@@ -61,10 +68,6 @@ class Solo:
   progress: Progress | None = None
   cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
   future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
-
-  def report(self, fraction: float, what: str) -> None:
-    if self.progress is not None and not self.cancel.is_set():
-      self.progress(fraction, what)
 
   def listener(self, phase: str) -> Callable[[int, int], None]:
     """A step listener: progress as `phase: step N of M`; Cancelled once this task is cancelled."""
