@@ -88,6 +88,19 @@ def tiny44k(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sao_small(tmp_path_factory) -> Converted:
+  """A tiny Stable Audio Open Small (rf_denoiser: ping-pong, q/k LayerNorm) in its released
+  single-file layout (stable-audio-tools' model.safetensors + model_config.json), converted."""
+  pytest.importorskip("stable_audio_tools", reason="the stable-audio-tools reference is not installed (Makefile .test)")
+  from tests import sat_reference as S
+
+  root = tmp_path_factory.mktemp("sao_small")
+  ref = S.build_tiny(root / "sat", "rf_denoiser", seed=21)
+  return Converted(ref, root / "converted", _convert(root / "sat" / "model.safetensors", root / "converted",
+                                                    t5_dir=ref.t5_dir))
+
+
+@pytest.fixture(scope="session")
 def sa3(tmp_path_factory) -> Converted:
   """A tiny random Stable Audio 3 pipeline (distilled: ping-pong) in the diffusers layout, converted
   (tests/sa3_reference.py)."""

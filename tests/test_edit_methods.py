@@ -36,24 +36,8 @@ FAMILIES = ("tiny", "small", "sa3")
 STEPS = 4
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-  """A tiny Stable Audio Open Small (rf_denoiser, ping-pong) in its released single-file layout, converted."""
-  pytest.importorskip("stable_audio_tools", reason="the stable-audio-tools reference is not installed")
-  from musickv_jax.checkpoint import load_converted
-  from musickv_jax.convert.pipeline import convert_checkpoint
-  from tests import sat_reference as S
-
-  root = tmp_path_factory.mktemp("small-methods")
-  ref = S.build_tiny(root / "sat", "rf_denoiser", seed=21)
-  convert_checkpoint(root / "sat" / "model.safetensors", root / "converted", t5_dir=ref.t5_dir,
-                     log=lambda message: None)
-  return load_converted(root / "converted")
-
-
 def _model(request, family: str):
-  value = request.getfixturevalue(family)
-  return value if family == "small" else value.model
+  return request.getfixturevalue("sao_small" if family == "small" else family).model
 
 
 def _seconds(model) -> float:

@@ -18,21 +18,6 @@ REFUSED = ("must be 0 or more, got -3: below 0 guidance pushes the audio away fr
            "to 1 weaker than none (0: the unconditional model), more than 1 stronger")
 
 
-@pytest.fixture(scope="module")
-def sao_small(tmp_path_factory):
-  """A tiny Stable Audio Open Small (rectified flow, ping-pong), a converted stable-audio-tools file."""
-  pytest.importorskip("stable_audio_tools", reason="the stable-audio-tools reference is not installed")
-  from musickv_jax.checkpoint import load_converted
-  from musickv_jax.convert.pipeline import convert_checkpoint
-  from tests import sat_reference as S
-
-  root = tmp_path_factory.mktemp("small")
-  ref = S.build_tiny(root / "ref", "rf_denoiser", seed=5)
-  convert_checkpoint(root / "ref" / "model.safetensors", root / "converted", t5_dir=ref.t5_dir,
-                     log=lambda message: None)
-  return root / "converted", load_converted(root / "converted")
-
-
 @pytest.fixture(params=["sao-1.0", "sao-small", "sa3"])
 def family(request):
   """(name, converted checkpoint path, loaded model) of each family."""
@@ -40,8 +25,8 @@ def family(request):
     tiny = request.getfixturevalue("tiny")
     return request.param, tiny.path, tiny.model
   if request.param == "sao-small":
-    path, model = request.getfixturevalue("sao_small")
-    return request.param, path, model
+    small = request.getfixturevalue("sao_small")
+    return request.param, small.path, small.model
   sa3 = request.getfixturevalue("sa3")
   return request.param, sa3.path, sa3.model
 

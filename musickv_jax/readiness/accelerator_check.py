@@ -233,28 +233,27 @@ def _bench_result(sizes: Sizes, cases: dict) -> dict:
                              and target["edit_100_steps_s"] <= TARGETS["sao1.0_100_step_edit_bf16_cudnn_s"])}}
 
 
-def part_small_edit(sizes: Sizes) -> dict:
+def _timed_edit(sizes: Sizes, config_name: str, frames: int, what: str, target: str) -> dict:
+  """A whole edit with the model's defaults (bfloat16 and the accelerator's attention where there
+  is one) against its sampling-time target."""
   dtype = "bfloat16" if accelerator_attention() else "float32"
   attention = accelerator_attention() or "xla"
-  config = sizes.config("sao-small", dtype, attention)
-  result = whole_edit(config, sizes.small_frames, sizes.small_steps or config.diffusion.defaults.steps)
+  config = sizes.config(config_name, dtype, attention)
+  result = whole_edit(config, frames, sizes.small_steps or config.diffusion.defaults.steps)
   measured = result["edit"]["seconds"]
   return {"status": "ok", "dtype": dtype, "attention": attention, **result,
-          "target": {"what": "SAO Small 11 s edit (8 ping-pong steps, guidance 1), sampling seconds",
-                     "limit_s": TARGETS["sao_small_11s_edit_s"], "measured_s": measured,
-                     "met": measured <= TARGETS["sao_small_11s_edit_s"]}}
+          "target": {"what": what, "limit_s": TARGETS[target], "measured_s": measured,
+                     "met": measured <= TARGETS[target]}}
+
+
+def part_small_edit(sizes: Sizes) -> dict:
+  return _timed_edit(sizes, "sao-small", sizes.small_frames,
+                     "SAO Small 11 s edit (8 ping-pong steps, guidance 1), sampling seconds", "sao_small_11s_edit_s")
 
 
 def part_sa3_edit(sizes: Sizes) -> dict:
-  dtype = "bfloat16" if accelerator_attention() else "float32"
-  attention = accelerator_attention() or "xla"
-  config = sizes.config("sa3-small", dtype, attention)
-  result = whole_edit(config, sizes.sa3_frames, sizes.small_steps or config.diffusion.defaults.steps)
-  measured = result["edit"]["seconds"]
-  return {"status": "ok", "dtype": dtype, "attention": attention, **result,
-          "target": {"what": "SA3 Small-Music 30 s edit (source + 1 edit, 8 ping-pong steps, guidance 1), sampling "
-                             "seconds", "limit_s": TARGETS["sa3_small_30s_edit_s"], "measured_s": measured,
-                     "met": measured <= TARGETS["sa3_small_30s_edit_s"]}}
+  return _timed_edit(sizes, "sa3-small", sizes.sa3_frames, "SA3 Small-Music 30 s edit (source + 1 edit, 8 ping-pong "
+                     "steps, guidance 1), sampling seconds", "sa3_small_30s_edit_s")
 
 
 RUNNERS = {"environment": part_environment, "parity": part_parity, "attention": part_attention, "bench": part_bench,
